@@ -1,0 +1,130 @@
+"""Entry point inside the sandbox: read the run's config on stdin, answer, wait for follow-ups.
+
+Progress goes to stdout as JSON lines (`ready`, `turn_done`, `error`); replies and memory
+go to /ipc/outbound as files; the model is reached only through /ipc/llm.sock.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import anthropic
+
+try:  # the SDK's own HTTP library: httpx2 in anthropic 2.x, httpx before
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx  # type: ignore[no-redef,import-not-found,unused-ignore]
+
+from .conversation import History, strip_internal, system_prompt
+from .ipcfiles import Inbox, event, write_json
+from .tools import TOOL_SPECS, Toolbox
+
+MAX_STEPS = 40
+
+
+def _block(block: Any) -> dict[str, Any]:
+    if block.type == "text":
+        return {"type": "text", "text": block.text}
+    if block.type == "tool_use":
+        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+    data: dict[str, Any] = block.model_dump(mode="json", exclude_none=True)
+    return data
+
+
+class Agent:
+    def __init__(self, cfg: dict[str, Any], root: Path = Path("/")) -> None:
+        self.cfg = cfg
+        self.workspace = root / "workspace"
+        self.ipc = root / "ipc"
+        transport = httpx.HTTPTransport(uds=str(self.ipc / "llm.sock"))
+        self.client = anthropic.Anthropic(
+            api_key="sandbox-has-no-key",
+            base_url="http://model-proxy.invalid",
+            http_client=anthropic.DefaultHttpxClient(transport=transport, timeout=600),
+            max_retries=int(cfg.get("max_retries", 3)),
+        )
+        self.tools = Toolbox(self.workspace, self.send, float(cfg.get("bash_timeout_s", 300)))
+        self.history = History(
+            self.workspace / ".nanoclaw" / "conversation.json",
+            int(cfg.get("history_budget_chars", 120_000)),
+        )
+        self.root = root
+
+    def send(self, payload: dict[str, Any]) -> str:
+        return write_json(self.ipc / "outbound", payload)
+
+    def turn(self, prompt: str) -> str:
+        """One user turn through the tool loop; returns the final text."""
+        zone = ZoneInfo(self.cfg.get("tz", "UTC"))
+        now = datetime.now(zone).strftime("%A %Y-%m-%d %H:%M %Z")
+        system = system_prompt(self.cfg, self.workspace, self.root / "global", self.root / "skills")
+        tools = [dict(t) for t in TOOL_SPECS]
+        tools[-1]["cache_control"] = {"type": "ephemeral"}
+        messages = self.history.load()
+        messages.append({"role": "user", "content": f"[now: {now}]\n{prompt}"})
+        final = ""
+        for _ in range(MAX_STEPS):
+            reply = self.client.messages.create(
+                model=self.cfg["model"],
+                max_tokens=int(self.cfg.get("max_tokens", 4096)),
+                system=[{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
+                tools=tools,  # type: ignore[arg-type]
+                messages=messages,  # type: ignore[arg-type]
+            )
+            messages.append({"role": "assistant", "content": [_block(b) for b in reply.content]})
+            uses = [b for b in reply.content if b.type == "tool_use"]
+            final = "".join(b.text for b in reply.content if b.type == "text")
+            if reply.stop_reason != "tool_use" or not uses:
+                break
+            results = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": b.id,
+                    "content": self.tools.run(b.name, b.input),
+                }
+                for b in uses
+            ]
+            messages.append({"role": "user", "content": results})
+        else:
+            final = final or "I stopped after too many steps; ask me to continue."
+        self.history.save(messages)
+        return strip_internal(final)
+
+    def serve(self, prompt: str, idle_timeout: float) -> None:
+        inbox = Inbox(self.ipc / "input")
+        name = "initial"
+        while True:
+            answer = self.turn(prompt)
+            if answer:
+                self.send({"type": "send_message", "text": answer})
+            event("turn_done", input=name)
+            items, close = inbox.wait(idle_timeout)
+            if not items:
+                return
+            prompt = "\n\n".join(p for _, p in items)
+            name = items[-1][0]
+            if close:
+                idle_timeout = 0.0
+
+
+def main() -> int:
+    started = time.monotonic()
+    cfg = json.loads(sys.stdin.read() or "{}")
+    agent = Agent(cfg)
+    event("ready", startup_ms=int((time.monotonic() - started) * 1000))
+    try:
+        agent.serve(str(cfg.get("prompt", "")), float(cfg.get("idle_timeout_s", 600)))
+    except anthropic.APIError as exc:
+        event("error", error=f"model: {exc.__class__.__name__}: {exc}"[:1000])
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

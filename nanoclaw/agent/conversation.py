@@ -1,0 +1,112 @@
+"""The agent's context: the system prompt read fresh from memory files, and the kept history.
+
+History lives at /workspace/.nanoclaw/conversation.json and is trimmed from the oldest
+exchange to a character budget; the system prompt and tools are the cached prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+INTERNAL_RE = re.compile(r"<internal>.*?(</internal>|\Z)", re.S | re.I)
+MEMORY_CAP = 40_000
+
+
+def strip_internal(text: str) -> str:
+    return INTERNAL_RE.sub("", text).strip()
+
+
+def _read(path: Path, cap: int = MEMORY_CAP) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return text[:cap] + ("\n[... memory cut ...]" if len(text) > cap else "")
+
+
+def skills_index(skills: Path) -> list[tuple[str, str]]:
+    """(name, description) from each SKILL.md's front matter."""
+    out: list[tuple[str, str]] = []
+    for skill in sorted(skills.glob("*/SKILL.md")) if skills.is_dir() else []:
+        head = _read(skill, 4000)
+        meta: dict[str, str] = {}
+        if head.startswith("---"):
+            for line in head.split("---", 2)[1].splitlines():
+                key, sep, value = line.partition(":")
+                if sep:
+                    meta[key.strip()] = value.strip().strip("\"'")
+        out.append((meta.get("name", skill.parent.name), meta.get("description", "")))
+    return out
+
+
+def system_prompt(cfg: dict[str, Any], workspace: Path, global_dir: Path, skills: Path) -> str:
+    name = cfg.get("assistant_name", "Andy")
+    parts = [
+        f"You are {name}, a personal assistant that people talk to in a chat. "
+        "Your final answer is sent to the chat as your reply; keep it short and plain, "
+        "in simple Markdown. Text inside <internal>...</internal> is never sent: use it "
+        "for notes to yourself. If nothing needs saying (a quiet scheduled check), answer "
+        "only with <internal>...</internal>.",
+        "You work inside a sandbox: /workspace is this group's folder (read-write), "
+        "/global holds memory shared by all groups, /skills holds skills you can read, "
+        "/tmp is scratch space. There is no network unless the group allows it. Use "
+        "update_memory for facts worth remembering across conversations.",
+    ]
+    if cfg.get("is_main"):
+        parts.append(
+            "This is the main (admin) group: you may register groups and send to other "
+            "registered chats (see the register-group skill)."
+        )
+    memory = _read(workspace / "CLAUDE.md")
+    if memory:
+        parts.append(f"## Group memory (/workspace/CLAUDE.md)\n{memory}")
+    shared = _read(global_dir / "CLAUDE.md")
+    if shared:
+        parts.append(f"## Global memory (/global/CLAUDE.md)\n{shared}")
+    index = skills_index(skills)
+    if index:
+        lines = "\n".join(f"- {n}: {d} (read /skills/{n}/SKILL.md)" for n, d in index)
+        parts.append(f"## Skills\n{lines}")
+    return "\n\n".join(parts)
+
+
+def _starts_exchange(message: dict[str, Any]) -> bool:
+    return message.get("role") == "user" and isinstance(message.get("content"), str)
+
+
+def trim_history(messages: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """Drop the oldest whole exchanges until the JSON fits `budget` characters."""
+    starts = [i for i, m in enumerate(messages) if _starts_exchange(m)]
+    if not starts:
+        return []
+    out = messages[starts[0] :]
+    for start in starts[1:]:
+        if len(json.dumps(out)) <= budget:
+            break
+        out = messages[start:]
+    return out
+
+
+class History:
+    def __init__(self, path: Path, budget: int) -> None:
+        self.path = path
+        self.budget = budget
+
+    def load(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+            return []
+        return trim_history(data, self.budget)
+
+    def save(self, messages: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(trim_history(messages, self.budget)), encoding="utf-8")
+        os.replace(tmp, self.path)

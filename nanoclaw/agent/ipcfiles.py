@@ -1,0 +1,105 @@
+"""The sandbox side of IPC: atomic JSON files to /ipc/outbound, follow-ups from /ipc/input.
+
+Waiting for input uses inotify through ctypes (the sandbox has no third-party packages),
+so a follow-up is seen within a millisecond; where inotify fails it polls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import select
+import time
+from pathlib import Path
+from typing import Any
+
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+CLOSE = "_close"
+
+
+def ipc_name() -> str:
+    return f"{int(time.time() * 1000)}-{secrets.token_hex(6)}.json"
+
+
+def write_json(directory: Path, payload: dict[str, Any]) -> str:
+    """Write to a hidden temporary name, then rename: a reader never sees half a file."""
+    name = ipc_name()
+    tmp = directory / f".{name}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, ensure_ascii=False)
+    os.replace(tmp, directory / name)
+    return name
+
+
+class Inbox:
+    """Follow-up prompts written by the host into /ipc/input."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fd = -1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = int(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+            if fd >= 0:
+                mask = IN_CLOSE_WRITE | IN_MOVED_TO
+                if libc.inotify_add_watch(fd, bytes(directory), mask) >= 0:
+                    self._fd = fd
+                else:
+                    os.close(fd)
+        except (OSError, AttributeError):
+            self._fd = -1
+
+    def take(self) -> tuple[list[tuple[str, str]], bool]:
+        """Consume every waiting input file: ([(name, prompt)], close_requested)."""
+        items: list[tuple[str, str]] = []
+        close = False
+        for path in sorted(self.directory.iterdir()):
+            name = path.name
+            if name == CLOSE:
+                close = True
+                path.unlink(missing_ok=True)
+                continue
+            if name.startswith(".") or not name.endswith(".json"):
+                continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = {}
+            path.unlink(missing_ok=True)
+            if isinstance(data, dict) and data.get("type") == "messages":
+                items.append((name, str(data.get("prompt", ""))))
+        return items, close
+
+    def wait(self, timeout: float) -> tuple[list[tuple[str, str]], bool]:
+        """Block until input arrives, `_close` is asked for, or `timeout` passes (-> ([], True))."""
+        deadline = time.monotonic() + timeout
+        while True:
+            items, close = self.take()
+            if items or close:
+                return items, close
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return [], True
+            if self._fd >= 0:
+                ready, _, _ = select.select([self._fd], [], [], left)
+                if ready:
+                    self._drain()
+            else:
+                time.sleep(min(0.02, left))
+
+    def _drain(self) -> None:
+        try:
+            while os.read(self._fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def event(kind: str, **fields: Any) -> None:
+    """One JSON line on stdout: the host's view of the run's progress."""
+    print(json.dumps({"event": kind, **fields}), flush=True)

@@ -1,0 +1,175 @@
+"""Settings (SPEC section 4), read once by the CLI from the environment and `.env`.
+
+Nothing here runs at import time: `load_settings()` builds a `Settings` and turns
+pydantic's errors into one `ConfigError` line that names the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from nanoclaw.errors import ConfigError
+
+SENDER_RE = re.compile(r"^(tg|xmpp|mx|term):\S+$")
+DEFAULT_MODEL = "claude-sonnet-4-5"
+
+FIXES = {
+    "ALLOWED_SENDERS": "use comma-separated ids like tg:123,xmpp:alice@example.org",
+    "TZ": "use an IANA zone name such as Europe/Berlin",
+    "XMPP_TLS": "use required, direct or off",
+    "LOG_LEVEL": "use debug, info, warning or error",
+}
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _host_tz() -> str:
+    try:
+        link = os.readlink("/etc/localtime")
+    except OSError:
+        return "UTC"
+    marker = "zoneinfo/"
+    return link.split(marker, 1)[1] if marker in link else "UTC"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    assistant_name: str = Field("Andy", min_length=1, max_length=64, alias="ASSISTANT_NAME")
+    trigger_word: str = Field("", max_length=64, alias="TRIGGER_WORD")
+    allowed_senders: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("ALLOWED_SENDERS", "ALLOWED_JIDS"),
+    )
+    nanoclaw_home: Path = Field(default_factory=Path.cwd, alias="NANOCLAW_HOME")
+    anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str = Field("https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")
+    nanoclaw_model: str = Field(DEFAULT_MODEL, min_length=1, alias="NANOCLAW_MODEL")
+    max_concurrent_agents: int = Field(5, ge=1, le=256, alias="MAX_CONCURRENT_AGENTS")
+    poll_interval_ms: int = Field(250, ge=10, le=60_000, alias="POLL_INTERVAL_MS")
+    agent_idle_timeout_s: float = Field(600, gt=0, alias="AGENT_IDLE_TIMEOUT_S")
+    agent_timeout_s: float = Field(1800, gt=0, alias="AGENT_TIMEOUT_S")
+    tz: str = Field(default_factory=_host_tz, alias="TZ")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
+
+    telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
+    telegram_api_url: str = Field("https://api.telegram.org", alias="TELEGRAM_API_URL")
+    telegram_allowed_chat_ids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="TELEGRAM_ALLOWED_CHAT_IDS"
+    )
+    xmpp_jid: str | None = Field(None, alias="XMPP_JID")
+    xmpp_password: SecretStr | None = Field(None, alias="XMPP_PASSWORD")
+    xmpp_server: str | None = Field(None, alias="XMPP_SERVER")
+    xmpp_rooms: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="XMPP_ROOMS")
+    xmpp_tls: Literal["required", "direct", "off"] = Field("required", alias="XMPP_TLS")
+    xmpp_ca_file: Path | None = Field(None, alias="XMPP_CA_FILE")
+    matrix_homeserver: str | None = Field(None, alias="MATRIX_HOMESERVER")
+    matrix_user_id: str | None = Field(None, alias="MATRIX_USER_ID")
+    matrix_password: SecretStr | None = Field(None, alias="MATRIX_PASSWORD")
+    matrix_access_token: SecretStr | None = Field(None, alias="MATRIX_ACCESS_TOKEN")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("allowed_senders", "telegram_allowed_chat_ids", "xmpp_rooms", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("allowed_senders")
+    @classmethod
+    def _senders(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not SENDER_RE.match(v)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a sender id")
+        return value
+
+    @field_validator("tz")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        value = value.lstrip(":") or "UTC"
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    @field_validator("anthropic_base_url", "telegram_api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @property
+    def trigger(self) -> str:
+        return self.trigger_word or f"@{self.assistant_name}"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.nanoclaw_home / "store"
+
+    @property
+    def groups_dir(self) -> Path:
+        return self.nanoclaw_home / "groups"
+
+    @property
+    def skills_dir(self) -> Path:
+        return self.nanoclaw_home / "skills"
+
+    @property
+    def db_path(self) -> Path:
+        return self.store_dir / "nanoclaw.db"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.tz)
+
+
+def _alias(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.alias, str):
+        return info.alias
+    return field.upper()
+
+
+def describe(exc: ValidationError) -> str:
+    """One line naming the first bad setting, what is wrong and how to fix it."""
+    err = exc.errors()[0]
+    loc = err["loc"][0] if err["loc"] else "?"
+    name = _alias(str(loc)) if str(loc).islower() else str(loc)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    fix = FIXES.get(name, "fix it in the environment or .env (see .env.example)")
+    return f"setting {name}: {msg}; {fix}"
+
+
+def load_settings(env_file: Path | None = Path(".env"), **overrides: Any) -> Settings:
+    """Build the settings once; raise ConfigError with a one-line reason."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from exc
+
+
+def require_credential(settings: Settings) -> None:
+    """The daemon cannot reach a model without a key: say so before starting."""
+    if settings.anthropic_api_key is None or not settings.anthropic_api_key.get_secret_value():
+        raise ConfigError(
+            "setting ANTHROPIC_API_KEY: missing; put your Anthropic key in .env "
+            "(ANTHROPIC_API_KEY=sk-ant-...)"
+        )

@@ -1,0 +1,176 @@
+"""The store's ledger: agent runs with token usage, IPC names already acted on, and the outbox.
+
+These tables are what make the guarantees of SPEC section 10 hold across crashes: an IPC
+name and its reply are committed together, and outbox rows are leased while being sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nanoclaw.db import Database, now_ms
+from nanoclaw.models import OutboxItem, RunRecord, Usage
+
+
+class Ledger(Database):
+    """Runs, IPC names and outbox rows."""
+
+    async def start_run(
+        self, folder: str, kind: str, first_id: int | None, last_id: int | None
+    ) -> int:
+        async with self._lock:
+            cur = await self._db.execute(
+                "INSERT INTO runs (folder, kind, first_message_id, last_message_id, started_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (folder, kind, first_id, last_id, now_ms()),
+            )
+            return int(cur.lastrowid or 0)
+
+    async def finish_run(self, run_id: int, status: str, error: str = "") -> None:
+        await self._write(
+            "UPDATE runs SET status = ?, error = ?, ended_ms = ? WHERE id = ?",
+            (status, error[:2000], now_ms(), run_id),
+        )
+
+    async def add_usage(self, run_id: int, usage: Usage) -> None:
+        await self._write(
+            "UPDATE runs SET requests = requests + ?, input_tokens = input_tokens + ?, "
+            "output_tokens = output_tokens + ?, cache_read_tokens = cache_read_tokens + ?, "
+            "cache_write_tokens = cache_write_tokens + ? WHERE id = ?",
+            (
+                usage.requests,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_tokens,
+                run_id,
+            ),
+        )
+
+    async def interrupt_stale_runs(self) -> int:
+        """Runs left 'running' by a crashed daemon are marked interrupted at start-up."""
+        return await self._write(
+            "UPDATE runs SET status = 'interrupted', ended_ms = ? WHERE status = 'running'",
+            (now_ms(),),
+        )
+
+    async def runs(self, folder: str | None = None, limit: int = 20) -> list[RunRecord]:
+        rows = await self._all(
+            "SELECT id, folder, status, started_ms, ended_ms, error, requests, input_tokens, "
+            "output_tokens, cache_read_tokens, cache_write_tokens FROM runs "
+            "WHERE ? IS NULL OR folder = ? ORDER BY id DESC LIMIT ?",
+            (folder, folder, limit),
+        )
+        return [RunRecord(r[0], r[1], r[2], r[3], r[4], r[5], Usage(*r[6:11])) for r in rows]
+
+    async def active_run(self, folder: str) -> int | None:
+        row = await self._one(
+            "SELECT id FROM runs WHERE folder = ? AND status = 'running' ORDER BY id DESC LIMIT 1",
+            (folder,),
+        )
+        return int(row[0]) if row else None
+
+    async def texts_sent_by_unfinished_runs(self, folder: str, after_id: int) -> list[str]:
+        """Replies already produced by cut-short runs that covered messages past `after_id`."""
+        rows = await self._all(
+            "SELECT o.text FROM outbox o JOIN runs r ON r.id = o.run_id WHERE r.folder = ? "
+            "AND r.status != 'ok' AND r.last_message_id > ? ORDER BY o.id",
+            (folder, after_id),
+        )
+        return [str(r[0]) for r in rows]
+
+    async def ipc_done(self, folder: str, name: str) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM ipc_done WHERE folder = ? AND name = ?", (folder, name)
+        )
+        return row is not None
+
+    async def record_ipc(
+        self, folder: str, name: str, outcome: str, reply: tuple[str, str, int | None] | None = None
+    ) -> bool:
+        """Record an IPC name as acted on, with its reply (chat, text, run) in the same commit.
+
+        Returns False when the name was already recorded: the caller must not act again.
+        """
+        async with self.transaction():
+            cur = await self._db.execute(
+                "INSERT OR IGNORE INTO ipc_done (folder, name, outcome, done_ms) "
+                "VALUES (?, ?, ?, ?)",
+                (folder, name, outcome, now_ms()),
+            )
+            if cur.rowcount == 0:
+                return False
+            if reply is not None:
+                chat_id, text, run_id = reply
+                await self._db.execute(
+                    "INSERT INTO outbox (folder, chat_id, text, run_id, ipc_name, created_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (folder, chat_id, text, run_id, name, now_ms()),
+                )
+        return True
+
+    async def enqueue_reply(
+        self, folder: str, chat_id: str, text: str, run_id: int | None = None
+    ) -> None:
+        await self._write(
+            "INSERT INTO outbox (folder, chat_id, text, run_id, created_ms) VALUES (?, ?, ?, ?, ?)",
+            (folder, chat_id, text, run_id, now_ms()),
+        )
+
+    async def claim_outbox(
+        self, prefixes: Sequence[str], lease_ms: int = 60_000, limit: int = 20
+    ) -> list[OutboxItem]:
+        """Take due rows for these channels; a lease stops a second process sending them too."""
+        if not prefixes:
+            return []
+        now = now_ms()
+        marks = " OR ".join("chat_id LIKE ?" for _ in prefixes)
+        async with self.transaction():
+            rows = await self._all(
+                "SELECT id, folder, chat_id, text, attempts, chunks_sent, run_id FROM outbox "
+                f"WHERE status = 'pending' AND next_attempt_ms <= ? AND claimed_until_ms <= ? "
+                f"AND ({marks}) ORDER BY id LIMIT ?",
+                (now, now, *(f"{p}:%" for p in prefixes), limit),
+            )
+            for row in rows:
+                await self._db.execute(
+                    "UPDATE outbox SET claimed_until_ms = ? WHERE id = ?", (now + lease_ms, row[0])
+                )
+        return [OutboxItem(*r) for r in rows]
+
+    async def next_outbox_due_ms(self, prefixes: Sequence[str]) -> int | None:
+        marks = " OR ".join("chat_id LIKE ?" for _ in prefixes) or "0"
+        row = await self._one(
+            "SELECT min(max(next_attempt_ms, claimed_until_ms)) FROM outbox "
+            f"WHERE status = 'pending' AND ({marks})",
+            tuple(f"{p}:%" for p in prefixes),
+        )
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def outbox_progress(self, item_id: int, chunks_sent: int) -> None:
+        await self._write("UPDATE outbox SET chunks_sent = ? WHERE id = ?", (chunks_sent, item_id))
+
+    async def outbox_sent(self, item_id: int) -> None:
+        await self._write(
+            "UPDATE outbox SET status = 'sent', sent_ms = ?, claimed_until_ms = 0 WHERE id = ?",
+            (now_ms(), item_id),
+        )
+
+    async def outbox_retry(self, item_id: int, delay_ms: int, error: str) -> None:
+        await self._write(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, claimed_until_ms = 0, "
+            "error = ? WHERE id = ?",
+            (now_ms() + delay_ms, error[:500], item_id),
+        )
+
+    async def outbox_failed(self, item_id: int, error: str) -> None:
+        await self._write(
+            "UPDATE outbox SET status = 'failed', error = ?, claimed_until_ms = 0 WHERE id = ?",
+            (error[:500], item_id),
+        )
+
+    async def pending_outbox(self, chat_id: str) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM outbox WHERE chat_id = ? AND status = 'pending'", (chat_id,)
+        )
+        return int(row[0])

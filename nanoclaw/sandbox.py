@@ -1,0 +1,185 @@
+"""The bwrap command line for one agent run (SPEC section 5), built by a pure function.
+
+`plan_for()` gathers the host paths; `bwrap_argv()` turns a plan into argv with exactly
+the mounts of the SPEC, so tests can read the plan and probes can try to break it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nanoclaw.models import NetworkPolicy
+
+RUNTIME = "/runtime"
+SANDBOX_UID = 1000
+# Single files from /etc that programs need and that hold no secret of the host.
+ETC_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/alternatives",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/ssl/certs",
+    "/etc/ca-certificates.conf",
+    "/etc/mime.types",
+    "/etc/bash.bashrc",
+)
+NET_ETC_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/gai.conf")
+ETC_PASSWD = "root:x:0:0:root:/root:/bin/false\nagent:x:1000:1000:agent:/workspace:/bin/bash\n"  # noqa: S105 (no secret: the sandbox user list)
+ETC_GROUP = "root:x:0:\nagent:x:1000:\n"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where the interpreter and packages come from on the host, and how they appear inside."""
+
+    mounts: tuple[tuple[str, str], ...]
+    python: str
+    site_dirs: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    tmp_bytes: int = 256 * 1024 * 1024
+    file_bytes: int = 512 * 1024 * 1024
+    open_files: int = 1024
+    address_space: int = 8 * 1024**3
+    processes: int = 512
+
+
+@dataclass(frozen=True)
+class SandboxPlan:
+    workspace: Path
+    ipc: Path
+    global_dir: Path
+    global_writable: bool
+    skills: Path
+    agent_code: Path
+    etc: Path
+    runtime: Runtime
+    network: NetworkPolicy = "off"
+    extra_ro: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+
+def write_etc(directory: Path) -> Path:
+    """The sandbox's own /etc/passwd and /etc/group: the agent user, nobody of the host."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in (("passwd", ETC_PASSWD), ("group", ETC_GROUP)):
+        path = directory / name
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+    return directory
+
+
+def detect_runtime() -> Runtime:
+    """The running interpreter, seen read-only at /runtime inside; /usr and /nix as they are."""
+    base = Path(sys.base_prefix).resolve()
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    plat = Path(sysconfig.get_paths()["platlib"]).resolve()
+    mounts: list[tuple[str, str]] = []
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if base.is_relative_to("/usr") or base.is_relative_to("/nix"):
+        python = str(Path(sys.base_prefix) / "bin" / ver)
+        env: tuple[tuple[str, str], ...] = ()
+    else:
+        mounts.append((str(base), f"{RUNTIME}/python"))
+        python = f"{RUNTIME}/python/bin/{ver}"
+        env = (("LD_LIBRARY_PATH", f"{RUNTIME}/python/lib"),)
+    sites: list[str] = []
+    for index, src in enumerate(dict.fromkeys([site, plat])):
+        if src.is_relative_to(base) and base.is_relative_to("/usr"):
+            sites.append(str(src))
+            continue
+        dst = f"{RUNTIME}/site-packages" + (f"-{index}" if index else "")
+        mounts.append((str(src), dst))
+        sites.append(dst)
+    return Runtime(mounts=tuple(mounts), python=python, site_dirs=tuple(sites), env=env)
+
+
+def _top_level_dirs() -> list[tuple[str, str | None]]:
+    """(/bin, 'usr/bin') for merged-/usr symlinks, (/opt, None) for a real directory."""
+    out: list[tuple[str, str | None]] = []
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = f"/{name}"
+        if os.path.islink(path):
+            out.append((path, os.readlink(path)))
+        elif os.path.isdir(path):
+            out.append((path, None))
+    return out
+
+
+def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
+    """The full bwrap argv; every mount is listed here and nowhere else."""
+    a = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    a += ["--unshare-cgroup-try"]
+    if plan.network != "full":
+        a.append("--unshare-net")
+    a += ["--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
+    a += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "nanoclaw"]
+    a += ["--ro-bind", "/usr", "/usr"]
+    for path, target in _top_level_dirs():
+        a += ["--symlink", target, path] if target else ["--ro-bind", path, path]
+    etc = ETC_FILES + (NET_ETC_FILES if plan.network == "full" else ())
+    for path in etc:
+        a += ["--ro-bind-try", path, path]
+    a += ["--ro-bind", str(plan.etc / "passwd"), "/etc/passwd"]
+    a += ["--ro-bind", str(plan.etc / "group"), "/etc/group"]
+    if Path("/nix/store").is_dir():
+        a += ["--ro-bind", "/nix/store", "/nix/store"]
+    for src, dst in plan.runtime.mounts:
+        a += ["--ro-bind", src, dst]
+    a += ["--ro-bind", str(plan.agent_code), f"{RUNTIME}/lib/agent"]
+    a += ["--proc", "/proc", "--dev", "/dev"]
+    a += ["--size", str(plan.limits.tmp_bytes), "--tmpfs", "/tmp"]
+    a += ["--bind", str(plan.workspace), "/workspace"]
+    a += ["--bind", str(plan.ipc), "/ipc"]
+    # errors/ is the host's; llm.sock is pinned so the agent cannot swap it for its own.
+    a += ["--tmpfs", "/ipc/errors", "--remount-ro", "/ipc/errors"]
+    a += ["--ro-bind", str(plan.ipc / "llm.sock"), "/ipc/llm.sock"]
+    a += ["--bind" if plan.global_writable else "--ro-bind", str(plan.global_dir), "/global"]
+    a += ["--ro-bind", str(plan.skills), "/skills"]
+    for src, dst in plan.extra_ro:
+        a += ["--ro-bind", src, dst]
+    a += ["--remount-ro", "/"]
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/workspace",
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **dict(plan.runtime.env),
+        **dict(plan.env),
+    }
+    for key, value in env.items():
+        a += ["--setenv", key, value]
+    a += ["--chdir", "/workspace", "--", *command]
+    return a
+
+
+def limits_prefix(limits: Limits) -> list[str]:
+    """prlimit in front of bwrap: hard limits the sandbox cannot raise again."""
+    return [
+        "prlimit",
+        f"--nofile={limits.open_files}",
+        f"--fsize={limits.file_bytes}",
+        f"--as={limits.address_space}",
+        f"--nproc={limits.processes}",
+        "--core=0",
+        "--",
+    ]
+
+
+def agent_command(runtime: Runtime) -> list[str]:
+    """Start the runner with an isolated interpreter; it finds its packages via sys.path."""
+    paths = [f"{RUNTIME}/lib", *runtime.site_dirs]
+    boot = (
+        f"import sys; sys.path[:0] = {paths!r}; import runpy; "
+        "runpy.run_module('agent', run_name='__main__')"
+    )
+    return [runtime.python, "-I", "-B", "-c", boot]

@@ -1,0 +1,94 @@
+"""The SQLite schema as an ordered list of migrations; `PRAGMA user_version` says how many ran.
+
+A migration is appended, never edited: an installed store upgrades by running the ones
+it has not seen yet, inside one transaction each.
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE chats (
+        chat_id TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        is_group INTEGER NOT NULL DEFAULT 1,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat_id TEXT NOT NULL,
+        platform_id TEXT NOT NULL,
+        sender_id TEXT NOT NULL,
+        sender_name TEXT NOT NULL DEFAULT '',
+        text TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        mentions_bot INTEGER NOT NULL DEFAULT 0,
+        reply_to_bot INTEGER NOT NULL DEFAULT 0,
+        reply_to_sender TEXT NOT NULL DEFAULT '',
+        reply_to_text TEXT NOT NULL DEFAULT '',
+        UNIQUE (chat_id, platform_id)
+    );
+    CREATE INDEX messages_chat_id ON messages (chat_id, id);
+    CREATE TABLE groups (
+        folder TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        trigger TEXT,
+        requires_trigger INTEGER NOT NULL DEFAULT 1,
+        network TEXT NOT NULL DEFAULT 'off',
+        allowed_senders TEXT NOT NULL DEFAULT '[]',
+        mounts TEXT NOT NULL DEFAULT '[]',
+        exports TEXT NOT NULL DEFAULT '[]',
+        model TEXT,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE group_chats (
+        chat_id TEXT PRIMARY KEY,
+        folder TEXT NOT NULL REFERENCES groups (folder) ON DELETE CASCADE
+    );
+    CREATE TABLE cursors (
+        folder TEXT PRIMARY KEY REFERENCES groups (folder) ON DELETE CASCADE,
+        message_id INTEGER NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        folder TEXT NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'message',
+        status TEXT NOT NULL DEFAULT 'running',
+        first_message_id INTEGER,
+        last_message_id INTEGER,
+        started_ms INTEGER NOT NULL,
+        ended_ms INTEGER,
+        error TEXT NOT NULL DEFAULT '',
+        requests INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runs_folder ON runs (folder, id);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        folder TEXT NOT NULL,
+        chat_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        run_id INTEGER,
+        ipc_name TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        chunks_sent INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+        claimed_until_ms INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        sent_ms INTEGER,
+        error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX outbox_pending ON outbox (status, next_attempt_ms);
+    CREATE TABLE ipc_done (
+        name TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        done_ms INTEGER NOT NULL,
+        PRIMARY KEY (folder, name)
+    );
+    """,
+)
