@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from nanoclaw.errors import ConfigError
 
 SENDER_RE = re.compile(r"^(tg|xmpp|mx|term):\S+$")
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-4-6"
 
 FIXES = {
     "ALLOWED_SENDERS": "use comma-separated ids like tg:123,xmpp:alice@example.org",

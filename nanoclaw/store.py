@@ -218,6 +218,20 @@ class Store(Ledger):
             await self.save_group(group)
         return group
 
+    async def default_chat(self, folder: str) -> str | None:
+        """Where a plain reply goes: the group's chat that spoke last, else its first chat."""
+        row = await self._one(
+            "SELECT m.chat_id FROM messages m JOIN group_chats gc ON gc.chat_id = m.chat_id "
+            "WHERE gc.folder = ? ORDER BY m.id DESC LIMIT 1",
+            (folder,),
+        )
+        if row is None:
+            row = await self._one(
+                "SELECT chat_id FROM group_chats WHERE folder = ? ORDER BY rowid LIMIT 1",
+                (folder,),
+            )
+        return str(row[0]) if row else None
+
     async def remove_group(self, folder: str) -> bool:
         return await self._write("DELETE FROM groups WHERE folder = ?", (folder,)) > 0
 

@@ -1,0 +1,176 @@
+"""The terminal channel: `nanoclaw chat`, a local REPL (or piped stdin) on the same store.
+
+It writes normalised messages to SQLite like any other channel and delivers the replies
+of `term:` chats. Beside a running daemon it only ingests and delivers; on its own it
+runs the core in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TextIO
+
+from nanoclaw.channel import Inbound
+from nanoclaw.config import Settings
+from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
+from nanoclaw.store import Store
+from nanoclaw.trigger import LOCAL_SENDER, triggers
+
+HELP = "commands: /list  /switch GROUP  /history [N]  /add GROUP  /quit"
+
+
+class TerminalChannel:
+    name = "term"
+    max_message_len = 50_000
+
+    def __init__(self, assistant_name: str, out: TextIO = sys.stdout) -> None:
+        self.assistant_name = assistant_name
+        self.current = "term:main"
+        self.out = out
+        self.delivered = 0
+        self._inbound: Inbound | None = None
+
+    async def start(self, inbound: Inbound) -> None:
+        self._inbound = inbound
+
+    async def stop(self) -> None:
+        self._inbound = None
+
+    async def send(self, chat_id: str, text: str) -> None:
+        where = "" if chat_id == self.current else f" [{chat_id.removeprefix('term:')}]"
+        print(f"{self.assistant_name}{where}: {text}", file=self.out, flush=True)
+        self.delivered += 1
+
+    async def set_typing(self, chat_id: str, typing: bool) -> None:
+        if typing and self.out.isatty():
+            print(f"({self.assistant_name} is working...)", file=self.out, flush=True)
+
+
+def create(settings: Settings) -> TerminalChannel:
+    return TerminalChannel(settings.assistant_name)
+
+
+def parse_command(line: str) -> tuple[str, str] | None:
+    """('switch', 'work') for '/switch work'; None for an ordinary message."""
+    if not line.startswith("/") or line.startswith("//"):
+        return None
+    head, _, arg = line[1:].partition(" ")
+    return head.lower(), arg.strip()
+
+
+@dataclass
+class TerminalChat:
+    """The user's side: sends lines as `term:local`, runs the slash commands."""
+
+    store: Store
+    inbound: Inbound
+    channel: TerminalChannel
+    settings: Settings
+    folder: str
+
+    @property
+    def chat_id(self) -> str:
+        return f"term:{self.folder}"
+
+    async def select(self, folder: str, create: bool = False) -> str:
+        group = await self.store.group(folder)
+        if group is None:
+            if not create:
+                return f"no group {folder!r}; /add {folder} creates it"
+            if not valid_folder(folder):
+                return f"{folder!r} is not a valid group name (a-z, 0-9, _ and -)"
+            await self.store.save_group(
+                Group(folder=folder, name=folder, chats=(f"term:{folder}",), requires_trigger=False)
+            )
+        await self.store.bind_chat(folder, f"term:{folder}")
+        self.folder = folder
+        self.channel.current = self.chat_id
+        return f"now chatting in {folder}"
+
+    async def send(self, text: str) -> Message | None:
+        msg = InboundMessage(
+            chat_id=self.chat_id,
+            platform_id=uuid.uuid4().hex,
+            sender_id=LOCAL_SENDER,
+            sender_name=getpass.getuser(),
+            text=text,
+            ts_ms=int(time.time() * 1000),
+            chat_name=f"terminal ({self.folder})",
+            is_group_chat=False,
+        )
+        msg_id = await self.inbound.message(msg)
+        return None if msg_id is None else stored(msg_id, msg)
+
+    async def command(self, name: str, arg: str) -> str | None:
+        """Run a slash command; returns the text to show, or None to quit."""
+        if name in ("quit", "exit", "q"):
+            return None
+        if name == "list":
+            lines = []
+            for g in await self.store.groups():
+                mark = "*" if g.folder == self.folder else " "
+                lines.append(f"{mark} {g.folder:<16} {', '.join(g.chats)}")
+            return "\n".join(lines) or "no groups"
+        if name in ("switch", "add") and arg:
+            return await self.select(arg, create=name == "add")
+        if name == "history":
+            count = int(arg) if arg.isdigit() else 20
+            msgs = await self.store.history(self.chat_id, count)
+            return "\n".join(f"{m.sender_name}: {m.text}" for m in msgs) or "no messages yet"
+        return HELP
+
+    async def wait_for_replies(self, last_trigger: int, timeout: float) -> bool:
+        """True once the group's cursor passed `last_trigger` and its replies were delivered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cursor = await self.store.cursor(self.folder)
+            if cursor >= last_trigger and await self.store.pending_outbox(self.chat_id) == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def piped(self, lines: list[str]) -> int:
+        group = await self.store.group(self.folder)
+        last = 0
+        for line in (raw.strip() for raw in lines):
+            if not line:
+                continue
+            msg = await self.send(line)
+            if msg is not None and group is not None:
+                allowed = self.settings.allowed_senders
+                if triggers(msg, group, allowed, self.settings.trigger):
+                    last = msg.id
+        if not last:
+            return 0
+        if await self.wait_for_replies(last, self.settings.agent_timeout_s + 30):
+            return 0
+        print("no reply arrived in time; see `nanoclaw doctor` and store/logs/", file=sys.stderr)
+        return 1
+
+    async def repl(self) -> int:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        print(f"nanoclaw chat: group {self.folder}. {HELP}", flush=True)
+        while True:
+            try:
+                line = await asyncio.to_thread(input, f"[{self.folder}] > ")
+            except EOFError:
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            parsed = parse_command(line)
+            if parsed is None:
+                await self.send(line)
+                continue
+            shown = await self.command(*parsed)
+            if shown is None:
+                return 0
+            print(shown, flush=True)

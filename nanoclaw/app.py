@@ -1,0 +1,162 @@
+"""The composition root: builds store, router, orchestrator, IPC handler and watcher, runs them.
+
+`Core` is shared by `nanoclaw run` (network channels) and a `nanoclaw chat` that finds no
+daemon (terminal only). One process at a time holds the store's daemon lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import IO
+
+from aiohttp import ClientSession
+
+from nanoclaw.channel import Channel, Ingest
+from nanoclaw.config import Settings
+from nanoclaw.errors import SandboxError
+from nanoclaw.ipc import IpcHandler
+from nanoclaw.launcher import AgentSettings, Launcher, Layout
+from nanoclaw.models import MAIN, Group
+from nanoclaw.orchestrator import Orchestrator, Rules
+from nanoclaw.router import Router
+from nanoclaw.runner import AgentRun
+from nanoclaw.store import Store
+from nanoclaw.watcher import IpcWatcher
+
+log = logging.getLogger(__name__)
+CLOSE_GRACE_S = 5.0
+
+
+def try_lock(path: Path) -> IO[str] | None:
+    """Take the daemon lock without waiting; None when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")  # noqa: SIM115 (held for the process lifetime)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+async def ensure_main(store: Store) -> None:
+    """The admin group exists from the first start, bound to the terminal chat."""
+    if await store.group(MAIN) is None:
+        await store.save_group(
+            Group(folder=MAIN, name="main", chats=("term:main",), requires_trigger=False)
+        )
+
+
+def agent_settings(settings: Settings) -> AgentSettings:
+    key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else ""
+    return AgentSettings(
+        assistant_name=settings.assistant_name,
+        model=settings.nanoclaw_model,
+        tz=settings.tz,
+        idle_timeout_s=settings.agent_idle_timeout_s,
+        timeout_s=settings.agent_timeout_s,
+        api_key=key,
+        base_url=settings.anthropic_base_url,
+    )
+
+
+class Core:
+    def __init__(self, settings: Settings, store: Store, channels: Mapping[str, Channel]) -> None:
+        self.settings = settings
+        self.store = store
+        self.channels = channels
+        self.layout = Layout(settings.nanoclaw_home)
+        self.router = Router(store, channels, settings.poll_interval_ms / 1000)
+        self._session: ClientSession | None = None
+        self.launcher: Launcher | None = None
+        rules = Rules(
+            allowed_senders=tuple(settings.allowed_senders),
+            default_trigger=settings.trigger,
+            zone=settings.zone,
+        )
+        self.orchestrator = Orchestrator(
+            store,
+            rules,
+            max_concurrent=settings.max_concurrent_agents,
+            poll_s=settings.poll_interval_ms / 1000,
+            launch=self._launch,
+            drain=self._drain,
+            typing=self.router.typing,
+        )
+        self.ipc = IpcHandler(
+            store,
+            self.layout.ipc,
+            self.layout.groups,
+            settings.zone,
+            current_run=self.orchestrator.current_run,
+            on_reply=self.router.wake,
+            on_groups_changed=self._groups_changed,
+        )
+        self.watcher = IpcWatcher(self.ipc, store, self.layout.ipc)
+        self.ingest = Ingest(store, self.orchestrator.wake)
+
+    def _groups_changed(self) -> None:
+        self.watcher.refresh()
+        self.orchestrator.wake()
+
+    async def _launch(
+        self, group: Group, run_id: int, prompt: str, done: Callable[[str], Awaitable[None]]
+    ) -> AgentRun:
+        if self.launcher is None:
+            raise SandboxError("the daemon is not running")
+        return await self.launcher.launch(group, run_id, prompt, done)
+
+    async def _drain(self, folder: str) -> int:
+        return await self.ipc.drain(folder)
+
+    async def run(self, started: asyncio.Event | None = None) -> None:
+        """Run until cancelled; on the way out live agents are closed, then killed."""
+        await self.store.interrupt_stale_runs()
+        await ensure_main(self.store)
+        async with ClientSession() as session:
+            self._session = session
+            self.launcher = Launcher(
+                self.store, self.layout, agent_settings(self.settings), session
+            )
+            for channel in self.channels.values():
+                await channel.start(self.ingest)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self.watcher.run(), name="ipc-watcher")
+                    await self.watcher.ready.wait()
+                    tasks.create_task(self.router.run(), name="router")
+                    tasks.create_task(self.orchestrator.run(), name="orchestrator")
+                    if started is not None:
+                        started.set()
+            finally:
+                await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        await self.orchestrator.close_live()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.orchestrator.queue.wait_idle(), CLOSE_GRACE_S)
+        await self.orchestrator.queue.shutdown()
+        for channel in self.channels.values():
+            try:
+                await channel.stop()
+            except Exception:
+                log.exception("channel %s failed to stop", channel.name)
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    store = await Store.open(settings.db_path)
+    try:
+        yield store
+    finally:
+        await store.close()

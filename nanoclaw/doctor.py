@@ -1,0 +1,135 @@
+"""`nanoclaw doctor`: checks what a run needs and says how to fix each failure.
+
+Each check is a function returning (ok, what, fix); the command prints them all and
+exits non-zero if any failed, so it doubles as a deployment smoke test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nanoclaw.channel import enabled_channels, load_channels
+from nanoclaw.config import Settings
+from nanoclaw.errors import StoreError
+from nanoclaw.launcher import AGENT_CODE, Layout
+from nanoclaw.sandbox import SandboxPlan, bwrap_argv, detect_runtime, limits_prefix, write_etc
+from nanoclaw.store import Store
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    what: str
+    fix: str = ""
+
+
+def check_bwrap() -> Check:
+    path = shutil.which("bwrap")
+    if path is None:
+        return Check(False, "bubblewrap (bwrap) not found", "sudo apt-get install -y bubblewrap")
+    return Check(True, f"bubblewrap at {path}")
+
+
+def check_userns() -> Check:
+    argv = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/",
+            "--proc", "/proc", "--dev", "/dev", "true"]  # fmt: skip
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=20, env={})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(False, f"bwrap cannot run: {exc}", "sudo apt-get install -y bubblewrap")
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        return Check(
+            False,
+            f"user namespaces unavailable: {err[-1] if err else proc.returncode}",
+            "sudo sysctl -w kernel.unprivileged_userns_clone=1 (Debian) or "
+            "kernel.apparmor_restrict_unprivileged_userns=0 (Ubuntu 24.04)",
+        )
+    return Check(True, "user, pid and network namespaces work")
+
+
+def check_sandbox(settings: Settings) -> Check:
+    layout = Layout(settings.nanoclaw_home)
+    probe = layout.store / "sandbox" / "probe"
+    for sub in ("workspace", "ipc/errors", "global", "skills"):
+        (probe / sub).mkdir(parents=True, exist_ok=True)
+    (probe / "ipc" / "llm.sock").touch()
+    runtime = detect_runtime()
+    plan = SandboxPlan(
+        workspace=probe / "workspace", ipc=probe / "ipc", global_dir=probe / "global",
+        global_writable=False, skills=probe / "skills", agent_code=AGENT_CODE,
+        etc=write_etc(layout.store / "sandbox" / "etc"), runtime=runtime,
+    )  # fmt: skip
+    code = f"import sys; sys.path[:0] = {list(runtime.site_dirs)!r}; import anthropic"
+    argv = limits_prefix(plan.limits) + bwrap_argv(plan, [runtime.python, "-I", "-c", code])
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=60, env={})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(
+            False, f"sandbox did not start: {exc}", "run `nanoclaw doctor` as the daemon user"
+        )
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        return Check(
+            False,
+            f"agent runtime fails in the sandbox: {err[-1] if err else proc.returncode}",
+            "reinstall with `uv sync --compile-bytecode`; the interpreter must be readable",
+        )
+    return Check(True, "the agent runtime (python + anthropic) starts inside the sandbox")
+
+
+def check_credential(settings: Settings) -> Check:
+    key = settings.anthropic_api_key
+    if key is None or not key.get_secret_value().strip():
+        return Check(
+            False, "ANTHROPIC_API_KEY is not set", "add ANTHROPIC_API_KEY=sk-ant-... to .env"
+        )
+    return Check(True, f"model credential present; proxy forwards to {settings.anthropic_base_url}")
+
+
+async def check_store(settings: Settings) -> Check:
+    try:
+        store = await Store.open(settings.db_path)
+        groups = await store.groups()
+        await store.close()
+    except StoreError as exc:
+        return Check(False, str(exc), f"make {settings.store_dir} writable by this user")
+    return Check(True, f"store {settings.db_path} ({len(groups)} groups)")
+
+
+def check_channels(settings: Settings) -> list[Check]:
+    names = enabled_channels(settings)
+    loaded = load_channels(settings, names) if names else {}
+    out = [Check(True, "terminal channel (nanoclaw chat)")]
+    for name in names:
+        if name in loaded:
+            out.append(Check(True, f"channel {name} loads"))
+        else:
+            out.append(Check(False, f"channel {name} cannot load", "uv sync (install its extra)"))
+    return out
+
+
+async def run_checks(settings: Settings) -> list[Check]:
+    checks = [check_bwrap()]
+    sync: list[Callable[[], Check]] = [check_userns, lambda: check_sandbox(settings)]
+    if checks[0].ok:
+        for fn in sync:
+            checks.append(await asyncio.to_thread(fn))
+    checks.append(check_credential(settings))
+    later: list[Awaitable[Check]] = [check_store(settings)]
+    checks += [await c for c in later]
+    checks += check_channels(settings)
+    return checks
+
+
+def report(checks: list[Check]) -> tuple[str, bool]:
+    lines = []
+    for c in checks:
+        lines.append(f"{'ok  ' if c.ok else 'FAIL'}  {c.what}")
+        if not c.ok and c.fix:
+            lines.append(f"      fix: {c.fix}")
+    return "\n".join(lines), all(c.ok for c in checks)

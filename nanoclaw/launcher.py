@@ -1,0 +1,131 @@
+"""Turns a group into a started `AgentRun`: the sandbox plan, the run's config, its proxy.
+
+The only place that knows where a group's folders live on the host and which settings
+the agent runner sees (never a credential: the proxy holds the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import ClientSession
+
+import nanoclaw.agent
+from nanoclaw.models import Group, Usage
+from nanoclaw.proxy import ModelProxy
+from nanoclaw.runner import AgentRun
+from nanoclaw.sandbox import Runtime, SandboxPlan, detect_runtime, write_etc
+from nanoclaw.store import Store
+
+AGENT_CODE = Path(nanoclaw.agent.__file__).parent
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Host paths under NANOCLAW_HOME."""
+
+    home: Path
+
+    @property
+    def groups(self) -> Path:
+        return self.home / "groups"
+
+    @property
+    def store(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def ipc(self) -> Path:
+        return self.store / "ipc"
+
+    @property
+    def skills(self) -> Path:
+        return self.home / "skills"
+
+    @property
+    def logs(self) -> Path:
+        return self.store / "logs"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    assistant_name: str
+    model: str
+    tz: str
+    idle_timeout_s: float
+    timeout_s: float
+    api_key: str
+    base_url: str
+
+
+def prepare_dirs(layout: Layout, folder: str) -> None:
+    for path in (layout.groups / folder, layout.groups / "global", layout.skills):
+        path.mkdir(parents=True, exist_ok=True)
+
+
+class Launcher:
+    def __init__(
+        self,
+        store: Store,
+        layout: Layout,
+        agent: AgentSettings,
+        session: ClientSession,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self._store = store
+        self._layout = layout
+        self._agent = agent
+        self._session = session
+        self._runtime = runtime or detect_runtime()
+
+    def plan(self, group: Group) -> SandboxPlan:
+        return SandboxPlan(
+            workspace=self._layout.groups / group.folder,
+            ipc=self._layout.ipc / group.folder,
+            global_dir=self._layout.groups / "global",
+            global_writable=group.is_main,
+            skills=self._layout.skills,
+            agent_code=AGENT_CODE,
+            etc=self._layout.store / "sandbox" / "etc",
+            runtime=self._runtime,
+            network=group.network,
+            env=(("TZ", self._agent.tz),),
+        )
+
+    async def launch(
+        self, group: Group, run_id: int, prompt: str, on_turn_done: Callable[[str], Awaitable[None]]
+    ) -> AgentRun:
+        plan = self.plan(group)
+        await asyncio.to_thread(prepare_dirs, self._layout, group.folder)
+        await asyncio.to_thread(write_etc, plan.etc)
+
+        async def record(usage: Usage) -> None:
+            await self._store.add_usage(run_id, usage)
+
+        a = self._agent
+        proxy = ModelProxy(self._session, a.base_url, a.api_key, record, f"run={run_id}")
+        config = {
+            "assistant_name": a.assistant_name,
+            "model": group.model or a.model,
+            "tz": a.tz,
+            "is_main": group.is_main,
+            "folder": group.folder,
+            "prompt": prompt,
+            "idle_timeout_s": a.idle_timeout_s,
+        }
+        run = AgentRun(
+            folder=group.folder,
+            run_id=run_id,
+            plan=plan,
+            ipc_root=self._layout.ipc,
+            config=config,
+            proxy=proxy,
+            timeout_s=a.timeout_s,
+            log_path=self._layout.logs / group.folder / f"run-{run_id}.log",
+            on_turn_done=on_turn_done,
+        )
+        await run.start()
+        return run

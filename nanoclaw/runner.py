@@ -1,0 +1,201 @@
+"""One agent run on the host side: model proxy up, bwrap started, progress read, limits kept.
+
+The sandbox is started with an empty environment (bwrap's own /proc/1/environ is readable
+inside), reports progress as JSON lines on stdout, and is killed whole on timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nanoclaw import ipcfs
+from nanoclaw.errors import SandboxError
+from nanoclaw.proxy import ModelProxy
+from nanoclaw.sandbox import SandboxPlan, agent_command, bwrap_argv, limits_prefix
+
+log = logging.getLogger(__name__)
+STDERR_CAP = 1024 * 1024
+LINE_CAP = 1024 * 1024
+EVENTS_CAP = 100_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # ok | failed | timeout | killed
+    error: str = ""
+    turns: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class AgentRun:
+    """A live sandbox for one group. `start()`, then `follow_up()` as needed, then `wait()`."""
+
+    def __init__(
+        self,
+        *,
+        folder: str,
+        run_id: int,
+        plan: SandboxPlan,
+        ipc_root: Path,
+        config: dict[str, Any],
+        proxy: ModelProxy,
+        timeout_s: float,
+        log_path: Path,
+        on_turn_done: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.folder = folder
+        self.run_id = run_id
+        self._plan = plan
+        self._ipc_root = ipc_root
+        self._config = config
+        self._proxy = proxy
+        self._timeout_s = timeout_s
+        self._log_path = log_path
+        self._on_turn_done = on_turn_done
+        self._proc: asyncio.subprocess.Process | None = None
+        self._closing = False
+        self._turns = 0
+        self._last_error = ""
+        self.started = time.monotonic()
+        self.ready_at: float | None = None
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a follow-up may still be handed to this run."""
+        if self._proc is None or self._proc.returncode is not None or self._closing:
+            return False
+        # A run close to its hard limit takes no more work; the next message starts afresh.
+        return time.monotonic() - self.started < self._timeout_s / 2
+
+    async def start(self) -> None:
+        ipcfs.ensure_dirs(self._ipc_root, self.folder)
+        ipcfs.clear_input(self._ipc_root, self.folder)
+        await self._proxy.start(self._plan.ipc / "llm.sock")
+        argv = limits_prefix(self._plan.limits) + bwrap_argv(
+            self._plan, agent_command(self._plan.runtime)
+        )
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={},
+                start_new_session=True,
+                limit=LINE_CAP,
+            )
+        except OSError as exc:
+            await self._proxy.stop()
+            raise SandboxError(f"cannot start bwrap: {exc}") from exc
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(self._config).encode())
+        await self._proc.stdin.drain()
+        self._proc.stdin.close()
+
+    def follow_up(self, name: str, prompt: str) -> None:
+        ipcfs.write_input(self._ipc_root, self.folder, name, {"type": "messages", "prompt": prompt})
+
+    def close(self) -> None:
+        """Ask the agent to finish its current turn and exit."""
+        if self._closing or self._proc is None or self._proc.returncode is not None:
+            return
+        self._closing = True
+        with contextlib.suppress(OSError):
+            (self._ipc_root / self.folder / "input" / "_close").touch()
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+
+    async def wait(self) -> Outcome:
+        proc = self._proc
+        if proc is None:
+            raise SandboxError("run was not started")
+        readers = [
+            asyncio.create_task(self._read_events()),
+            asyncio.create_task(self._read_stderr()),
+        ]
+        status, error = "ok", ""
+        try:
+            await asyncio.wait_for(proc.wait(), self._timeout_s)
+        except TimeoutError:
+            status, error = "timeout", f"killed after {self._timeout_s:.0f}s"
+            self.kill()
+            await proc.wait()
+        except asyncio.CancelledError:
+            self.kill()
+            await proc.wait()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*readers), 5)
+            for task in readers:
+                task.cancel()
+            await self._proxy.stop()
+        if status == "ok" and proc.returncode != 0:
+            status = "failed"
+            error = self._last_error or f"agent exited with code {proc.returncode}"
+        return Outcome(status, error, self._turns)
+
+    async def _read_events(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        seen = 0
+        while True:
+            try:
+                line = await self._proc.stdout.readline()
+            except ValueError:  # a line over LINE_CAP: drop it, keep reading
+                continue
+            if not line:
+                return
+            seen += 1
+            if seen > EVENTS_CAP:
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(ev, dict):
+                continue
+            await self._event(ev)
+
+    async def _event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        if kind == "ready":
+            self.ready_at = time.monotonic()
+        elif kind == "turn_done":
+            self._turns += 1
+            try:
+                await self._on_turn_done(str(ev.get("input", "")))
+            except Exception:
+                log.exception("run=%s group=%s turn_done handling failed", self.run_id, self.folder)
+        elif kind == "error":
+            self._last_error = str(ev.get("error", ""))[:1000]
+            log.warning(
+                "run=%s group=%s agent error: %s", self.run_id, self.folder, self._last_error
+            )
+
+    async def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        written = 0
+        await asyncio.to_thread(self._log_path.parent.mkdir, parents=True, exist_ok=True)
+        with open(self._log_path, "ab") as fh:  # noqa: ASYNC230 (small appends)
+            while chunk := await self._proc.stderr.read(65536):
+                if written < STDERR_CAP:
+                    fh.write(chunk[: STDERR_CAP - written])
+                    written += len(chunk)
+            if written >= STDERR_CAP:
+                fh.write(b"\n[stderr cut at 1 MiB]\n")
