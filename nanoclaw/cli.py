@@ -109,8 +109,10 @@ def apply_setting(group: Group, key: str, value: str) -> Group:
         return replace(group, chats=(*group.chats, value))
     if key == "name":
         return replace(group, name=value or group.folder)
-    if key in ("trigger", "model"):
-        return replace(group, **{key: value or None})
+    if key == "trigger":
+        return replace(group, trigger=value or None)
+    if key == "model":
+        return replace(group, model=value or None)
     raise ValueError(f"unknown key {key!r}; one of {', '.join(GROUP_KEYS)}")
 
 
