@@ -127,10 +127,15 @@ class TerminalChat:
     async def wait_for_replies(self, last_trigger: int, timeout: float) -> bool:
         """True once the group's cursor passed `last_trigger` and its replies were delivered."""
         deadline = time.monotonic() + timeout
+        reported: set[int] = set()
         while time.monotonic() < deadline:
             cursor = await self.store.cursor(self.folder)
             if cursor >= last_trigger and await self.store.pending_outbox(self.chat_id) == 0:
                 return True
+            for run in await self.store.runs(self.folder, limit=3):
+                if run.status not in ("ok", "running") and run.id not in reported:
+                    reported.add(run.id)
+                    print(f"(run {run.id} {run.status}: {run.error}; retrying)", file=sys.stderr)
             await asyncio.sleep(0.05)
         return False
 

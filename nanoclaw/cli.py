@@ -18,7 +18,7 @@ from pathlib import Path
 from nanoclaw import doctor
 from nanoclaw.app import Core, ensure_main, open_store, try_lock
 from nanoclaw.channel import Ingest, enabled_channels, load_channels
-from nanoclaw.config import Settings, load_settings, require_credential
+from nanoclaw.config import SENDER_RE, Settings, load_settings, require_credential
 from nanoclaw.errors import ConfigError, NanoclawError
 from nanoclaw.models import CHAT_RE, Group, valid_folder
 from nanoclaw.router import Router
@@ -102,7 +102,11 @@ def apply_setting(group: Group, key: str, value: str) -> Group:
             raise ValueError("network is off, allowlist or full")
         return replace(group, network=value)  # type: ignore[arg-type]
     if key == "allowed_senders":
-        return replace(group, allowed_senders=tuple(v.strip() for v in value.split(",") if v))
+        senders = tuple(v for v in (part.strip() for part in value.split(",")) if v)
+        bad = [s for s in senders if not SENDER_RE.match(s)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a sender id like tg:123 or xmpp:a@example.org")
+        return replace(group, allowed_senders=senders)
     if key == "chat":
         if not CHAT_RE.match(value):
             raise ValueError(f"{value!r} is not a chat id like tg:-100123 or term:work")

@@ -102,7 +102,9 @@ class Settings(BaseSettings):
     @field_validator("tz")
     @classmethod
     def _zone(cls, value: str) -> str:
-        value = value.lstrip(":") or "UTC"
+        value = value.lstrip(":")
+        if not value or value == "/etc/localtime":
+            value = _host_tz()
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:

@@ -28,9 +28,10 @@ def read_nofollow(path: Path, cap: int = FILE_CAP) -> str:
         return ""
     except OSError as exc:
         raise IpcRejected(f"{path.name} cannot be opened safely: {exc.strerror}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IpcRejected(f"{path.name} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise IpcRejected(f"{path.name} is not a regular file")
         data = fh.read(cap + 1)
     if len(data) > cap:
         raise IpcRejected(f"{path.name} is larger than {cap} bytes")

@@ -24,16 +24,14 @@ def _clip(text: str, cap: int) -> str:
 
 
 def _clean(text: str) -> str:
-    # Control characters other than newline and tab are dropped; they only confuse.
-    return "".join(c for c in text if c in "\n\t" or (c >= " " and c != "\x7f"))
+    # C0 and C1 control characters other than newline and tab only confuse: dropped.
+    return "".join(c for c in text if c in "\n\t" or not (c < " " or "\x7f" <= c <= "\x9f"))
 
 
 def render_message(msg: Message, zone: ZoneInfo, trusted: bool) -> str:
     when = datetime.fromtimestamp(msg.ts_ms / 1000, zone).strftime("%Y-%m-%d %H:%M %Z")
-    attrs = (
-        f'sender="{escape(msg.sender_name or msg.sender_id)}" sender_id="{escape(msg.sender_id)}"'
-    )
-    attrs += f' time="{when}"'
+    name = _clip(_clean(msg.sender_name or msg.sender_id), 100).replace("\n", " ")
+    attrs = f'sender="{escape(name)}" sender_id="{escape(msg.sender_id)}" time="{when}"'
     if not trusted:
         attrs += ' trust="untrusted"'
     body = escape(_clip(_clean(msg.text), MESSAGE_CAP_CHARS), quote=False)

@@ -63,12 +63,12 @@ class GroupQueue:
         try:
             ok = await self._run_group(folder)
         except asyncio.CancelledError:
-            raise
+            del self._active[folder]
+            raise  # shutting down: no retry; the cursor keeps the messages pending
         except Exception:
             log.exception("queue group=%s run crashed", folder)
-        finally:
-            del self._active[folder]
-            self._after(folder, ok)
+        del self._active[folder]
+        self._after(folder, ok)
 
     def _after(self, folder: str, ok: bool) -> None:
         if ok:
@@ -89,7 +89,7 @@ class GroupQueue:
                 )  # fmt: skip
         if folder in self._again and folder not in self._timers:
             self._again.discard(folder)
-            self.submit(folder)
+            self._waiting.append(folder)  # behind groups already waiting: FIFO
         while self._waiting and len(self._active) < self._max:
             self._start(self._waiting.popleft())
         if not self._active and not self._waiting and not self._timers:
@@ -113,3 +113,5 @@ class GroupQueue:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._again.clear()
+        self._idle.set()

@@ -21,7 +21,7 @@ from typing import Any
 from nanoclaw import ipcfs
 from nanoclaw.errors import SandboxError
 from nanoclaw.proxy import ModelProxy
-from nanoclaw.sandbox import SandboxPlan, agent_command, bwrap_argv, limits_prefix
+from nanoclaw.sandbox import SandboxPlan, agent_command, bwrap_argv, hide_args, limits_prefix
 
 log = logging.getLogger(__name__)
 STDERR_CAP = 1024 * 1024
@@ -84,22 +84,28 @@ class AgentRun:
         ipcfs.ensure_dirs(self._ipc_root, self.folder)
         ipcfs.clear_input(self._ipc_root, self.folder)
         await self._proxy.start(self._plan.ipc / "llm.sock")
-        argv = limits_prefix(self._plan.limits) + bwrap_argv(
-            self._plan, agent_command(self._plan.runtime)
-        )
+        full = bwrap_argv(self._plan, agent_command(self._plan.runtime))
+        read_end, write_end = os.pipe()
+        short, payload = hide_args(full, read_end)
         try:
+            os.write(write_end, payload)  # far below the pipe's buffer: never blocks
+            os.close(write_end)
             self._proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *limits_prefix(self._plan.limits),
+                *short,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env={},
                 start_new_session=True,
+                pass_fds=(read_end,),
                 limit=LINE_CAP,
             )
         except OSError as exc:
             await self._proxy.stop()
             raise SandboxError(f"cannot start bwrap: {exc}") from exc
+        finally:
+            os.close(read_end)
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(self._config).encode())
         await self._proc.stdin.drain()

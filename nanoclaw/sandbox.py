@@ -162,6 +162,19 @@ def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
     return a
 
 
+def hide_args(argv: list[str], fd: int) -> tuple[list[str], bytes]:
+    """Move bwrap's options into a file descriptor (`--args FD`); the command stays.
+
+    bwrap stays pid 1 inside the sandbox, and its command line, readable at
+    /proc/1/cmdline, would otherwise show every host path of the mount plan.
+    """
+    if not argv or argv[0] != "bwrap" or "--" not in argv:
+        raise ValueError("argv must be bwrap OPTIONS -- COMMAND")
+    split = argv.index("--")
+    payload = b"".join(arg.encode() + b"\0" for arg in argv[1:split])
+    return ["bwrap", "--args", str(fd), *argv[split:]], payload
+
+
 def limits_prefix(limits: Limits) -> list[str]:
     """prlimit in front of bwrap: hard limits the sandbox cannot raise again."""
     return [

@@ -1,0 +1,118 @@
+"""Figure 2: agent cold start, from `Launcher.launch()` to the first model request.
+
+The launch is the daemon's own: a real `Store`, the registered `main` group, an aiohttp
+session, the host-side model proxy and a bwrap sandbox; the fake Anthropic server is the
+model endpoint. The clock stops at the server's arrival stamp (`Recorded.at`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import ClientSession
+
+from bench.home import make_home, requests_at_least, run_log_tail
+from bench.report import Figure, median
+from bench.spawn import COLD_TARGET, import_anthropic_ms
+from nanoclaw.app import ensure_main
+from nanoclaw.launcher import AgentSettings, Launcher, Layout
+from nanoclaw.models import MAIN
+from nanoclaw.store import Store
+from tests.fake_anthropic import FakeAnthropic, Recorded
+
+RUN_TIMEOUT_S = 60.0
+
+
+async def _answered(fake: FakeAnthropic, n: int, turn: asyncio.Event) -> list[Recorded]:
+    reqs = await requests_at_least(fake, n, RUN_TIMEOUT_S)
+    await asyncio.wait_for(turn.wait(), RUN_TIMEOUT_S)
+    return reqs
+
+
+async def _cold_runs(fake: FakeAnthropic, home: Path, n: int) -> list[dict[str, float]]:
+    """n + 1 launches (the first warms the page cache); per run: ms to each milestone."""
+    store = await Store.open(home / "store" / "nanoclaw.db")
+    samples: list[dict[str, float]] = []
+    try:
+        await ensure_main(store)
+        group = await store.group(MAIN)
+        assert group is not None
+        agent = AgentSettings(
+            assistant_name="Andy",
+            model="claude-bench",
+            tz="UTC",
+            idle_timeout_s=RUN_TIMEOUT_S,
+            timeout_s=RUN_TIMEOUT_S * 2,
+            api_key="k",
+            base_url=fake.base_url,
+        )
+        async with ClientSession() as session:
+            launcher = Launcher(store, Layout(home), agent, session)
+            for i in range(n + 1):
+                before = len(fake.requests)
+                run_id = await store.start_run(MAIN, "message", None, None)
+                turn = asyncio.Event()
+
+                async def done(_name: str, turn: asyncio.Event = turn) -> None:
+                    turn.set()
+
+                t0, m0 = time.time(), time.monotonic()
+                run = await launcher.launch(group, run_id, "[[say: cold start ok]]", done)
+                launched = time.monotonic()
+                waiter = asyncio.create_task(run.wait())
+                answered = asyncio.create_task(_answered(fake, before + 1, turn))
+                await asyncio.wait({waiter, answered}, return_when=asyncio.FIRST_COMPLETED)
+                if not answered.done() or answered.exception() is not None:
+                    answered.cancel()
+                    run.kill()
+                    outcome = await waiter
+                    why = f"{outcome.status} {outcome.error}: {run_log_tail(home, run_id)}"
+                    raise RuntimeError(f"agent never answered ({why})")
+                reqs = answered.result()
+                run.close()
+                outcome = await waiter
+                if not outcome.ok:
+                    raise RuntimeError(f"agent run {outcome.status}: {outcome.error}")
+                if i == 0:
+                    continue
+                ready = (run.ready_at or float("nan")) - m0
+                samples.append(
+                    {
+                        "first_request_ms": (reqs[before].at - t0) * 1000,
+                        "launch_returned_ms": (launched - m0) * 1000,
+                        "agent_ready_ms": ready * 1000,
+                    }
+                )
+    finally:
+        await store.close()
+    return samples
+
+
+def cold_start(fake: FakeAnthropic, n: int, floor_n: int) -> Figure:
+    floors = import_anthropic_ms(floor_n)
+    with tempfile.TemporaryDirectory(prefix="nanoclaw-bench-") as tmp:
+        home = make_home(Path(tmp))
+        samples = asyncio.run(_cold_runs(fake, home, n))
+    first = median([s["first_request_ms"] for s in samples])
+    floor = median(floors)
+    ratio = first / floor
+    return Figure(
+        "cold_start",
+        "agent cold start -> first request",
+        first,
+        "ms",
+        f"<= {COLD_TARGET:g}x floor",
+        ratio <= COLD_TARGET,
+        floor=floor,
+        ratio=ratio,
+        extra={
+            "n": n,
+            "launch_returned_ms": median([s["launch_returned_ms"] for s in samples]),
+            "agent_ready_ms": median([s["agent_ready_ms"] for s in samples]),
+            "min_ms": min(s["first_request_ms"] for s in samples),
+        },
+        note='floor = python -c "import anthropic"; agent_ready = "ready" event read by host',
+    )

@@ -1,0 +1,157 @@
+"""Shared fixtures: a NANOCLAW_HOME in a temp dir, settings, a store, the fake model, a core.
+
+Everything is real: SQLite files, bwrap sandboxes, watchfiles, the anthropic SDK talking
+HTTP to `fake_anthropic.FakeAnthropic`. Waits poll a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from fake_anthropic import FakeAnthropic
+
+from channels.terminal import TerminalChannel
+from nanoclaw.app import Core
+from nanoclaw.config import Settings, load_settings
+from nanoclaw.models import Group, InboundMessage
+from nanoclaw.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET_KEY = "sk-ant-test-SECRET-4f1c9e"
+
+
+def make_home(root: Path) -> Path:
+    (root / "groups" / "main").mkdir(parents=True)
+    (root / "groups" / "global").mkdir(parents=True)
+    shutil.copy(REPO / "groups" / "main" / "CLAUDE.md", root / "groups" / "main" / "CLAUDE.md")
+    shutil.copy(REPO / "groups" / "global" / "CLAUDE.md", root / "groups" / "global" / "CLAUDE.md")
+    shutil.copytree(REPO / "skills", root / "skills")
+    (root / ".env").write_text(f"ANTHROPIC_API_KEY={SECRET_KEY}\n")
+    return root
+
+
+def settings_for(home: Path, base_url: str, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "NANOCLAW_HOME": home,
+        "ANTHROPIC_API_KEY": SECRET_KEY,
+        "ANTHROPIC_BASE_URL": base_url,
+        "POLL_INTERVAL_MS": 50,
+        "AGENT_IDLE_TIMEOUT_S": 30,
+        "AGENT_TIMEOUT_S": 120,
+        "TZ": "UTC",
+        "ALLOWED_SENDERS": "tg:111",
+    }
+    values.update(extra)
+    return load_settings(None, **values)
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]] | Callable[[], Any], timeout: float = 30.0
+) -> Any:
+    """Poll `check` until it returns something truthy; fail with a clear message otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as server:
+        yield server
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return make_home(tmp_path / "home")
+
+
+@pytest.fixture
+def settings(home: Path, fake: FakeAnthropic) -> Settings:
+    return settings_for(home, fake.base_url)
+
+
+@pytest_asyncio.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    s = await Store.open(settings.db_path)
+    yield s
+    await s.close()
+
+
+@dataclass
+class Running:
+    """A core running in-process with the terminal channel writing into a buffer."""
+
+    core: Core
+    store: Store
+    channel: TerminalChannel
+    settings: Settings
+
+    @property
+    def output(self) -> str:
+        out = self.channel.out
+        assert isinstance(out, io.StringIO)
+        return out.getvalue()
+
+    async def say(self, text: str, chat: str = "term:main", sender: str = "term:local") -> int:
+        msg = InboundMessage(
+            chat_id=chat,
+            platform_id=uuid.uuid4().hex,
+            sender_id=sender,
+            sender_name=sender.split(":", 1)[1],
+            text=text,
+            ts_ms=int(time.time() * 1000),
+        )
+        msg_id = await self.core.ingest.message(msg)
+        assert msg_id is not None
+        return msg_id
+
+    async def reply_containing(self, needle: str, timeout: float = 60.0) -> str:
+        await wait_for(lambda: needle in self.output, timeout)
+        return self.output
+
+    async def add_group(self, folder: str, chat: str, **kw: Any) -> Group:
+        group = Group(folder=folder, name=folder, chats=(chat,), **kw)
+        await self.store.save_group(group)
+        (self.settings.groups_dir / folder).mkdir(parents=True, exist_ok=True)
+        self.core.watcher.refresh()
+        return group
+
+
+async def start_core(settings: Settings) -> tuple[Running, asyncio.Task[None]]:
+    store = await Store.open(settings.db_path)
+    channel = TerminalChannel(settings.assistant_name, out=io.StringIO())
+    core = Core(settings, store, {"term": channel})
+    started = asyncio.Event()
+    task = asyncio.create_task(core.run(started))
+    await asyncio.wait_for(started.wait(), 30)
+    return Running(core, store, channel, settings), task
+
+
+async def stop_core(running: Running, task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await running.store.close()
+
+
+@pytest_asyncio.fixture
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    r, task = await start_core(settings)
+    yield r
+    await stop_core(r, task)

@@ -1,0 +1,205 @@
+"""The `nanoclaw` command as a real subprocess on a store in tmp_path, and its pure setter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanoclaw.cli import apply_setting
+from nanoclaw.models import Group
+from nanoclaw.store import Store
+
+SETTINGS = (
+    "ASSISTANT_NAME", "TRIGGER_WORD", "ALLOWED_SENDERS", "ALLOWED_JIDS", "NANOCLAW_HOME",
+    "ANTHROPIC_API_KEY", "MAX_CONCURRENT_AGENTS", "POLL_INTERVAL_MS", "TZ", "LOG_LEVEL",
+    "TELEGRAM_BOT_TOKEN", "XMPP_JID", "XMPP_PASSWORD", "MATRIX_HOMESERVER", "MATRIX_USER_ID",
+)  # fmt: skip
+
+
+def nanoclaw(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    env.update(NANOCLAW_HOME=str(home), TZ="UTC")
+    return subprocess.run(
+        [sys.executable, "-m", "nanoclaw.cli", *args],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def ok(home: Path, *args: str) -> str:
+    proc = nanoclaw(home, *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def listing(home: Path) -> dict[str, str]:
+    return {line.split()[0]: line for line in ok(home, "groups", "list").splitlines()}
+
+
+async def stored_group(home: Path, folder: str) -> Group | None:
+    store = await Store.open(home / "store" / "nanoclaw.db")
+    try:
+        return await store.group(folder)
+    finally:
+        await store.close()
+
+
+def test_groups_list_shows_main_bound_to_terminal(tmp_path: Path) -> None:
+    groups = listing(tmp_path)
+    assert list(groups) == ["main"]
+    assert "chats=term:main" in groups["main"]
+    assert "no trigger" in groups["main"]
+    assert (tmp_path / "store" / "nanoclaw.db").is_file()
+
+
+async def test_groups_add_set_list_remove(tmp_path: Path) -> None:
+    out = ok(tmp_path, "groups", "add", "work", "--chat", "tg:-100123", "--set", "trigger=@bot")
+    assert out.startswith("work ") and "trigger @bot" in out
+    work = listing(tmp_path)["work"]
+    assert "trigger @bot" in work and "net=off" in work and "chats=tg:-100123" in work
+    assert (tmp_path / "groups" / "work").is_dir()
+
+    ok(tmp_path, "groups", "set", "work", "network=full", "requires_trigger=false")
+    work = listing(tmp_path)["work"]
+    assert "no trigger" in work and "net=full" in work and "chats=tg:-100123" in work
+    group = await stored_group(tmp_path, "work")
+    assert group is not None
+    assert (group.trigger, group.requires_trigger, group.network) == ("@bot", False, "full")
+    assert group.chats == ("tg:-100123",)
+
+    ok(tmp_path, "groups", "set", "work", "allowed_senders=tg:1,tg:2", "chat=xmpp:a@example.org")
+    group = await stored_group(tmp_path, "work")
+    assert group is not None
+    assert group.allowed_senders == ("tg:1", "tg:2")
+    assert set(group.chats) == {"tg:-100123", "xmpp:a@example.org"}
+
+    assert ok(tmp_path, "groups", "remove", "work").strip() == "removed work"
+    assert list(listing(tmp_path)) == ["main"]
+    assert await stored_group(tmp_path, "work") is None
+    gone = nanoclaw(tmp_path, "groups", "remove", "work")
+    assert gone.returncode == 1 and "no group work" in gone.stdout
+
+
+@pytest.mark.parametrize("folder", ["Work", "global", "_x", "a b", "../etc", "x" * 65])
+def test_invalid_folder_exits_2(tmp_path: Path, folder: str) -> None:
+    proc = nanoclaw(tmp_path, "groups", "add", folder, "--chat", "tg:-1")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "a-z, 0-9" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "groups" / folder).exists()
+
+
+@pytest.mark.parametrize(
+    ("pair", "says"),
+    [
+        ("network=wide", "network is off, allowlist or full"),
+        ("requires_trigger=maybe", "requires_trigger is true or false"),
+        ("colour=blue", "unknown key 'colour'"),
+        ("chat=irc:#x", "is not a chat id"),
+        ("network", "write key=value"),
+    ],
+)
+async def test_invalid_setting_exits_2_and_changes_nothing(
+    tmp_path: Path, pair: str, says: str
+) -> None:
+    ok(tmp_path, "groups", "add", "work", "--chat", "tg:-1")
+    proc = nanoclaw(tmp_path, "groups", "set", "work", "requires_trigger=false", pair)
+    assert proc.returncode == 2
+    assert says in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    group = await stored_group(tmp_path, "work")
+    assert group is not None and group.requires_trigger is True and group.network == "off"
+
+
+def test_set_on_unknown_group_fails(tmp_path: Path) -> None:
+    proc = nanoclaw(tmp_path, "groups", "set", "nope", "network=full")
+    assert proc.returncode == 1
+    assert "no group nope" in proc.stderr
+    assert "nope" not in listing(tmp_path)
+
+
+async def test_chats_lists_seen_chats(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "store" / "nanoclaw.db")
+    try:
+        await store.record_chat("tg:-100999", "Family", True, 1_700_000_000_000)
+        await store.record_chat("term:main", "terminal", False, 1_700_000_060_000)
+    finally:
+        await store.close()
+    lines = ok(tmp_path, "chats").splitlines()
+    by_chat = {line.split()[0]: line for line in lines}
+    assert set(by_chat) == {"tg:-100999", "term:main"}
+    assert "(not registered)" in by_chat["tg:-100999"]
+    assert by_chat["tg:-100999"].endswith("Family")
+    assert "2023-11-14 22:13" in by_chat["tg:-100999"]  # last seen, in TZ=UTC
+    ok(tmp_path, "groups", "list")  # creates main, bound to term:main
+    ok(tmp_path, "groups", "add", "fam", "--chat", "tg:-100999")
+    by_chat = {line.split()[0]: line for line in ok(tmp_path, "chats").splitlines()}
+    assert by_chat["tg:-100999"].split()[1] == "fam"
+    assert by_chat["term:main"].split()[1] == "main"
+
+
+# the pure setter
+
+BASE = Group(folder="work", name="work", chats=("tg:-1",))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field", "expected"),
+    [
+        ("requires_trigger", "false", "requires_trigger", False),
+        ("requires_trigger", "No", "requires_trigger", False),
+        ("requires_trigger", "0", "requires_trigger", False),
+        ("requires_trigger", "TRUE", "requires_trigger", True),
+        ("requires_trigger", "yes", "requires_trigger", True),
+        ("network", "allowlist", "network", "allowlist"),
+        ("network", "full", "network", "full"),
+        ("allowed_senders", "tg:1,tg:2", "allowed_senders", ("tg:1", "tg:2")),
+        ("allowed_senders", "", "allowed_senders", ()),
+        ("chat", "term:work", "chats", ("tg:-1", "term:work")),
+        ("name", "Work team", "name", "Work team"),
+        ("name", "", "name", "work"),
+        ("trigger", "@bot", "trigger", "@bot"),
+        ("trigger", "", "trigger", None),
+        ("model", "claude-x", "model", "claude-x"),
+        ("model", "", "model", None),
+    ],
+)
+def test_apply_setting(key: str, value: str, field: str, expected: object) -> None:
+    out = apply_setting(BASE, key, value)
+    assert getattr(out, field) == expected
+    assert BASE.chats == ("tg:-1",) and BASE.network == "off"  # the input is not changed
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("network", "Full", "network is off, allowlist or full"),
+        ("requires_trigger", "maybe", "true or false"),
+        ("chat", "tg:", "not a chat id"),
+        ("chat", "TG:-1", "not a chat id"),
+        ("folder", "x", "unknown key"),
+    ],
+)
+def test_apply_setting_rejects(key: str, value: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        apply_setting(BASE, key, value)
+
+
+def test_apply_setting_allowed_senders_drops_blank_entries() -> None:
+    assert apply_setting(BASE, "allowed_senders", "tg:1, , tg:2, ").allowed_senders == (
+        "tg:1",
+        "tg:2",
+    )
+
+
+def test_apply_setting_rejects_bad_sender_id() -> None:
+    with pytest.raises(ValueError, match="bob"):
+        apply_setting(BASE, "allowed_senders", "tg:1,bob")

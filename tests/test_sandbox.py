@@ -1,0 +1,131 @@
+"""The bwrap plan as a pure function, and bwrap itself with that plan outside the daemon."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from nanoclaw.sandbox import (
+    Limits,
+    Runtime,
+    SandboxPlan,
+    agent_command,
+    bwrap_argv,
+    detect_runtime,
+    limits_prefix,
+    write_etc,
+)
+
+
+def plan_in(base: Path, runtime: Runtime, **kw: object) -> SandboxPlan:
+    for sub in ("ws", "ipc/errors", "global", "skills", "etc", "agent"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "ipc" / "llm.sock").touch()
+    write_etc(base / "etc")
+    return SandboxPlan(
+        workspace=base / "ws", ipc=base / "ipc", global_dir=base / "global",
+        global_writable=False, skills=base / "skills", agent_code=base / "agent",
+        etc=base / "etc", runtime=runtime, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def mounts(argv: list[str]) -> dict[str, tuple[str, str]]:
+    """inside path -> (kind, host source) for every bind in argv."""
+    out: dict[str, tuple[str, str]] = {}
+    for i, arg in enumerate(argv):
+        if arg in ("--bind", "--ro-bind", "--ro-bind-try"):
+            out[argv[i + 2]] = (arg, argv[i + 1])
+    return out
+
+
+def test_plan_has_exactly_the_spec_mounts(tmp_path: Path) -> None:
+    plan = plan_in(tmp_path, detect_runtime())
+    argv = bwrap_argv(plan, ["/bin/true"])
+    m = mounts(argv)
+    assert m["/workspace"] == ("--bind", str(tmp_path / "ws"))
+    assert m["/ipc"] == ("--bind", str(tmp_path / "ipc"))
+    assert m["/global"] == ("--ro-bind", str(tmp_path / "global"))
+    assert m["/skills"] == ("--ro-bind", str(tmp_path / "skills"))
+    assert m["/ipc/llm.sock"][0] == "--ro-bind"
+    assert m["/runtime/lib/agent"] == ("--ro-bind", str(tmp_path / "agent"))
+    writable = {inside for inside, (kind, _) in m.items() if kind == "--bind"}
+    assert writable == {"/workspace", "/ipc"}
+    sources = [src for _, src in m.values()]
+    home = os.path.expanduser("~")
+    assert not any(src in ("/", "/etc", home, "/home", str(Path.cwd())) for src in sources)
+    assert "/etc/shadow" not in sources
+    for flag in (
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-net",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ):
+        assert flag in argv  # fmt: skip
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert argv[argv.index("--tmpfs", argv.index("--size")) + 1] == "/tmp"
+    assert argv.index("--remount-ro") < argv.index("--chdir")
+
+
+def test_main_gets_writable_global_and_full_network_shares_net(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    plan = replace(plan_in(tmp_path, detect_runtime()), global_writable=True, network="full")
+    argv = bwrap_argv(plan, ["/bin/true"])
+    assert mounts(argv)["/global"][0] == "--bind"
+    assert "--unshare-net" not in argv
+    assert mounts(argv).get("/etc/resolv.conf", ("", ""))[0] == "--ro-bind-try"
+
+
+def test_limits_prefix_sets_hard_limits() -> None:
+    prefix = limits_prefix(Limits(open_files=64, processes=32))
+    assert prefix[0] == "prlimit" and prefix[-1] == "--"
+    assert "--nofile=64" in prefix and "--nproc=32" in prefix and "--core=0" in prefix
+
+
+def test_agent_command_is_isolated_python() -> None:
+    rt = Runtime(mounts=(), python="/runtime/python/bin/python3.11", site_dirs=("/runtime/sp",))
+    cmd = agent_command(rt)
+    assert cmd[:3] == [rt.python, "-I", "-B"]
+    assert "/runtime/sp" in cmd[-1] and "run_module('agent'" in cmd[-1]
+
+
+def test_sandbox_runs_and_is_killed_with_its_parent(tmp_path: Path) -> None:
+    plan = plan_in(tmp_path, detect_runtime())
+    argv = limits_prefix(plan.limits) + bwrap_argv(plan, ["/bin/sh", "-c", "ulimit -n; sleep 60"])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={}, start_new_session=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == str(plan.limits.open_files)
+    os.killpg(proc.pid, 9)
+    assert proc.wait(timeout=10) != 0
+
+
+def test_mount_plan_works_for_an_ordinary_user() -> None:
+    """bwrap with the same plan, started as uid 65534 (the daemon as a non-root user)."""
+    if os.geteuid() != 0 or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs root to switch user, and the system python3")
+    base = Path(tempfile.mkdtemp(prefix="nanoclaw-user-"))
+    try:
+        os.chmod(base, 0o755)
+        plan = plan_in(base, Runtime(mounts=(), python="/usr/bin/python3", site_dirs=()))
+        subprocess.run(["chown", "-R", "65534:65534", str(base)], check=True)
+        code = "import os; print(os.getuid(), os.listdir('/workspace'))"
+        argv = bwrap_argv(plan, ["/usr/bin/python3", "-c", code])
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "1000 []"
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
