@@ -246,3 +246,17 @@ def test_cli_bad_setting_in_dot_env(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "LOG_LEVEL" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_env_example_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from nanoclaw.config import Settings
+
+    doc = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    missing = [
+        (f.alias or name.upper())
+        for name, f in Settings.model_fields.items()
+        if (f.alias or name.upper()) not in doc
+    ]
+    assert missing == []

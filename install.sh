@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what nanoclaw needs on Debian/Ubuntu (bubblewrap, uv, the Python deps),
+# then starts the terminal chat. Safe to run again. Usage: ./install.sh [--no-chat]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+need_apt=()
+command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+command -v prlimit >/dev/null || need_apt+=(util-linux)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]} with apt"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+export PATH="$HOME/.local/bin:$PATH"
+if ! command -v uv >/dev/null; then
+  echo "installing uv"
+  python3 -m pip install --user --quiet uv 2>/dev/null \
+    || python3 -m pip install --user --quiet --break-system-packages uv 2>/dev/null \
+    || { $SUDO apt-get install -y -qq pipx && pipx install uv; }
+fi
+
+uv sync --frozen --compile-bytecode --quiet
+
+if [ ! -f .env ]; then
+  cp .env.example .env
+  echo "created .env from .env.example"
+fi
+if ! grep -qE '^ANTHROPIC_API_KEY=.+' .env && [ -z "${ANTHROPIC_API_KEY:-}" ]; then
+  if [ -t 0 ]; then
+    read -r -s -p "Anthropic API key (stays on this host, never enters the sandbox): " key
+    echo
+    sed -i "s|^ANTHROPIC_API_KEY=.*|ANTHROPIC_API_KEY=${key}|" .env
+  else
+    echo "set ANTHROPIC_API_KEY in .env, then run: uv run nanoclaw chat" >&2
+    exit 1
+  fi
+fi
+
+uv run --frozen nanoclaw doctor || echo "(doctor found problems above; the chat may not work)"
+[ "${1:-}" = "--no-chat" ] && exit 0
+exec uv run --frozen nanoclaw chat
