@@ -75,7 +75,8 @@ class ModelProxy:
     async def start(self, sock: Path) -> None:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A run that ended has no use for answers still in flight: do not wait for them.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         _remove_stale(sock)
         site = web.UnixSite(self._runner, str(sock))

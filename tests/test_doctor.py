@@ -1,0 +1,34 @@
+"""`nanoclaw doctor`: every check runs for real and a failure says how to fix it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def doctor(home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "NANOCLAW"))}
+    base.update(NANOCLAW_HOME=str(home), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "nanoclaw.cli", "doctor"],
+        cwd=home, env=base, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_doctor_passes_with_credential(tmp_path: Path) -> None:
+    proc = doctor(tmp_path, ANTHROPIC_API_KEY="sk-ant-x")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok    user, pid and network namespaces work" in proc.stdout
+    assert "starts inside the sandbox" in proc.stdout
+    assert "FAIL" not in proc.stdout
+
+
+def test_doctor_names_the_fix_for_a_missing_key(tmp_path: Path) -> None:
+    proc = doctor(tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    fail = next(i for i, line in enumerate(lines) if line.startswith("FAIL"))
+    assert "ANTHROPIC_API_KEY" in lines[fail]
+    assert lines[fail + 1].strip().startswith("fix: add ANTHROPIC_API_KEY=")
