@@ -37,8 +37,8 @@ class Plan:
     idle_s: float
 
 
-FULL = Plan(30, 7, 10, 20, 50, 5.0, 20_000, 10.0)
-QUICK = Plan(10, 2, 3, 8, 15, 2.0, 5_000, 5.0)
+FULL = Plan(30, 10, 10, 20, 50, 5.0, 20_000, 10.0)
+QUICK = Plan(10, 3, 3, 8, 15, 2.0, 5_000, 5.0)
 
 
 def _measure(key: str, name: str, target: str, fn: Callable[[], list[Figure]]) -> list[Figure]:

@@ -32,10 +32,16 @@ async def _answered(fake: FakeAnthropic, n: int, turn: asyncio.Event) -> list[Re
     return reqs
 
 
-async def _cold_runs(fake: FakeAnthropic, home: Path, n: int) -> list[dict[str, float]]:
-    """n + 1 launches (the first warms the page cache); per run: ms to each milestone."""
+async def _cold_runs(
+    fake: FakeAnthropic, home: Path, n: int, floor_n: int
+) -> tuple[list[dict[str, float]], list[float], list[float]]:
+    """n + 1 launches (the first warms the page cache), each after the floor commands so
+    load drifts hit all alike; per launch: ms to each milestone. Also the floors in ms:
+    the SPEC's (import, then exit) and the import alone (no interpreter teardown)."""
     store = await Store.open(home / "store" / "nanoclaw.db")
     samples: list[dict[str, float]] = []
+    floors: list[float] = []
+    imports: list[float] = []
     try:
         await ensure_main(store)
         group = await store.group(MAIN)
@@ -52,6 +58,10 @@ async def _cold_runs(fake: FakeAnthropic, home: Path, n: int) -> list[dict[str, 
         async with ClientSession() as session:
             launcher = Launcher(store, Layout(home), agent, session)
             for i in range(n + 1):
+                floor = await asyncio.to_thread(import_anthropic_ms, 1, 0)
+                only = await asyncio.to_thread(import_anthropic_ms, 1, 0, False)
+                floors += floor if i else []
+                imports += only if i else []
                 before = len(fake.requests)
                 run_id = await store.start_run(MAIN, "message", None, None)
                 turn = asyncio.Event()
@@ -88,14 +98,15 @@ async def _cold_runs(fake: FakeAnthropic, home: Path, n: int) -> list[dict[str, 
                 )
     finally:
         await store.close()
-    return samples
+    if floor_n > n:
+        floors += await asyncio.to_thread(import_anthropic_ms, floor_n - n, 0)
+    return samples, floors, imports
 
 
 def cold_start(fake: FakeAnthropic, n: int, floor_n: int) -> Figure:
-    floors = import_anthropic_ms(floor_n)
     with tempfile.TemporaryDirectory(prefix="nanoclaw-bench-") as tmp:
         home = make_home(Path(tmp))
-        samples = asyncio.run(_cold_runs(fake, home, n))
+        samples, floors, imports = asyncio.run(_cold_runs(fake, home, n, floor_n))
     first = median([s["first_request_ms"] for s in samples])
     floor = median(floors)
     ratio = first / floor
@@ -113,6 +124,9 @@ def cold_start(fake: FakeAnthropic, n: int, floor_n: int) -> Figure:
             "launch_returned_ms": median([s["launch_returned_ms"] for s in samples]),
             "agent_ready_ms": median([s["agent_ready_ms"] for s in samples]),
             "min_ms": min(s["first_request_ms"] for s in samples),
+            "floor_n": len(floors),
+            "import_only_ms": median(imports),
+            "ratio_vs_import_only": first / median(imports),
         },
         note='floor = python -c "import anthropic"; agent_ready = "ready" event read by host',
     )

@@ -63,6 +63,10 @@ def _num(value: float | None, unit: str) -> str:
     return f"{value:.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
 
 
+def _extra(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.4g}"
+
+
 def _result(passed: bool | None, value: float | None) -> str:
     if value is None:
         return "ERROR"
@@ -78,7 +82,7 @@ def table(figures: Sequence[Figure]) -> str:
             f.name,
             _num(f.value, f.unit),
             _num(f.floor, f.unit),
-            "-" if f.ratio is None else f"{f.ratio:.2f}x",
+            "-" if f.ratio is None else f"{f.ratio:.3f}x",
             f.target,
             _result(f.passed, f.value),
         )
@@ -97,7 +101,7 @@ def table(figures: Sequence[Figure]) -> str:
 
     out = [fmt(head), line, *(fmt(r) for r in rows), line]
     for f in figures:
-        bits = [f"{k}={v:.4g}" for k, v in f.extra.items()]
+        bits = [f"{k}={_extra(v)}" for k, v in f.extra.items()]
         if f.note:
             bits.append(f.note)
         if bits:

@@ -1,21 +1,30 @@
 """Figure 1 (sandbox spawn) and the process-start floors of figure 2.
 
-Both commands are started the same way, with `subprocess.run(env={})`, interleaved so
+Every command is started the same way, with `subprocess.run(env={})`, interleaved so
 that a drift in machine load hits the measurement and its floor alike.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.home import make_home
 from bench.report import Figure, median
 from nanoclaw.launcher import AGENT_CODE
-from nanoclaw.sandbox import SandboxPlan, bwrap_argv, detect_runtime, limits_prefix, write_etc
+from nanoclaw.sandbox import (
+    SandboxPlan,
+    bwrap_argv,
+    detect_runtime,
+    hide_args,
+    limits_prefix,
+    write_etc,
+)
 
 MINIMAL_BWRAP = [
     "bwrap", "--unshare-user", "--ro-bind", "/usr", "/usr",
@@ -26,10 +35,18 @@ SPAWN_TARGET = 2.0
 COLD_TARGET = 1.3
 
 
-def full_plan_argv(home: Path) -> list[str]:
-    """prlimit + bwrap with nanoclaw's whole mount plan for `main`, running /bin/true."""
+@dataclass(frozen=True)
+class Command:
+    """An argv; with `hide`, started as the runner does: bwrap's options via `--args FD`."""
+
+    argv: list[str]
+    prefix: tuple[str, ...] = ()
+    hide: bool = False
+
+
+def _plan(home: Path) -> SandboxPlan:
     make_home(home)
-    plan = SandboxPlan(
+    return SandboxPlan(
         workspace=home / "groups" / "main",
         ipc=home / "store" / "ipc" / "main",
         global_dir=home / "groups" / "global",
@@ -40,35 +57,59 @@ def full_plan_argv(home: Path) -> list[str]:
         runtime=detect_runtime(),
         env=(("TZ", "UTC"),),
     )
-    return limits_prefix(plan.limits) + bwrap_argv(plan, ["/bin/true"])
 
 
-def time_once(argv: list[str]) -> float:
+def full_plan_commands(home: Path) -> tuple[Command, Command]:
+    """prlimit + bwrap with the whole mount plan for `main` running /bin/true: as the runner
+    starts it (options through `--args FD`), and as one plain argv."""
+    plan = _plan(home)
+    argv = bwrap_argv(plan, ["/bin/true"])
+    prefix = tuple(limits_prefix(plan.limits))
+    return Command(argv, prefix, hide=True), Command([*prefix, *argv])
+
+
+def time_once(cmd: Command) -> float:
     """Wall seconds of one run from fork to exit; a failing command is an error."""
+    fds: tuple[int, ...] = ()
+    argv = cmd.argv
     start = time.perf_counter()
-    done = subprocess.run(argv, env={}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if cmd.hide:
+        read_end, write_end = os.pipe()
+        short, payload = hide_args(cmd.argv, read_end)
+        os.write(write_end, payload)  # a few KiB: below the pipe buffer
+        os.close(write_end)
+        argv, fds = [*cmd.prefix, *short], (read_end,)
+    else:
+        argv = [*cmd.prefix, *cmd.argv]
+    try:
+        done = subprocess.run(
+            argv, env={}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=fds
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        err = done.stderr.decode(errors="replace").strip()[:300]
+        err = done.stderr.decode(errors="replace").strip().splitlines()[:1]
         raise RuntimeError(f"{argv[0]} exited {done.returncode}: {err}")
     return elapsed
 
 
-def interleaved(a: list[str], b: list[str], n: int, warmup: int = 2) -> tuple[list[float], ...]:
-    times_a: list[float] = []
-    times_b: list[float] = []
+def interleaved(cmds: list[Command], n: int, warmup: int = 2) -> list[list[float]]:
+    """n timings of each command, taken in turn so load drifts hit them alike."""
+    times: list[list[float]] = [[] for _ in cmds]
     for i in range(warmup + n):
-        ta, tb = time_once(a), time_once(b)
-        if i >= warmup:
-            times_a.append(ta)
-            times_b.append(tb)
-    return times_a, times_b
+        for out, cmd in zip(times, cmds, strict=True):
+            elapsed = time_once(cmd)
+            if i >= warmup:
+                out.append(elapsed)
+    return times
 
 
 def sandbox_spawn(n: int) -> Figure:
     with tempfile.TemporaryDirectory(prefix="nanoclaw-bench-") as tmp:
-        full = full_plan_argv(Path(tmp))
-        floors, fulls = interleaved(MINIMAL_BWRAP, full, n)
+        runner, plain = full_plan_commands(Path(tmp))
+        floors, fulls, plains = interleaved([Command(MINIMAL_BWRAP), runner, plain], n)
     floor_ms, full_ms = median(floors) * 1000, median(fulls) * 1000
     ratio = full_ms / floor_ms
     return Figure(
@@ -80,12 +121,20 @@ def sandbox_spawn(n: int) -> Figure:
         ratio <= SPAWN_TARGET,
         floor=floor_ms,
         ratio=ratio,
-        extra={"n": n, "full_min_ms": min(fulls) * 1000, "floor_min_ms": min(floors) * 1000},
-        note=f"floor = minimal bwrap of /bin/true; full argv has {len(full)} words",
+        extra={
+            "n": n,
+            "full_min_ms": min(fulls) * 1000,
+            "floor_min_ms": min(floors) * 1000,
+            "plain_argv_ms": median(plains) * 1000,
+        },
+        note="floor = minimal bwrap of /bin/true; full = prlimit + bwrap --args FD as the runner",
     )
 
 
-def import_anthropic_ms(n: int, warmup: int = 1) -> list[float]:
-    """The floor of figure 2: this interpreter importing the SDK, median over n runs."""
-    argv = [sys.executable, "-c", "import anthropic"]
-    return [time_once(argv) * 1000 for _ in range(warmup + n)][warmup:]
+def import_anthropic_ms(n: int, warmup: int = 1, teardown: bool = True) -> list[float]:
+    """The floor of figure 2: this interpreter importing the SDK, n runs. With `teardown`
+    off the process leaves by os._exit, skipping the interpreter's (long) finalisation,
+    which an agent that is still running has not paid either."""
+    code = "import anthropic" if teardown else "import anthropic, os; os._exit(0)"
+    cmd = Command([sys.executable, "-c", code])
+    return [time_once(cmd) * 1000 for _ in range(warmup + n)][warmup:]

@@ -8,6 +8,7 @@ runs the core in-process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import sys
 import time
@@ -120,14 +121,15 @@ class TerminalChat:
             return await self.select(arg, create=name == "add")
         if name == "history":
             count = int(arg) if arg.isdigit() else 20
-            msgs = await self.store.history(self.chat_id, count)
-            return "\n".join(f"{m.sender_name}: {m.text}" for m in msgs) or "no messages yet"
+            said = await self.store.transcript(self.chat_id, count)
+            name = self.settings.assistant_name
+            return "\n".join(f"{who or name}: {text}" for who, text in said) or "no messages yet"
         return HELP
 
     async def wait_for_replies(self, last_trigger: int, timeout: float) -> bool:
         """True once the group's cursor passed `last_trigger` and its replies were delivered."""
         deadline = time.monotonic() + timeout
-        reported: set[int] = set()
+        reported = {run.id for run in await self.store.runs(self.folder, limit=3)}
         while time.monotonic() < deadline:
             cursor = await self.store.cursor(self.folder)
             if cursor >= last_trigger and await self.store.pending_outbox(self.chat_id) == 0:
@@ -145,6 +147,14 @@ class TerminalChat:
         for line in (raw.strip() for raw in lines):
             if not line:
                 continue
+            parsed = parse_command(line)
+            if parsed is not None:
+                shown = await self.command(*parsed)
+                if shown is None:
+                    break
+                print(shown, flush=True)
+                group = await self.store.group(self.folder)
+                continue
             msg = await self.send(line)
             if msg is not None and group is not None:
                 allowed = self.settings.allowed_senders
@@ -158,10 +168,23 @@ class TerminalChat:
         return 1
 
     async def repl(self) -> int:
+        history = self.settings.store_dir / "chat_history"
         try:
-            import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:
-            pass
+            import readline  # line editing and history for input()
+
+            readline.set_history_length(1000)
+            if history.exists():
+                readline.read_history_file(history)
+        except (ImportError, OSError):
+            readline = None  # type: ignore[assignment]
+        try:
+            return await self._loop()
+        finally:
+            if readline is not None:
+                with contextlib.suppress(OSError):
+                    readline.write_history_file(history)
+
+    async def _loop(self) -> int:
         print(f"nanoclaw chat: group {self.folder}. {HELP}", flush=True)
         while True:
             try:

@@ -130,6 +130,18 @@ class Store(Ledger):
         )
         return [_message(r) for r in reversed(rows)]
 
+    async def transcript(self, chat_id: str, limit: int) -> list[tuple[str, str]]:
+        """The chat's last messages and replies sent to it, oldest first: (sender, text).
+
+        A reply's sender is '' (the assistant)."""
+        rows = await self._all(
+            "SELECT ts_ms AS t, sender_name, text FROM messages WHERE chat_id = ? "
+            "UNION ALL SELECT created_ms, '', text FROM outbox "
+            "WHERE chat_id = ? AND status = 'sent' ORDER BY t DESC LIMIT ?",
+            (chat_id, chat_id, limit),
+        )
+        return [(str(r[1]), str(r[2])) for r in reversed(rows)]
+
     async def chats(self) -> list[ChatInfo]:
         rows = await self._all(
             "SELECT c.chat_id, c.name, c.is_group, c.last_seen_ms, gc.folder FROM chats c "

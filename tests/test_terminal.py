@@ -1,0 +1,88 @@
+"""The terminal channel: a real REPL on a pty, commands, and the pure command parser."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fake_anthropic import FakeAnthropic
+
+from channels.terminal import parse_command
+
+
+@pytest.mark.parametrize(
+    ("line", "parsed"),
+    [
+        ("/switch work", ("switch", "work")),
+        ("/LIST", ("list", "")),
+        ("/quit", ("quit", "")),
+        ("hello /switch", None),
+        ("//not a command", None),
+        ("@Andy hi", None),
+    ],
+)
+def test_parse_command(line: str, parsed: tuple[str, str] | None) -> None:
+    assert parse_command(line) == parsed
+
+
+class Pty:
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env
+        )
+        os.close(slave)
+        self.buffer = ""
+
+    def expect(self, needle: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while needle not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{needle!r} not seen; got:\n{self.buffer[-2000:]}")
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    self.buffer += os.read(self.master, 65536).decode(errors="replace")
+                except OSError:
+                    break
+        return self.buffer
+
+    def send(self, line: str) -> None:
+        os.write(self.master, (line + "\n").encode())
+
+
+def test_repl_commands_and_a_reply(home: Path, fake: FakeAnthropic) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "NANOCLAW"))}
+    env.update(NANOCLAW_HOME=str(home), ANTHROPIC_BASE_URL=fake.base_url, TZ="UTC",
+               POLL_INTERVAL_MS="50", AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
+    term = Pty([sys.executable, "-m", "nanoclaw.cli", "chat"], home, env)
+    try:
+        term.expect("[main] > ")
+        term.send("/add work")
+        term.expect("now chatting in work")
+        term.send("/list")
+        out = term.expect("term:work")
+        assert "* work" in out and "main" in out
+        term.send("hello there [[say: hi from work]]")
+        term.expect("Andy: hi from work")
+        before = len(term.buffer)
+        term.send("/history")
+        term.expect("[work] > ", timeout=10)
+        shown = term.expect("Andy: hi from work", timeout=10)[before:]
+        while "Andy: hi from work" not in shown or "hello there" not in shown:
+            shown = term.expect("[work] > ", timeout=10)[before:]
+        term.send("/switch nope")
+        term.expect("no group 'nope'")
+        term.send("/quit")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.proc.kill()
+        os.close(term.master)
+    assert (home / "store" / "chat_history").read_text().count("/add work") == 1
