@@ -7,6 +7,7 @@ the mounts of the SPEC, so tests can read the plan and probes can try to break i
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import sysconfig
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ ETC_FILES = (
     "/etc/mime.types",
     "/etc/bash.bashrc",
 )
+# A minimal /dev: the nodes programs open, and the usual links into /proc.
+DEV_NODES = ("null", "zero", "full", "random", "urandom")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))  # fmt: skip
 NET_ETC_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/gai.conf")
 ETC_PASSWD = "root:x:0:0:root:/root:/bin/false\nagent:x:1000:1000:agent:/workspace:/bin/bash\n"  # noqa: S105 (no secret: the sandbox user list)
 ETC_GROUP = "root:x:0:\nagent:x:1000:\n"
@@ -68,12 +73,28 @@ class SandboxPlan:
 
 
 def write_etc(directory: Path) -> Path:
-    """The sandbox's own /etc/passwd and /etc/group: the agent user, nobody of the host."""
+    """The sandbox's own /etc, mounted whole (one mount is cheaper than ten).
+
+    It holds copies of the few host files programs need (none secret), empty
+    placeholders for the network files bound over them when the network is on, and
+    its own passwd and group: the agent user, nobody of the host.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in (("passwd", ETC_PASSWD), ("group", ETC_GROUP)):
         path = directory / name
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)
+    for source in ETC_FILES:
+        src, dst = Path(source), directory / Path(source).relative_to("/etc")
+        if dst.exists() or dst.is_symlink() or not src.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy2(src, dst, follow_symlinks=False)
+    for source in NET_ETC_FILES:
+        (directory / Path(source).name).touch(exist_ok=True)
     return directory
 
 
@@ -125,17 +146,20 @@ def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
     a += ["--ro-bind", "/usr", "/usr"]
     for path, target in _top_level_dirs():
         a += ["--symlink", target, path] if target else ["--ro-bind", path, path]
-    etc = ETC_FILES + (NET_ETC_FILES if plan.network == "full" else ())
-    for path in etc:
-        a += ["--ro-bind-try", path, path]
-    a += ["--ro-bind", str(plan.etc / "passwd"), "/etc/passwd"]
-    a += ["--ro-bind", str(plan.etc / "group"), "/etc/group"]
+    a += ["--ro-bind", str(plan.etc), "/etc"]
+    if plan.network == "full":
+        for path in NET_ETC_FILES:
+            a += ["--ro-bind-try", path, path]
     if Path("/nix/store").is_dir():
         a += ["--ro-bind", "/nix/store", "/nix/store"]
     for src, dst in plan.runtime.mounts:
         a += ["--ro-bind", src, dst]
     a += ["--ro-bind", str(plan.agent_code), f"{RUNTIME}/lib/agent"]
-    a += ["--proc", "/proc", "--dev", "/dev"]
+    a += ["--proc", "/proc", "--tmpfs", "/dev"]
+    for node in DEV_NODES:
+        a += ["--dev-bind", f"/dev/{node}", f"/dev/{node}"]
+    for link, target in DEV_LINKS:
+        a += ["--symlink", target, f"/dev/{link}"]
     a += ["--size", str(plan.limits.tmp_bytes), "--tmpfs", "/tmp"]
     a += ["--bind", str(plan.workspace), "/workspace"]
     a += ["--bind", str(plan.ipc), "/ipc"]

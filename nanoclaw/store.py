@@ -22,8 +22,18 @@ MSG_COLS = (
     "id, chat_id, platform_id, sender_id, sender_name, text, ts_ms, mentions_bot, "
     "reply_to_bot, reply_to_sender, reply_to_text"
 )
-GROUP_FIELDS = ("name", "trigger", "requires_trigger", "network", "model")
-GROUP_LIST_FIELDS = ("allowed_senders", "mounts", "exports")
+INSERT_MESSAGE = (
+    "INSERT INTO messages (chat_id, platform_id, sender_id, sender_name, text, ts_ms, "
+    "mentions_bot, reply_to_bot, reply_to_sender, reply_to_text) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+def _values(msg: InboundMessage) -> tuple[object, ...]:
+    return (
+        msg.chat_id, msg.platform_id, msg.sender_id, msg.sender_name, msg.text, msg.ts_ms,
+        int(msg.mentions_bot), int(msg.reply_to_bot), msg.reply_to_sender, msg.reply_to_text,
+    )  # fmt: skip
 
 
 def _message(row: Sequence[Any]) -> Message:
@@ -61,35 +71,25 @@ class Store(Ledger):
 
     async def add_message(self, msg: InboundMessage) -> int | None:
         """Store one message; returns its id, or None when the platform re-delivered it."""
-        ids = await self.add_messages([msg])
-        return ids[0]
+        await self._seen(msg)
+        async with self._lock:  # one statement is its own transaction: one round trip
+            rows = await self._db.execute_fetchall(INSERT_MESSAGE, _values(msg))
+        return int(next(iter(rows))[0]) if rows else None
 
     async def add_messages(self, msgs: Sequence[InboundMessage]) -> list[int | None]:
-        ids: list[int | None] = []
+        """Store a burst in one transaction; ids as for `add_message`."""
         for msg in msgs:
-            if msg.ts_ms - self._chats_seen.get(msg.chat_id, -(10**12)) > 60_000:
-                await self.record_chat(msg.chat_id, msg.chat_name, msg.is_group_chat, msg.ts_ms)
+            await self._seen(msg)
+        ids: list[int | None] = []
         async with self.transaction():
             for msg in msgs:
-                row = await self._one(
-                    "INSERT INTO messages (chat_id, platform_id, sender_id, sender_name, text, "
-                    "ts_ms, mentions_bot, reply_to_bot, reply_to_sender, reply_to_text) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                    (
-                        msg.chat_id,
-                        msg.platform_id,
-                        msg.sender_id,
-                        msg.sender_name,
-                        msg.text,
-                        msg.ts_ms,
-                        int(msg.mentions_bot),
-                        int(msg.reply_to_bot),
-                        msg.reply_to_sender,
-                        msg.reply_to_text,
-                    ),
-                )
-                ids.append(int(row[0]) if row else None)
+                rows = await self._db.execute_fetchall(INSERT_MESSAGE, _values(msg))
+                ids.append(int(next(iter(rows))[0]) if rows else None)
         return ids
+
+    async def _seen(self, msg: InboundMessage) -> None:
+        if msg.ts_ms - self._chats_seen.get(msg.chat_id, -(10**12)) > 60_000:
+            await self.record_chat(msg.chat_id, msg.chat_name, msg.is_group_chat, msg.ts_ms)
 
     async def max_message_id(self) -> int:
         row = await self._one("SELECT coalesce(max(id), 0) FROM messages")

@@ -42,7 +42,8 @@ class Agent:
         self.cfg = cfg
         self.workspace = root / "workspace"
         self.ipc = root / "ipc"
-        transport = httpx.HTTPTransport(uds=str(self.ipc / "llm.sock"))
+        # Plain HTTP over a unix socket: no TLS context to build (saves ~30 ms at start).
+        transport = httpx.HTTPTransport(uds=str(self.ipc / "llm.sock"), verify=False)
         self.client = anthropic.Anthropic(
             api_key="sandbox-has-no-key",
             base_url="http://model-proxy.invalid",
