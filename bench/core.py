@@ -48,7 +48,7 @@ class PipelineResult:
 async def running_core(home: Path, base_url: str) -> AsyncIterator[tuple[Core, BenchChannel]]:
     settings = bench_settings(home, base_url)
     channel = BenchChannel(settings.assistant_name)
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.layout.db)
     core = Core(settings, store, {"term": channel})
     started = asyncio.Event()
     task = asyncio.create_task(core.run(started))

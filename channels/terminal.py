@@ -168,7 +168,7 @@ class TerminalChat:
         return 1
 
     async def repl(self) -> int:
-        history = self.settings.store_dir / "chat_history"
+        history = self.settings.layout.store / "chat_history"
         try:
             import readline  # line editing and history for input()
 

@@ -21,7 +21,7 @@ from nanoclaw.channel import Channel, Ingest
 from nanoclaw.config import Settings
 from nanoclaw.errors import SandboxError
 from nanoclaw.ipc import IpcHandler
-from nanoclaw.launcher import AgentSettings, Launcher, Layout
+from nanoclaw.launcher import AgentSettings, Launcher
 from nanoclaw.models import MAIN, Group
 from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.router import Router
@@ -75,7 +75,7 @@ class Core:
         self.settings = settings
         self.store = store
         self.channels = channels
-        self.layout = Layout(settings.nanoclaw_home)
+        self.layout = settings.layout
         self.router = Router(store, channels, settings.poll_interval_ms / 1000)
         self._session: ClientSession | None = None
         self.launcher: Launcher | None = None
@@ -155,7 +155,7 @@ class Core:
 
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.layout.db)
     try:
         yield store
     finally:

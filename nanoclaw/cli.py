@@ -31,7 +31,7 @@ def setup_logging(settings: Settings, to_file: bool) -> None:
     level = getattr(logging, settings.log_level.upper())
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if to_file:
-        path = settings.store_dir / "logs" / "nanoclaw.log"
+        path = settings.layout.logs / "nanoclaw.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         logging.basicConfig(level=level, format=fmt, filename=path)
     else:
@@ -42,7 +42,7 @@ def setup_logging(settings: Settings, to_file: bool) -> None:
 
 async def cmd_run(settings: Settings) -> int:
     require_credential(settings)
-    lock = try_lock(settings.store_dir / "daemon.lock")
+    lock = try_lock(settings.layout.lock)
     if lock is None:
         raise ConfigError("another nanoclaw daemon holds store/daemon.lock; stop it first")
     channels = load_channels(settings, enabled_channels(settings))
@@ -59,7 +59,7 @@ async def cmd_chat(settings: Settings, folder: str) -> int:
     channel = TerminalChannel(settings.assistant_name)
     async with open_store(settings) as store:
         await ensure_main(store)
-        lock = try_lock(settings.store_dir / "daemon.lock")
+        lock = try_lock(settings.layout.lock)
         if lock is not None:
             require_credential(settings)
             core = Core(settings, store, {"term": channel})
@@ -151,7 +151,7 @@ async def cmd_groups(settings: Settings, args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise ConfigError(f"group {args.folder}: {exc}") from exc
         await store.save_group(group)
-        (settings.groups_dir / group.folder).mkdir(parents=True, exist_ok=True)
+        (settings.layout.groups / group.folder).mkdir(parents=True, exist_ok=True)
         print(_group_line(group))
     return 0
 

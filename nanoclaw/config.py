@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nanoclaw.errors import ConfigError
+from nanoclaw.layout import Layout
 
 SENDER_RE = re.compile(r"^(tg|xmpp|mx|term):\S+$")
 DEFAULT_MODEL = "claude-sonnet-4-6"
@@ -123,20 +124,8 @@ class Settings(BaseSettings):
         return self.trigger_word or f"@{self.assistant_name}"
 
     @property
-    def store_dir(self) -> Path:
-        return self.nanoclaw_home / "store"
-
-    @property
-    def groups_dir(self) -> Path:
-        return self.nanoclaw_home / "groups"
-
-    @property
-    def skills_dir(self) -> Path:
-        return self.nanoclaw_home / "skills"
-
-    @property
-    def db_path(self) -> Path:
-        return self.store_dir / "nanoclaw.db"
+    def layout(self) -> Layout:
+        return Layout(self.nanoclaw_home)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from nanoclaw.channel import enabled_channels, load_channels
 from nanoclaw.config import Settings
 from nanoclaw.errors import StoreError
-from nanoclaw.launcher import AGENT_CODE, Layout
+from nanoclaw.launcher import AGENT_CODE
 from nanoclaw.sandbox import SandboxPlan, bwrap_argv, detect_runtime, limits_prefix, write_etc
 from nanoclaw.store import Store
 
@@ -53,7 +53,7 @@ def check_userns() -> Check:
 
 
 def check_sandbox(settings: Settings) -> Check:
-    layout = Layout(settings.nanoclaw_home)
+    layout = settings.layout
     probe = layout.store / "sandbox" / "probe"
     for sub in ("workspace", "ipc/errors", "global", "skills"):
         (probe / sub).mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def check_sandbox(settings: Settings) -> Check:
     plan = SandboxPlan(
         workspace=probe / "workspace", ipc=probe / "ipc", global_dir=probe / "global",
         global_writable=False, skills=probe / "skills", agent_code=AGENT_CODE,
-        etc=write_etc(layout.store / "sandbox" / "etc"), runtime=runtime,
+        etc=write_etc(layout.sandbox_etc), runtime=runtime,
     )  # fmt: skip
     code = f"import sys; sys.path[:0] = {list(runtime.site_dirs)!r}; import anthropic"
     argv = limits_prefix(plan.limits) + bwrap_argv(plan, [runtime.python, "-I", "-c", code])
@@ -93,12 +93,12 @@ def check_credential(settings: Settings) -> Check:
 
 async def check_store(settings: Settings) -> Check:
     try:
-        store = await Store.open(settings.db_path)
+        store = await Store.open(settings.layout.db)
         groups = await store.groups()
         await store.close()
     except StoreError as exc:
-        return Check(False, str(exc), f"make {settings.store_dir} writable by this user")
-    return Check(True, f"store {settings.db_path} ({len(groups)} groups)")
+        return Check(False, str(exc), f"make {settings.layout.store} writable by this user")
+    return Check(True, f"store {settings.layout.db} ({len(groups)} groups)")
 
 
 def check_channels(settings: Settings) -> list[Check]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import ClientSession
 
 import nanoclaw.agent
+from nanoclaw.layout import Layout
 from nanoclaw.models import Group, Usage
 from nanoclaw.proxy import ModelProxy
 from nanoclaw.runner import AgentRun
@@ -21,33 +22,6 @@ from nanoclaw.sandbox import Runtime, SandboxPlan, detect_runtime, write_etc
 from nanoclaw.store import Store
 
 AGENT_CODE = Path(nanoclaw.agent.__file__).parent
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Host paths under NANOCLAW_HOME."""
-
-    home: Path
-
-    @property
-    def groups(self) -> Path:
-        return self.home / "groups"
-
-    @property
-    def store(self) -> Path:
-        return self.home / "store"
-
-    @property
-    def ipc(self) -> Path:
-        return self.store / "ipc"
-
-    @property
-    def skills(self) -> Path:
-        return self.home / "skills"
-
-    @property
-    def logs(self) -> Path:
-        return self.store / "logs"
 
 
 @dataclass(frozen=True)
@@ -89,7 +63,7 @@ class Launcher:
             global_writable=group.is_main,
             skills=self._layout.skills,
             agent_code=AGENT_CODE,
-            etc=self._layout.store / "sandbox" / "etc",
+            etc=self._layout.sandbox_etc,
             runtime=self._runtime,
             network=group.network,
             env=(("TZ", self._agent.tz),),

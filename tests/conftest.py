@@ -89,7 +89,7 @@ def settings(home: Path, fake: FakeAnthropic) -> Settings:
 
 @pytest_asyncio.fixture
 async def store(settings: Settings) -> AsyncIterator[Store]:
-    s = await Store.open(settings.db_path)
+    s = await Store.open(settings.layout.db)
     yield s
     await s.close()
 
@@ -129,13 +129,13 @@ class Running:
     async def add_group(self, folder: str, chat: str, **kw: Any) -> Group:
         group = Group(folder=folder, name=folder, chats=(chat,), **kw)
         await self.store.save_group(group)
-        (self.settings.groups_dir / folder).mkdir(parents=True, exist_ok=True)
+        (self.settings.layout.groups / folder).mkdir(parents=True, exist_ok=True)
         self.core.watcher.refresh()
         return group
 
 
 async def start_core(settings: Settings) -> tuple[Running, asyncio.Task[None]]:
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.layout.db)
     channel = TerminalChannel(settings.assistant_name, out=io.StringIO())
     core = Core(settings, store, {"term": channel})
     started = asyncio.Event()

@@ -55,8 +55,8 @@ def test_defaults(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.trigger == "@Andy"
     assert s.allowed_senders == []
     assert s.nanoclaw_home == tmp_path
-    assert s.db_path == tmp_path / "store" / "nanoclaw.db"
-    assert s.groups_dir == tmp_path / "groups"
+    assert s.layout.db == tmp_path / "store" / "nanoclaw.db"
+    assert s.layout.groups == tmp_path / "groups"
     assert s.anthropic_api_key is None
     assert s.anthropic_base_url == "https://api.anthropic.com"
     assert s.nanoclaw_model == DEFAULT_MODEL
@@ -90,7 +90,7 @@ def test_values_from_environment(env: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert (s.max_concurrent_agents, s.poll_interval_ms) == (2, 100)
     assert s.zone.key == "Asia/Kolkata"
     assert s.log_level == "debug"
-    assert s.store_dir == tmp_path / "home" / "store"
+    assert s.layout.store == tmp_path / "home" / "store"
     assert s.anthropic_base_url == "http://127.0.0.1:9999"
     assert s.anthropic_api_key is not None
     assert s.anthropic_api_key.get_secret_value() == "sk-ant-test"

@@ -1,0 +1,48 @@
+"""Where everything lives under NANOCLAW_HOME (SPEC section 2), in one place.
+
+groups/<folder>/      the group's workspace and CLAUDE.md; groups/global/ shared
+skills/               mounted read-only into every sandbox
+store/                nanoclaw.db, daemon.lock, logs/, ipc/<folder>/, sandbox/etc/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    home: Path
+
+    @property
+    def groups(self) -> Path:
+        return self.home / "groups"
+
+    @property
+    def skills(self) -> Path:
+        return self.home / "skills"
+
+    @property
+    def store(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def db(self) -> Path:
+        return self.store / "nanoclaw.db"
+
+    @property
+    def lock(self) -> Path:
+        return self.store / "daemon.lock"
+
+    @property
+    def ipc(self) -> Path:
+        return self.store / "ipc"
+
+    @property
+    def logs(self) -> Path:
+        return self.store / "logs"
+
+    @property
+    def sandbox_etc(self) -> Path:
+        return self.store / "sandbox" / "etc"
