@@ -63,13 +63,6 @@ class Ledger(Database):
         )
         return [RunRecord(r[0], r[1], r[2], r[3], r[4], r[5], Usage(*r[6:11])) for r in rows]
 
-    async def active_run(self, folder: str) -> int | None:
-        row = await self._one(
-            "SELECT id FROM runs WHERE folder = ? AND status = 'running' ORDER BY id DESC LIMIT 1",
-            (folder,),
-        )
-        return int(row[0]) if row else None
-
     async def texts_sent_by_unfinished_runs(self, folder: str, after_id: int) -> list[str]:
         """Replies already produced by cut-short runs that covered messages past `after_id`."""
         rows = await self._all(

@@ -123,13 +123,6 @@ class Store(Ledger):
         )
         return int(row[0])
 
-    async def history(self, chat_id: str, limit: int) -> list[Message]:
-        rows = await self._all(
-            f"SELECT {MSG_COLS} FROM messages WHERE chat_id = ? ORDER BY id DESC LIMIT ?",
-            (chat_id, limit),
-        )
-        return [_message(r) for r in reversed(rows)]
-
     async def transcript(self, chat_id: str, limit: int) -> list[tuple[str, str]]:
         """The chat's last messages and replies sent to it, oldest first: (sender, text).
 

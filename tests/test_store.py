@@ -379,11 +379,10 @@ async def test_retried_row_keeps_chunk_progress(store: Store) -> None:
 
 async def test_runs_lifecycle(store: Store) -> None:
     run_id = await store.start_run("work", "message", 3, 7)
-    assert await store.active_run("work") == run_id
+    assert [r.status for r in await store.runs("work")] == ["running"]
     await store.add_usage(run_id, Usage(1, 100, 20, 5, 3))
     await store.add_usage(run_id, Usage(1, 10, 2, 0, 0))
     await store.finish_run(run_id, "ok")
-    assert await store.active_run("work") is None
     [rec] = await store.runs("work")
     assert (rec.id, rec.status, rec.error) == (run_id, "ok", "")
     assert rec.ended_ms is not None and rec.ended_ms >= rec.started_ms
@@ -447,3 +446,14 @@ async def test_two_connections_see_each_others_commits(db_path: Path) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_transcript_interleaves_messages_and_sent_replies(store: Store) -> None:
+    await store.save_group(Group(folder="work", name="work", chats=("term:work",)))
+    await store.add_message(inbound("term:work", "a", "question", ts_ms=1_000))
+    await store.enqueue_reply("work", "term:work", "answer")
+    [item] = await store.claim_outbox(["term"])
+    await store.outbox_sent(item.id)
+    await store.enqueue_reply("work", "term:work", "not sent yet")
+    said = await store.transcript("term:work", 10)
+    assert said == [("alice", "question"), ("", "answer")]
