@@ -27,6 +27,10 @@ class Inbound(Protocol):
 
     async def chat_seen(self, chat_id: str, name: str, is_group: bool) -> None: ...
 
+    async def folder_of(self, chat_id: str) -> str | None:
+        """The group a chat is registered to, if any (for /start-style answers)."""
+        ...
+
 
 @runtime_checkable
 class Channel(Protocol):
@@ -60,6 +64,9 @@ class Ingest:
 
     async def chat_seen(self, chat_id: str, name: str, is_group: bool) -> None:
         await self._store.record_chat(chat_id, name, is_group, now_ms())
+
+    async def folder_of(self, chat_id: str) -> str | None:
+        return await self._store.folder_of_chat(chat_id)
 
 
 def enabled_channels(settings: Settings) -> list[str]:

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     telegram_allowed_chat_ids: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="TELEGRAM_ALLOWED_CHAT_IDS"
     )
+    telegram_webhook_url: str | None = Field(None, alias="TELEGRAM_WEBHOOK_URL")
+    telegram_webhook_listen: str = Field(
+        "127.0.0.1:8443", pattern=r"^[^\s:]*:\d{1,5}$", alias="TELEGRAM_WEBHOOK_LISTEN"
+    )
     xmpp_jid: str | None = Field(None, alias="XMPP_JID")
     xmpp_password: SecretStr | None = Field(None, alias="XMPP_PASSWORD")
     xmpp_server: str | None = Field(None, alias="XMPP_SERVER")

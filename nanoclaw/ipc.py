@@ -61,7 +61,7 @@ class NotYet(BaseModel):
 Request = Annotated[
     SendMessage | UpdateMemory | RegisterGroup | NotYet, Field(discriminator="type")
 ]
-REQUEST = TypeAdapter(Request)
+REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
 
 
 def parse(data: object) -> Request:

@@ -1,0 +1,289 @@
+"""The Telegram channel (aiogram 3): long polling or a webhook in, HTML replies out.
+
+Imported only when TELEGRAM_BOT_TOKEN is set. The update offset is saved after the
+updates are stored, so a restart neither loses nor re-handles one; forum replies go
+back to the topic the conversation came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.types import Message, Update
+from aiohttp import ClientError, web
+
+from channels.telegram_format import to_html, to_plain
+from channels.telegram_message import BotIdentity, command, normalise
+from nanoclaw.channel import Inbound
+from nanoclaw.config import Settings
+from nanoclaw.errors import DeliveryError, PermanentDeliveryError
+
+log = logging.getLogger(__name__)
+POLL_TIMEOUT_S = 25
+TYPING_EVERY_S = 4.5
+ALLOWED_UPDATES = ["message"]
+
+
+class TelegramChannel:
+    name = "tg"
+    max_message_len = 4096
+
+    def __init__(self, settings: Settings, state_dir: Path) -> None:
+        assert settings.telegram_bot_token is not None
+        self._token = settings.telegram_bot_token.get_secret_value()
+        self._api = settings.telegram_api_url
+        self._allowed = {c.removeprefix("tg:") for c in settings.telegram_allowed_chat_ids}
+        self._assistant = settings.assistant_name
+        self._webhook_url = settings.telegram_webhook_url
+        self._webhook_listen = settings.telegram_webhook_listen
+        self._state_path = state_dir / "state.json"
+        self._state: dict[str, Any] = {"offset": 0, "threads": {}}
+        self._inbound: Inbound | None = None
+        self._bot: Bot | None = None
+        self._me: BotIdentity | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._typing: dict[str, asyncio.Task[None]] = {}
+        self._web: web.AppRunner | None = None
+
+    # lifecycle
+
+    async def start(self, inbound: Inbound) -> None:
+        self._inbound = inbound
+        self._state = await asyncio.to_thread(self._load_state)
+        session = AiohttpSession(api=TelegramAPIServer.from_base(self._api))
+        self._bot = Bot(self._token, session=session)
+        self._spawn(self._run())
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._typing.values()]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._typing.values(), return_exceptions=True)
+        if self._web is not None:
+            await self._web.cleanup()
+        if self._bot is not None:
+            await self._bot.session.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        """Learn who we are (retrying while Telegram is unreachable), then receive."""
+        assert self._bot is not None
+        delay = 1.0
+        while self._me is None:
+            try:
+                me = await self._bot.get_me()
+                self._me = BotIdentity(me.id, me.username or "")
+            except TelegramUnauthorizedError:
+                log.error("telegram: the bot token was refused; check TELEGRAM_BOT_TOKEN")
+                return
+            except (TelegramNetworkError, TelegramServerError, ClientError, TimeoutError) as exc:
+                log.warning("telegram: getMe failed (%s); retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60)
+        log.info("telegram: connected as @%s", self._me.username)
+        if self._webhook_url:
+            await self._serve_webhook()
+        else:
+            await self._bot.delete_webhook(drop_pending_updates=False)
+            await self._poll()
+
+    async def _poll(self) -> None:
+        assert self._bot is not None
+        delay = 1.0
+        while True:
+            try:
+                updates = await self._bot.get_updates(
+                    offset=int(self._state["offset"]) or None,
+                    timeout=POLL_TIMEOUT_S,
+                    allowed_updates=ALLOWED_UPDATES,
+                    request_timeout=POLL_TIMEOUT_S + 10,
+                )
+                delay = 1.0
+            except TelegramRetryAfter as exc:
+                await asyncio.sleep(exc.retry_after)
+                continue
+            except (TelegramNetworkError, TelegramServerError, ClientError, TimeoutError) as exc:
+                log.warning("telegram: getUpdates failed (%s); retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60)
+                continue
+            for update in updates:
+                await self.handle_update(update)
+
+    async def handle_update(self, update: Update) -> None:
+        """The step: store one update, then move the saved offset past it."""
+        try:
+            if update.message is not None:
+                await self._handle_message(update.message)
+        except Exception:  # one bad update must not stop the channel
+            log.exception("telegram: update %s failed", update.update_id)
+        if update.update_id >= int(self._state["offset"]):
+            self._state["offset"] = update.update_id + 1
+            await asyncio.to_thread(self._save_state)
+
+    async def _handle_message(self, msg: Message) -> None:
+        assert self._inbound is not None and self._me is not None
+        chat_id = f"tg:{msg.chat.id}"
+        name = msg.chat.title or msg.chat.full_name or str(msg.chat.id)
+        await self._inbound.chat_seen(chat_id, name, msg.chat.type != "private")
+        if str(msg.chat.id) not in self._allowed:
+            log.info("telegram: chat %s is not in TELEGRAM_ALLOWED_CHAT_IDS; ignored", chat_id)
+            return
+        if msg.is_topic_message and msg.message_thread_id:
+            self._state["threads"][chat_id] = msg.message_thread_id
+        cmd = command(msg, self._me.username)
+        if cmd is not None:
+            await self._answer_command(cmd, msg)
+            return
+        normalised = normalise(msg, self._me)
+        if normalised is not None:
+            await self._inbound.message(normalised)
+
+    async def _answer_command(self, cmd: str, msg: Message) -> None:
+        assert self._inbound is not None and self._bot is not None
+        chat_id = f"tg:{msg.chat.id}"
+        if cmd == "ping":
+            text = "pong"
+        elif cmd == "chatid":
+            text = f"This chat's id is {chat_id}"
+        else:
+            folder = await self._inbound.folder_of(chat_id)
+            where = (
+                f"registered as group {folder}"
+                if folder
+                else f"not registered yet: nanoclaw groups add NAME --chat {chat_id}"
+            )
+            you = f" You are tg:{msg.from_user.id}." if msg.from_user else ""
+            text = f"Hi, I'm {self._assistant}. This chat is {chat_id}, {where}.{you}"
+        with contextlib.suppress(DeliveryError):
+            await self._send_one(chat_id, text, html=False)
+
+    # webhook mode
+
+    def _secret(self) -> str:
+        return hashlib.sha256(b"nanoclaw-webhook:" + self._token.encode()).hexdigest()[:48]
+
+    async def _serve_webhook(self) -> None:
+        assert self._bot is not None
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_post("/telegram", self._webhook)
+        self._web = web.AppRunner(app, access_log=None)
+        await self._web.setup()
+        host, _, port = self._webhook_listen.rpartition(":")
+        await web.TCPSite(self._web, host or "127.0.0.1", int(port)).start()
+        await self._bot.set_webhook(
+            self._webhook_url or "", secret_token=self._secret(), allowed_updates=ALLOWED_UPDATES
+        )
+        log.info("telegram: webhook on %s for %s", self._webhook_listen, self._webhook_url)
+        await asyncio.Event().wait()
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if not hmac.compare_digest(given, self._secret()):
+            return web.Response(status=403)
+        try:
+            update = Update.model_validate(await request.json(), context={"bot": self._bot})
+        except (ValueError, TypeError):
+            return web.Response(status=400)
+        await self.handle_update(update)
+        return web.Response(text="ok")
+
+    # outbound
+
+    async def send(self, chat_id: str, text: str) -> None:
+        await self._send_one(chat_id, text, html=True)
+
+    async def _send_one(self, chat_id: str, text: str, *, html: bool) -> None:
+        if self._bot is None:
+            raise DeliveryError("telegram is not started")
+        chat = int(chat_id.removeprefix("tg:"))
+        thread = self._state["threads"].get(chat_id)
+        try:
+            if html:
+                try:
+                    await self._bot.send_message(
+                        chat, to_html(text), parse_mode="HTML", message_thread_id=thread
+                    )
+                    return
+                except TelegramBadRequest as exc:
+                    if "parse entities" not in str(exc):
+                        raise
+                    log.warning("telegram: markup refused for %s (%s); sending plain", chat_id, exc)
+                text = to_plain(text)
+            await self._bot.send_message(chat, text, parse_mode=None, message_thread_id=thread)
+        except TelegramRetryAfter as exc:
+            raise DeliveryError(f"flood control: {exc}", retry_after=exc.retry_after) from exc
+        except (TelegramForbiddenError, TelegramNotFound, TelegramUnauthorizedError) as exc:
+            raise PermanentDeliveryError(f"telegram refused: {exc}") from exc
+        except TelegramBadRequest as exc:
+            if "chat not found" in str(exc).lower():
+                raise PermanentDeliveryError(f"telegram: {exc}") from exc
+            raise DeliveryError(f"telegram: {exc}") from exc
+        except (TelegramNetworkError, TelegramServerError, ClientError, TimeoutError) as exc:
+            raise DeliveryError(f"telegram unreachable: {exc}") from exc
+
+    async def set_typing(self, chat_id: str, typing: bool) -> None:
+        task = self._typing.pop(chat_id, None)
+        if task is not None:
+            task.cancel()
+        if typing:
+            self._typing[chat_id] = asyncio.create_task(self._keep_typing(chat_id))
+
+    async def _keep_typing(self, chat_id: str) -> None:
+        """Telegram shows "typing" for 5 s: renew it until told to stop (or 10 minutes)."""
+        assert self._bot is not None
+        chat = int(chat_id.removeprefix("tg:"))
+        for _ in range(int(600 / TYPING_EVERY_S)):
+            thread = self._state["threads"].get(chat_id)
+            with contextlib.suppress(Exception):
+                await self._bot.send_chat_action(chat, "typing", message_thread_id=thread)
+            await asyncio.sleep(TYPING_EVERY_S)
+
+    # state
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return {"offset": 0, "threads": {}}
+        if not isinstance(data, dict):
+            return {"offset": 0, "threads": {}}
+        offset = data.get("offset")
+        threads = data.get("threads")
+        return {
+            "offset": offset if isinstance(offset, int) else 0,
+            "threads": threads if isinstance(threads, dict) else {},
+        }
+
+    def _save_state(self) -> None:
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state))
+        os.replace(tmp, self._state_path)
+
+
+def create(settings: Settings) -> TelegramChannel:
+    return TelegramChannel(settings, settings.layout.store / "telegram")

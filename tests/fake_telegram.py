@@ -1,0 +1,486 @@
+"""Fake Telegram Bot API server (POST /bot<token>/<method>) for tests, on the real wire format.
+Owns the aiohttp server thread, pending updates with long polling, update builders,
+recording of sendMessage (with Telegram-like HTML checks) / sendChatAction, fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Literal, TypedDict, Unpack
+
+from aiohttp import web
+
+Msg = dict[str, Any]
+MAX_TEXT = 4096
+_STYLES = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "code", "pre"}
+_ALLOWED = _STYLES | {"a", "tg-spoiler", "blockquote", "span"}
+_ATTR = re.compile(r"""\s+([\w-]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+)))?""")
+_ATTRS = r"""(?:\s+[\w-]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"']+))?)*"""
+_TAG = re.compile(rf"<(/?)([A-Za-z][\w-]*)({_ATTRS})\s*>")
+_ENTITY = re.compile(r"&(?:lt|gt|amp|quot|#\d+|#x[0-9A-Fa-f]+);")
+_WEBHOOK_INFO = {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
+_TRIVIAL: dict[str, Any] = {"setwebhook": True, "getwebhookinfo": _WEBHOOK_INFO}
+_STR_KEYS = frozenset({"text", "caption", "parse_mode", "action", "url", "emoji"})
+
+
+@dataclass(frozen=True)
+class Sent:
+    chat_id: int | str
+    text: str  # as sent
+    parse_mode: str | None
+    message_thread_id: int | None
+    reply_to_message_id: int | None  # reply_parameters.message_id or reply_to_message_id
+    visible: str  # what the user sees: tags stripped and entities unescaped for HTML
+    message_id: int
+    params: dict[str, Any] = field(default_factory=dict, compare=False)  # all parameters
+
+
+@dataclass(frozen=True)
+class Rejected:
+    chat_id: Any
+    text: str
+    parse_mode: str | None
+    description: str
+
+
+@dataclass(frozen=True)
+class Action:
+    chat_id: int | str
+    action: str
+    message_thread_id: int | None
+
+
+class MsgOpts(TypedDict, total=False):
+    user_id: int  # 111
+    first_name: str  # "Alice"
+    username: str | None
+    chat_type: Literal["private", "group", "supergroup"]  # "group"
+    chat_title: str  # "Team"
+    message_id: int | None  # auto-increment
+    date: int | None  # now
+    reply_to: Msg | None  # the quoted message
+    thread_id: int | None  # forum topic
+    entities: list[dict[str, Any]] | None
+    caption: str | None  # media only
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.status, self.retry_after = status, retry_after
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"ok": False, "error_code": self.status, "description": str(self)}
+        if self.retry_after is not None:
+            body["parameters"] = {"retry_after": self.retry_after}
+        return web.json_response(body, status=self.status)
+
+
+def _bad(what: str) -> ApiError:
+    return ApiError(400, f"Bad Request: {what}")
+
+
+def _unparsable(what: str, text: str, pos: int) -> ApiError:
+    return _bad(f"can't parse entities: {what} at byte offset {len(text[:pos].encode())}")
+
+
+def check_html(text: str) -> str:
+    """Telegram's HTML parse mode, simplified: the visible text, or ApiError(400)."""
+    out: list[str] = []
+    stack: list[str] = []
+    pos = 0
+    while pos < len(text):
+        ch = text[pos]
+        if ch == "<":
+            m = _TAG.match(text, pos)
+            name = m.group(2).lower() if m else ""
+            if m is None or name not in _ALLOWED:
+                raise _unparsable(f'Unsupported start tag "{name}"', text, pos)
+            attrs = {a[1].lower(): a[2] or a[3] or a[4] or "" for a in _ATTR.finditer(m[3])}
+            if m.group(1) and not stack:
+                raise _unparsable("Unexpected end tag", text, pos)
+            if m.group(1) and stack[-1] != name:
+                what = f'Unmatched end tag, expected "</{stack[-1]}>", found "</{name}>"'
+                raise _unparsable(what, text, pos)
+            if m.group(1):
+                stack.pop()
+            elif name == "a" and "href" not in attrs:
+                raise _unparsable('Tag "a" must have attribute "href"', text, pos)
+            elif name == "span" and attrs.get("class") != "tg-spoiler":
+                raise _unparsable('Tag "span" must have class "tg-spoiler"', text, pos)
+            else:
+                stack.append(name)
+            pos = m.end()
+        elif ch == "&" and (e := _ENTITY.match(text, pos)):
+            out.append(html.unescape(e.group()))
+            pos = e.end()
+        elif ch in "&>":
+            raise _unparsable(f"Unescaped {ch!r}", text, pos)
+        else:
+            out.append(ch)
+            pos += 1
+    if stack:
+        raise _unparsable(f'Can\'t find end tag corresponding to start tag "{stack[-1]}"', text, 0)
+    return "".join(out)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Form fields are strings; aiogram JSON-encodes numbers, booleans and nested objects."""
+    if not isinstance(value, str) or key in _STR_KEYS:
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _int(value: Any) -> int | None:
+    ok = isinstance(value, int | str) and str(value).lstrip("-").isdigit()
+    return int(value) if ok else None
+
+
+class FakeTelegram:
+    """`with FakeTelegram() as fake:` then `TelegramAPIServer.from_base(fake.base_url)`."""
+
+    def __init__(self, token: str = "123456:TEST-token", *, username: str = "andy_bot") -> None:
+        self.token, self.base_url = token, ""
+        self.bot_user: Msg = {"id": 999000, "is_bot": True, "first_name": "Andy"}
+        self.bot_user["username"] = username  # edit bot_user for another identity
+        self._cond = threading.Condition()
+        self._pending: list[dict[str, Any]] = []
+        self._sent: list[Sent] = []
+        self._rejected: list[Rejected] = []
+        self._actions: list[Action] = []
+        self._offsets: list[int | None] = []
+        self._calls: list[tuple[str, dict[str, Any]]] = []
+        self._faults: dict[str, deque[ApiError]] = {}
+        self._chats: dict[Any, Msg] = {}
+        self._next_update = self._next_message = 1
+        self._wake: asyncio.Event | None = None
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    # --- recorded state: thread-safe copies ---
+    def _copy(self, items: list[Any]) -> list[Any]:
+        with self._cond:
+            return list(items)
+
+    @property
+    def sent(self) -> list[Sent]:
+        return self._copy(self._sent)
+
+    @property
+    def rejected(self) -> list[Rejected]:
+        return self._copy(self._rejected)
+
+    @property
+    def actions(self) -> list[Action]:
+        return self._copy(self._actions)
+
+    @property
+    def get_updates_offsets(self) -> list[int | None]:
+        return self._copy(self._offsets)
+
+    @property
+    def calls(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every call with the right token as (lower-cased method, params), failed ones too."""
+        return self._copy(self._calls)
+
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        """Updates not yet confirmed by a getUpdates offset."""
+        return self._copy(self._pending)
+
+    def wait_until(
+        self, predicate: Callable[[], bool], timeout: float = 10.0, what: str = ""
+    ) -> None:
+        """Block until predicate() (run under the lock) holds, else TimeoutError."""
+        with self._cond:
+            if not self._cond.wait_for(predicate, timeout):
+                raise TimeoutError(f"FakeTelegram: no {what or 'success'} within {timeout}s")
+
+    def wait_for_sent(self, n: int, timeout: float = 10.0) -> list[Sent]:
+        what = f">= {n} sent messages (have {len(self._sent)}, rejected {self._rejected})"
+        self.wait_until(lambda: len(self._sent) >= n, timeout, what)
+        return self.sent
+
+    async def await_sent(self, n: int, timeout: float = 10.0) -> list[Sent]:
+        return await asyncio.to_thread(self.wait_for_sent, n, timeout)
+
+    def wait_for_actions(self, n: int, timeout: float = 10.0) -> list[Action]:
+        self.wait_until(lambda: len(self._actions) >= n, timeout, f">= {n} chat actions")
+        return self.actions
+
+    def fail_next(
+        self,
+        method: str,
+        status: int,
+        *,
+        retry_after: int | None = None,
+        description: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """The next `times` calls of `method` (any case) answer with this Bot API error."""
+        if status == 429:
+            retry_after = 1 if retry_after is None else retry_after
+            description = description or f"Too Many Requests: retry after {retry_after}"
+        err = ApiError(status, description or HTTPStatus(status).phrase, retry_after)
+        with self._cond:
+            self._faults.setdefault(method.lower(), deque()).extend([err] * times)
+
+    # --- updates and their builders ---
+    def push_update(self, update: dict[str, Any]) -> int:
+        """Queue an update (a bare message is wrapped, update_id assigned if missing)."""
+        update = {"message": update} if "message_id" in update else update
+        with self._cond:
+            uid = int(update.setdefault("update_id", self._next_update))
+            self._next_update = max(self._next_update, uid + 1)
+            self._pending.append(update)
+            self._cond.notify_all()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._notify)
+        return uid
+
+    def _notify(self) -> None:  # on the server loop: wake every long poll
+        if self._wake is not None:
+            self._wake.set()
+        self._wake = asyncio.Event()
+
+    def update(self, message: Msg) -> dict[str, Any]:
+        with self._cond:
+            uid, self._next_update = self._next_update, self._next_update + 1
+        return {"update_id": uid, "message": message}
+
+    def _message_id(self, given: int | None = None) -> int:
+        with self._cond:
+            mid = self._next_message if given is None else given
+            self._next_message = max(self._next_message, mid + 1)
+            return mid
+
+    def _message(self, chat_id: int, content: Msg, o: MsgOpts, sender: Msg | None = None) -> Msg:
+        name, ctype = o.get("first_name", "Alice"), o.get("chat_type", "group")
+        chat: Msg = {"id": chat_id, "type": ctype}
+        chat.update(
+            {"first_name": name} if ctype == "private" else {"title": o.get("chat_title", "Team")}
+        )
+        user: Msg = {"id": o.get("user_id", 111), "is_bot": False, "first_name": name}
+        if o.get("username"):
+            user["username"] = o.get("username")
+        if o.get("thread_id") is not None:
+            chat["is_forum"] = True
+        with self._cond:
+            self._chats.setdefault(chat_id, chat)
+        mid, date = self._message_id(o.get("message_id")), o.get("date") or int(time.time())
+        msg: Msg = {"message_id": mid, "from": sender or user, "chat": chat, "date": date}
+        msg.update(content)
+        if o.get("caption") is not None and "text" not in content:
+            msg["caption"] = o.get("caption")
+        if o.get("reply_to") is not None:
+            msg["reply_to_message"] = o.get("reply_to")
+        if o.get("thread_id") is not None:
+            msg["message_thread_id"], msg["is_topic_message"] = o.get("thread_id"), True
+        if o.get("entities"):
+            msg["entities" if "text" in content else "caption_entities"] = o.get("entities")
+        return msg
+
+    @staticmethod
+    def _file(**extra: Any) -> Msg:
+        ids = {"file_id": "F" + secrets.token_hex(8), "file_unique_id": secrets.token_hex(4)}
+        return {**ids, "file_size": 2048, **extra}
+
+    def text_message(self, chat_id: int, text: str, **o: Unpack[MsgOpts]) -> Msg:
+        return self._message(chat_id, {"text": text}, o)
+
+    def bot_message(self, chat_id: int, text: str, **o: Unpack[MsgOpts]) -> Msg:
+        """A message as if sent by the bot, e.g. for `reply_to=`."""
+        return self._message(chat_id, {"text": text}, o, sender=self.bot_user)
+
+    def photo_message(self, chat_id: int, **o: Unpack[MsgOpts]) -> Msg:
+        sizes = [self._file(width=w, height=w * 3 // 4) for w in (90, 320, 1280)]
+        return self._message(chat_id, {"photo": sizes}, o)
+
+    def voice_message(self, chat_id: int, duration: int = 3, **o: Unpack[MsgOpts]) -> Msg:
+        voice = self._file(duration=duration, mime_type="audio/ogg")
+        return self._message(chat_id, {"voice": voice}, o)
+
+    def document_message(self, chat_id: int, file_name: str = "a.pdf", **o: Unpack[MsgOpts]) -> Msg:
+        doc = self._file(file_name=file_name, mime_type="application/octet-stream")
+        return self._message(chat_id, {"document": doc}, o)
+
+    def sticker_message(self, chat_id: int, emoji: str = "👍", **o: Unpack[MsgOpts]) -> Msg:
+        flags = {"type": "regular", "is_animated": False, "is_video": False}
+        sticker = self._file(width=512, height=512, emoji=emoji, **flags)
+        return self._message(chat_id, {"sticker": sticker}, o)
+
+    def location_message(
+        self, chat_id: int, latitude: float = 52.52, longitude: float = 13.4, **o: Unpack[MsgOpts]
+    ) -> Msg:
+        return self._message(
+            chat_id, {"location": {"latitude": latitude, "longitude": longitude}}, o
+        )
+
+    # --- lifecycle ---
+    def start(self) -> FakeTelegram:
+        loop = asyncio.new_event_loop()
+        self._loop, self._closing = loop, False
+        self._thread = threading.Thread(target=loop.run_forever, name="fake-telegram", daemon=True)
+        self._thread.start()
+        try:
+            port = asyncio.run_coroutine_threadsafe(self._serve(), loop).result(timeout=10)
+        except BaseException:
+            self.stop()
+            raise
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        loop, thread, runner = self._loop, self._thread, self._runner
+        if loop is None or thread is None:
+            return
+        self._closing = True
+        loop.call_soon_threadsafe(self._notify)  # long polls answer [] at once
+        if runner is not None:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        self._loop = self._thread = self._runner = None
+
+    def __enter__(self) -> FakeTelegram:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def _serve(self) -> int:
+        self._wake = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        return int(self._runner.addresses[0][1])
+
+    # --- HTTP ---
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return ApiError(404, "Not Found").response()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return ApiError(401, "Unauthorized").response()
+        method = request.match_info["method"].lower()
+        params = {k: _coerce(k, v) for k, v in request.query.items()}
+        if request.content_type == "application/json":
+            body = await request.json()
+            params.update(body if isinstance(body, dict) else {})
+        else:  # aiogram: urlencoded form, or multipart/form-data when uploading files
+            params.update({k: _coerce(k, v) for k, v in (await request.post()).items()})
+        with self._cond:
+            self._calls.append((method, params))
+            faults = self._faults.get(method)
+            fault = faults.popleft() if faults else None
+            self._cond.notify_all()
+        handler = getattr(self, f"_m_{method}", None)
+        try:
+            if fault is not None:
+                raise fault
+            if method in _TRIVIAL:  # setWebhook, getWebhookInfo
+                result = _TRIVIAL[method]
+            elif handler is None:
+                raise ApiError(404, "Not Found: method not found")
+            else:
+                result = await handler(params)
+            return web.json_response({"ok": True, "result": result})
+        except ApiError as err:
+            return err.response()
+
+    async def _m_deletewebhook(self, params: dict[str, Any]) -> Any:
+        if params.get("drop_pending_updates") is True:
+            with self._cond:
+                self._pending.clear()
+        return True
+
+    async def _m_getme(self, params: dict[str, Any]) -> Any:
+        return self.bot_user
+
+    async def _m_getupdates(self, params: dict[str, Any]) -> Any:
+        offset = _int(params.get("offset"))
+        limit = min(max(_int(params.get("limit")) or 100, 1), 100)
+        deadline = time.monotonic() + float(params.get("timeout") or 0)
+        with self._cond:
+            self._offsets.append(offset)
+            if offset is not None:  # confirm: forget everything before offset (or keep last -n)
+                keep = self._pending[offset:] if offset < 0 else self._pending
+                self._pending = [u for u in keep if offset < 0 or u["update_id"] >= offset]
+            self._cond.notify_all()
+        while True:
+            with self._cond:
+                batch = self._pending[:limit]
+            wake, left = self._wake, deadline - time.monotonic()
+            if batch or left <= 0 or wake is None or self._closing:
+                return batch
+            try:
+                await asyncio.wait_for(wake.wait(), left)
+            except TimeoutError:
+                return []
+
+    def _chat(self, chat_id: Any) -> Msg:
+        with self._cond:
+            if chat_id in self._chats:
+                return self._chats[chat_id]
+        if isinstance(chat_id, int) and chat_id > 0:
+            return {"id": chat_id, "type": "private", "first_name": "Alice"}
+        return {"id": chat_id, "type": "supergroup", "title": "Team"}
+
+    async def _m_sendmessage(self, params: dict[str, Any]) -> Any:
+        chat_id, mode = params.get("chat_id"), params.get("parse_mode")
+        text = str(params.get("text", ""))
+        try:
+            if not isinstance(chat_id, int | str) or chat_id == "":
+                raise _bad("chat not found")
+            if not text.strip():
+                raise _bad("message text is empty")
+            visible = check_html(text) if str(mode).upper() == "HTML" else text
+            if len(visible) > MAX_TEXT:
+                raise _bad("message is too long")
+        except ApiError as err:
+            with self._cond:
+                self._rejected.append(Rejected(chat_id, text, mode, str(err)))
+                self._cond.notify_all()
+            raise
+        thread, rp = _int(params.get("message_thread_id")), params.get("reply_parameters")
+        reply_to = _int(rp.get("message_id")) if isinstance(rp, dict) else None
+        reply_to = reply_to or _int(params.get("reply_to_message_id"))
+        mid, chat = self._message_id(), self._chat(chat_id)
+        msg: Msg = {
+            "message_id": mid,
+            "from": self.bot_user,
+            "chat": chat,
+            "date": int(time.time()),
+        }
+        msg["text"] = visible
+        if thread is not None:
+            msg["message_thread_id"], msg["is_topic_message"] = thread, True
+        with self._cond:
+            self._sent.append(Sent(chat_id, text, mode, thread, reply_to, visible, mid, params))
+            self._cond.notify_all()
+        return msg
+
+    async def _m_sendchataction(self, params: dict[str, Any]) -> Any:
+        chat_id, thread = params.get("chat_id", ""), _int(params.get("message_thread_id"))
+        with self._cond:
+            self._actions.append(Action(chat_id, str(params.get("action", "")), thread))
+            self._cond.notify_all()
+        return True

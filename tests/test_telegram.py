@@ -1,0 +1,253 @@
+"""The Telegram channel through the whole pipeline, against a fake Bot API over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from conftest import Running, settings_for, wait_for
+from fake_anthropic import FakeAnthropic
+from fake_telegram import FakeTelegram
+
+from channels.telegram import TelegramChannel
+from channels.terminal import TerminalChannel
+from nanoclaw.app import Core
+from nanoclaw.config import Settings
+from nanoclaw.store import Store
+
+GROUP = -1001
+OTHER = -2002
+
+
+@pytest.fixture
+def tg() -> Iterator[FakeTelegram]:
+    with FakeTelegram() as server:
+        yield server
+
+
+def tg_settings(home: Path, fake: FakeAnthropic, tg: FakeTelegram, **extra: Any) -> Settings:
+    return settings_for(
+        home, fake.base_url, TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_API_URL=tg.base_url,
+        TELEGRAM_ALLOWED_CHAT_IDS=f"{GROUP},111", ALLOWED_SENDERS="tg:111", **extra,
+    )  # fmt: skip
+
+
+async def start(settings: Settings) -> tuple[Running, asyncio.Task[None], TelegramChannel]:
+    store = await Store.open(settings.layout.db)
+    channel = TelegramChannel(settings, settings.layout.store / "telegram")
+    term = TerminalChannel(settings.assistant_name, out=io.StringIO())
+    core = Core(settings, store, {"tg": channel, "term": term})
+    started = asyncio.Event()
+    task = asyncio.create_task(core.run(started))
+    await asyncio.wait_for(started.wait(), 30)
+    return Running(core, store, term, settings), task, channel
+
+
+async def stop(running: Running, task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await running.store.close()
+
+
+@pytest_asyncio.fixture
+async def bot(home: Path, fake: FakeAnthropic, tg: FakeTelegram) -> AsyncIterator[Running]:
+    settings = tg_settings(home, fake, tg)
+    running, task, _ = await start(settings)
+    await running.add_group("team", f"tg:{GROUP}", requires_trigger=True)
+    await running.add_group("dm", "tg:111", requires_trigger=False)
+    yield running
+    await stop(running, task)
+
+
+async def no_model_request_after(tg: FakeTelegram, fake: FakeAnthropic, running: Running) -> None:
+    """Wait until the channel confirmed every update, and the core looked at them."""
+    await wait_for(lambda: not tg.pending and tg.get_updates_offsets, timeout=15)
+    await running.core.orchestrator.tick()
+    await running.core.orchestrator.queue.wait_idle()
+    assert fake.requests == []
+
+
+async def test_trigger_in_allowed_group_gets_a_reply(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    tg.push_update(tg.text_message(GROUP, "@Andy hello [[say: hi team]]"))
+    sent = await tg.await_sent(1, timeout=60)
+    assert (sent[0].chat_id, sent[0].visible) == (GROUP, "hi team")
+    assert sent[0].parse_mode == "HTML"
+    assert any(a.chat_id == GROUP and a.action == "typing" for a in tg.actions)
+    prompt = fake.requests[0].body["messages"][-1]["content"]
+    assert 'sender="Alice" sender_id="tg:111"' in prompt
+
+
+async def test_chat_not_allowed_is_seen_but_ignored(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    await bot.add_group("other", f"tg:{OTHER}", requires_trigger=False)
+    tg.push_update(tg.text_message(OTHER, "@Andy hello", chat_title="Strangers"))
+    await no_model_request_after(tg, fake, bot)
+    chats = {c.chat_id: c for c in await bot.store.chats()}
+    assert chats[f"tg:{OTHER}"].name == "Strangers"
+    assert await bot.store.count_messages_for_folder("other", 0) == 0
+
+
+async def test_sender_not_allowed_does_not_trigger(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    tg.push_update(tg.text_message(GROUP, "@Andy do it", user_id=666, first_name="Mallory"))
+    await no_model_request_after(tg, fake, bot)
+    assert await bot.store.count_messages_for_folder("team", 0) == 1  # kept as context
+
+
+async def test_mention_and_reply_to_bot_trigger(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    text = "hey @andy_bot [[say: by mention]]"
+    entity = {"type": "mention", "offset": 4, "length": 9}
+    tg.push_update(tg.text_message(GROUP, text, entities=[entity]))
+    await tg.await_sent(1, timeout=60)
+    quoted = tg.bot_message(GROUP, "earlier answer")
+    tg.push_update(tg.text_message(GROUP, "and? [[say: by reply]]", reply_to=quoted))
+    sent = await tg.await_sent(2, timeout=60)
+    assert [s.visible for s in sent] == ["by mention", "by reply"]
+    prompt = fake.requests[-1].body["messages"][-1]["content"]
+    assert "earlier answer" in prompt  # the quoted message travels as context
+
+
+async def test_long_reply_arrives_as_ordered_chunks(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    paragraphs = [f"Paragraph {i}: " + ("lorem ipsum " * 40).strip() for i in range(20)]
+    long = "\n\n".join(paragraphs)
+    assert len(long) > 9_000
+    from fake_anthropic import text_reply
+
+    fake.script(text_reply(long))
+    tg.push_update(tg.text_message(111, "write a lot", chat_type="private"))
+    await wait_for(lambda: _all_sent(tg, long), timeout=60)
+    chunks = [s.visible for s in tg.sent]
+    assert len(chunks) >= 3 and all(len(c) <= 4096 for c in chunks)
+    assert " ".join(" ".join(chunks).split()) == " ".join(long.split())
+    assert next(c.split(":")[0] for c in chunks) == "Paragraph 0"
+
+
+def _all_sent(tg: FakeTelegram, long: str) -> bool:
+    return sum(len(s.visible) for s in tg.sent) >= len(long) - 100
+
+
+async def test_markup_characters_reach_the_user_intact(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    tg.push_update(tg.text_message(111, "[[say: if a < b && c > d then <b>]]", chat_type="private"))
+    sent = await tg.await_sent(1, timeout=60)
+    assert sent[0].visible == "if a < b && c > d then <b>"
+    assert tg.rejected == []
+
+
+async def test_429_then_success_delivers_once(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    tg.fail_next("sendMessage", 429, retry_after=1)
+    tg.push_update(tg.text_message(111, "[[say: after the flood]]", chat_type="private"))
+    sent = await tg.await_sent(1, timeout=60)
+    await asyncio.sleep(0.5)
+    assert [s.visible for s in tg.sent] == ["after the flood"]
+    assert sent[0].visible == "after the flood"
+
+
+async def test_server_errors_are_retried_until_delivered(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    tg.fail_next("sendMessage", 502, times=2)
+    tg.push_update(tg.text_message(111, "[[say: eventually]]", chat_type="private"))
+    await tg.await_sent(1, timeout=60)
+    await wait_for(lambda: _outbox_is(bot, [("sent", 2)]), timeout=10)
+    assert len(tg.sent) == 1
+
+
+async def _outbox_is(running: Running, rows: list[tuple[str, int]]) -> bool:
+    return await running.store._all("SELECT status, attempts FROM outbox") == rows
+
+
+async def test_restart_does_not_rehandle_old_updates(
+    home: Path, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    settings = tg_settings(home, fake, tg)
+    running, task, _ = await start(settings)
+    await running.add_group("dm", "tg:111", requires_trigger=False)
+    uid = tg.push_update(tg.text_message(111, "[[say: once]]", chat_type="private"))
+    await tg.await_sent(1, timeout=60)
+    await stop(running, task)
+    assert (home / "store" / "telegram" / "state.json").exists()
+    running, task, _ = await start(settings)
+    try:
+        await wait_for(lambda: len(tg.get_updates_offsets) >= 3, timeout=30)
+        assert tg.get_updates_offsets[-1] == uid + 1
+        await asyncio.sleep(0.3)
+        assert len(fake.requests) == 1 and len(tg.sent) == 1
+    finally:
+        await stop(running, task)
+
+
+async def test_commands_are_answered_by_the_bot(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    tg.push_update(tg.text_message(GROUP, "/ping@andy_bot"))
+    tg.push_update(tg.text_message(GROUP, "/chatid"))
+    tg.push_update(tg.text_message(GROUP, "/start"))
+    sent = await tg.await_sent(3, timeout=30)
+    assert sent[0].visible == "pong"
+    assert f"tg:{GROUP}" in sent[1].visible
+    assert "registered as group team" in sent[2].visible and "tg:111" in sent[2].visible
+    assert fake.requests == []
+
+
+async def test_media_placeholders_and_topics(
+    bot: Running, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    tg.push_update(tg.photo_message(GROUP, caption="look at this", thread_id=7))
+    tg.push_update(tg.document_message(GROUP, file_name="report.pdf", thread_id=7))
+    tg.push_update(tg.text_message(GROUP, "@Andy thoughts? [[say: nice]]", thread_id=7))
+    sent = await tg.await_sent(1, timeout=60)
+    assert sent[0].message_thread_id == 7
+    prompt = fake.requests[0].body["messages"][-1]["content"]
+    assert "[Photo] look at this" in prompt and "[Document: report.pdf]" in prompt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_webhook_mode_checks_the_secret(
+    home: Path, fake: FakeAnthropic, tg: FakeTelegram
+) -> None:
+    port = free_port()
+    settings = tg_settings(
+        home, fake, tg, TELEGRAM_WEBHOOK_URL="https://bot.example.org/telegram",
+        TELEGRAM_WEBHOOK_LISTEN=f"127.0.0.1:{port}",
+    )  # fmt: skip
+    running, task, _ = await start(settings)
+    try:
+        await running.add_group("dm", "tg:111", requires_trigger=False)
+        await wait_for(lambda: any(m == "setwebhook" for m, _ in tg.calls), timeout=15)
+        secret = next(p for m, p in tg.calls if m == "setwebhook")["secret_token"]
+        update = tg.update(tg.text_message(111, "[[say: via webhook]]", chat_type="private"))
+        url = f"http://127.0.0.1:{port}/telegram"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json=update) as resp:
+                assert resp.status == 403
+            headers = {"X-Telegram-Bot-Api-Secret-Token": secret}
+            async with http.post(url, json=update, headers=headers) as resp:
+                assert resp.status == 200
+        sent = await tg.await_sent(1, timeout=60)
+        assert sent[0].visible == "via webhook"
+    finally:
+        await stop(running, task)
