@@ -251,3 +251,17 @@ async def test_webhook_mode_checks_the_secret(
         assert sent[0].visible == "via webhook"
     finally:
         await stop(running, task)
+
+
+def test_aiogram_is_imported_only_when_telegram_is_enabled(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from nanoclaw import app, cli; from nanoclaw.channel import load_channels;"
+        "from nanoclaw.config import load_settings; s = load_settings(None);"
+        "load_channels(s, []); print('aiogram' in sys.modules)"
+    )
+    env = {"NANOCLAW_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
