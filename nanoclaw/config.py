@@ -23,6 +23,7 @@ DEFAULT_MODEL = "claude-sonnet-4-6"
 
 FIXES = {
     "ALLOWED_SENDERS": "use comma-separated ids like tg:123,xmpp:alice@example.org",
+    "XMPP_SERVER": "use host:port",
     "TZ": "use an IANA zone name such as Europe/Berlin",
     "XMPP_TLS": "use required, direct or off",
     "LOG_LEVEL": "use debug, info, warning or error",
@@ -77,7 +78,7 @@ class Settings(BaseSettings):
     )
     xmpp_jid: str | None = Field(None, alias="XMPP_JID")
     xmpp_password: SecretStr | None = Field(None, alias="XMPP_PASSWORD")
-    xmpp_server: str | None = Field(None, alias="XMPP_SERVER")
+    xmpp_server: str | None = Field(None, pattern=r"^[^\s:/]+:\d{1,5}$", alias="XMPP_SERVER")
     xmpp_rooms: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="XMPP_ROOMS")
     xmpp_tls: Literal["required", "direct", "off"] = Field("required", alias="XMPP_TLS")
     xmpp_ca_file: Path | None = Field(None, alias="XMPP_CA_FILE")
@@ -102,6 +103,11 @@ class Settings(BaseSettings):
         bad = [v for v in value if not SENDER_RE.match(v)]
         if bad:
             raise ValueError(f"{bad[0]!r} is not a sender id")
+        nicks = [v for v in value if v.startswith("xmpp:") and "/" in v]
+        if nicks:
+            raise ValueError(
+                f"{nicks[0]!r}: XMPP senders are bare JIDs (a room nick is not trusted)"
+            )
         return value
 
     @field_validator("tz")
