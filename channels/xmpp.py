@@ -53,6 +53,15 @@ class XmppChannel:
         self._reconnect_delay = 1.0
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def joined(self) -> frozenset[str]:
+        """The rooms the bot is in right now (empty while disconnected)."""
+        return frozenset(self._joined)
+
+    async def wait_online(self) -> None:
+        """Until the session is up and the rooms are joined."""
+        await self._ready.wait()
+
     # lifecycle
 
     async def start(self, inbound: Inbound) -> None:
@@ -67,16 +76,16 @@ class XmppChannel:
         self._connect()
 
     def _build(self) -> ClientXMPP:
-        client = ClientXMPP(self._jid, self._password)
+        insecure = self._tls == "off"
+        mechanisms = {"unencrypted_plain": insecure, "unencrypted_scram": insecure}
+        client = ClientXMPP(
+            self._jid, self._password, plugin_config={"feature_mechanisms": mechanisms}
+        )
         for plugin in PLUGINS:
             client.register_plugin(plugin)
         client.enable_direct_tls = self._tls == "direct"
         client.enable_starttls = self._tls == "required"
-        client.enable_plaintext = self._tls == "off"
-        if self._tls == "off":
-            mechanisms = client.plugin["feature_mechanisms"]
-            mechanisms.unencrypted_plain = True
-            mechanisms.unencrypted_scram = True
+        client.enable_plaintext = insecure
         if self._ca_file is not None:
             client.ca_certs = self._ca_file
         client.add_event_handler("session_start", self._session_start)
