@@ -32,7 +32,7 @@ from aiogram.exceptions import (
 from aiogram.types import Message, Update
 from aiohttp import ClientError, web
 
-from channels.telegram_format import to_html, to_plain
+from channels.markdown import to_html, to_plain
 from channels.telegram_message import BotIdentity, command, normalise
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings

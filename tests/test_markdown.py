@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from channels.telegram_format import to_html, to_plain, visible_length
+from channels.markdown import to_html, to_plain, visible_length
 
 ALLOWED = {"b", "i", "s", "code", "pre", "a", "blockquote"}
 # Every tag the renderer may write, exactly as written; anything else in the output is text.

@@ -1,7 +1,8 @@
-"""Telegram formatting: the Markdown an agent writes, rendered for Telegram's HTML parse mode.
+"""The Markdown an agent writes, rendered as the small HTML subset chat networks accept.
 
-Owns to_html (always balanced, escaped HTML with Telegram's tags only), visible_length (the
-UTF-16 length Telegram counts) and to_plain (the marker-free fallback when Telegram says no).
+Owns to_html (always balanced, escaped HTML with Telegram's tags only, which Matrix's
+`org.matrix.custom.html` accepts too), visible_length (the UTF-16 length Telegram counts)
+and to_plain (the marker-free fallback when a network refuses the markup).
 """
 
 from __future__ import annotations
