@@ -142,7 +142,7 @@ class TelegramChannel:
             log.exception("telegram: update %s failed", update.update_id)
         if update.update_id >= int(self._state["offset"]):
             self._state["offset"] = update.update_id + 1
-            await asyncio.to_thread(self._save_state)
+            await asyncio.to_thread(self._save_state, json.dumps(self._state))
 
     async def _handle_message(self, msg: Message) -> None:
         assert self._inbound is not None and self._me is not None
@@ -278,10 +278,10 @@ class TelegramChannel:
             "threads": threads if isinstance(threads, dict) else {},
         }
 
-    def _save_state(self) -> None:
+    def _save_state(self, text: str) -> None:
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._state))
+        tmp.write_text(text)
         os.replace(tmp, self._state_path)
 
 

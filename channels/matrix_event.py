@@ -1,0 +1,119 @@
+"""Matrix room events to nanoclaw's normalised form, as pure functions over event JSON.
+
+Reads the raw event (`event.source`), so it does not depend on matrix-nio's classes: the
+body with placeholders for media, the reply fallback split off, and the mention signals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from nanoclaw.models import InboundMessage
+
+PLACEHOLDERS = {
+    "m.image": "[Image{name}]",
+    "m.file": "[File{name}]",
+    "m.audio": "[Audio{name}]",
+    "m.video": "[Video{name}]",
+    "m.location": "[Location]",
+}
+
+
+def content_of(event: dict[str, Any]) -> dict[str, Any]:
+    content = event.get("content")
+    return content if isinstance(content, dict) else {}
+
+
+def body_of(content: dict[str, Any], sender_name: str) -> str | None:
+    """The text the agent sees; None for what it must not see (notices from other bots)."""
+    msgtype = content.get("msgtype")
+    body = content.get("body")
+    body = body if isinstance(body, str) else ""
+    if msgtype in ("m.text", None):
+        return body
+    if msgtype == "m.emote":
+        return f"* {sender_name} {body}"
+    if msgtype in PLACEHOLDERS:
+        name = f": {body}" if body and msgtype != "m.location" else ""
+        return PLACEHOLDERS[msgtype].format(name=name)
+    return None  # m.notice (by convention, bots do not answer bots) and unknown types
+
+
+def split_reply_fallback(body: str) -> tuple[str, str, str]:
+    """('@bob:hs', 'quoted text', 'own text') from a body with the "> <@bob:hs> ..." fallback."""
+    lines = body.split("\n")
+    quoted: list[str] = []
+    while lines and lines[0].startswith(">"):
+        quoted.append(lines.pop(0)[1:].lstrip())
+    if not quoted:
+        return "", "", body
+    if lines and not lines[0].strip():
+        lines.pop(0)
+    sender = ""
+    first = quoted[0]
+    if first.startswith("<") and ">" in first:
+        sender, first = first[1 : first.index(">")], first[first.index(">") + 1 :].lstrip()
+        quoted[0] = first
+    return sender, "\n".join(quoted).strip(), "\n".join(lines)
+
+
+def reply_target(content: dict[str, Any]) -> str | None:
+    relates = content.get("m.relates_to")
+    if not isinstance(relates, dict):
+        return None
+    reply = relates.get("m.in_reply_to")
+    event_id = reply.get("event_id") if isinstance(reply, dict) else None
+    return event_id if isinstance(event_id, str) else None
+
+
+def mentions_me(content: dict[str, Any], me: str) -> bool:
+    """An intentional mention (`m.mentions`), or a pill linking to us in the HTML body."""
+    mentions = content.get("m.mentions")
+    if isinstance(mentions, dict):
+        ids = mentions.get("user_ids")
+        if isinstance(ids, list) and me in ids:
+            return True
+    html = content.get("formatted_body")
+    return isinstance(html, str) and f"matrix.to/#/{me}" in unquote(html)
+
+
+def normalise(
+    event: dict[str, Any],
+    room_id: str,
+    me: str,
+    *,
+    sender_name: str,
+    room_name: str,
+    is_group: bool,
+    replied_to_sender: str | None = None,
+) -> InboundMessage | None:
+    """None for events that must not reach the store (ours, notices, non-messages)."""
+    sender = event.get("sender")
+    event_id = event.get("event_id")
+    if event.get("type") != "m.room.message" or sender == me:
+        return None
+    if not isinstance(sender, str) or not isinstance(event_id, str):
+        return None
+    content = content_of(event)
+    body = body_of(content, sender_name)
+    if not body:
+        return None
+    quoted_sender, quoted, text = split_reply_fallback(body)
+    if not reply_target(content):
+        quoted_sender, quoted, text = "", "", body
+    ts = event.get("origin_server_ts")
+    return InboundMessage(
+        chat_id=f"mx:{room_id}",
+        platform_id=event_id,
+        sender_id=f"mx:{sender}",
+        sender_name=sender_name,
+        text=text or body,
+        ts_ms=ts if isinstance(ts, int) else 0,
+        chat_name=room_name,
+        is_group_chat=is_group,
+        mentions_bot=mentions_me(content, me),
+        reply_to_bot=replied_to_sender == me,
+        reply_to_sender=quoted_sender or (replied_to_sender or ""),
+        reply_to_text=quoted,
+    )
