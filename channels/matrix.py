@@ -152,10 +152,10 @@ class MatrixChannel:
 
     async def _invited(self, room_id: str, state: list[dict[str, Any]]) -> None:
         assert self._client is not None and self._inbound is not None
+        # In an invite's stripped state, our own member event is the invitation itself.
         inviter = next(
-            (e.get("sender") for e in state if e.get("type") == "m.room.member"
-             and e.get("state_key") == self._user
-             and (e.get("content") or {}).get("membership") == "invite"),
+            (e.get("sender") for e in state
+             if e.get("type") == "m.room.member" and e.get("state_key") == self._user),
             None,
         )  # fmt: skip
         await self._inbound.chat_seen(f"mx:{room_id}", f"invited by {inviter}", True)

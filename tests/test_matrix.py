@@ -1,0 +1,223 @@
+"""The Matrix channel through the whole pipeline, against a real Synapse on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from conftest import Running, make_home, settings_for, wait_for
+from fake_anthropic import FakeAnthropic
+from synapse import Human, Synapse
+
+from channels.matrix import MatrixChannel
+from channels.terminal import TerminalChannel
+from nanoclaw.app import Core
+from nanoclaw.config import Settings
+from nanoclaw.store import Store
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+PW = "pw-for-tests"
+BOT = "@andy:localhost"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
+    synapse = Synapse(tmp_path_factory.mktemp("synapse"))
+    synapse.start()
+    for name in ("andy", "alice", "mallory"):
+        synapse.register(name, PW)
+    try:
+        yield synapse
+    finally:
+        synapse.stop()
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(model: FakeAnthropic) -> FakeAnthropic:
+    model.reset()
+    return model
+
+
+def mx_settings(home: Path, fake: FakeAnthropic, server: Synapse) -> Settings:
+    return settings_for(
+        home, fake.base_url, MATRIX_HOMESERVER=server.url, MATRIX_USER_ID=BOT,
+        MATRIX_PASSWORD=PW, ALLOWED_SENDERS="mx:@alice:localhost",
+    )  # fmt: skip
+
+
+class Bot:
+    def __init__(self, running: Running, task: asyncio.Task[None], channel: MatrixChannel):
+        self.running, self.task, self.channel = running, task, channel
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.running.store.close()
+
+
+async def start(settings: Settings) -> Bot:
+    store = await Store.open(settings.layout.db)
+    channel = MatrixChannel(settings, settings.layout.store / "matrix")
+    term = TerminalChannel(settings.assistant_name, out=io.StringIO())
+    core = Core(settings, store, {"mx": channel, "term": term})
+    started = asyncio.Event()
+    task = asyncio.create_task(core.run(started))
+    await asyncio.wait_for(started.wait(), 30)
+    await asyncio.wait_for(channel.ready.wait(), 30)
+    return Bot(Running(core, store, term, settings), task, channel)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def bot(tmp_path: Path, fake: FakeAnthropic, server: Synapse) -> AsyncIterator[Bot]:
+    daemon = await start(mx_settings(make_home(tmp_path / "home"), fake, server))
+    yield daemon
+    await daemon.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def alice(server: Synapse) -> AsyncIterator[Human]:
+    human = await Human.login(server, "alice", PW)
+    yield human
+    await human.close()
+
+
+async def room_with_bot(bot: Bot, alice: Human, requires_trigger: bool = True) -> str:
+    room = await alice.create_room(name="team", invite=[BOT])
+    await alice.wait_event(lambda e: e.room_id == room and _joined(e, BOT), timeout=30)
+    await bot.running.add_group(f"g{abs(hash(room)) % 10**8}", f"mx:{room}",
+                                requires_trigger=requires_trigger)  # fmt: skip
+    return room
+
+
+def _joined(e: Any, user: str) -> bool:
+    content = e.source.get("content", {})
+    return (
+        e.type == "m.room.member"
+        and e.source.get("state_key") == user
+        and (content.get("membership") == "join")
+    )
+
+
+def from_bot(room: str, needle: str) -> Any:
+    return lambda e: e.room_id == room and e.sender == BOT and needle in e.body
+
+
+async def test_invites_from_allowed_accepted_others_declined(
+    bot: Bot, alice: Human, server: Synapse
+) -> None:
+    room = await alice.create_room(invite=[BOT])
+    await alice.wait_event(lambda e: e.room_id == room and _joined(e, BOT), timeout=30)
+    mallory = await Human.login(server, "mallory", PW)
+    try:
+        other = await mallory.create_room(invite=[BOT])
+        await mallory.wait_event(
+            lambda e: e.room_id == other and e.source.get("state_key") == BOT
+            and e.source["content"].get("membership") == "leave", timeout=30,
+        )  # fmt: skip
+        assert not any(_joined(e, BOT) for e in mallory.events if e.room_id == other)
+    finally:
+        await mallory.close()
+
+
+async def test_trigger_gets_a_formatted_reply_and_typing(
+    bot: Bot, alice: Human, fake: FakeAnthropic
+) -> None:
+    room = await room_with_bot(bot, alice)
+    await alice.send_text(room, "@Andy hello [[say: **all** <fine> & well]]")
+    reply = await alice.wait_event(from_bot(room, "fine"), timeout=60)
+    assert reply.body == "**all** <fine> & well"
+    assert reply.source["content"]["format"] == "org.matrix.custom.html"
+    assert reply.formatted_body == "<b>all</b> &lt;fine&gt; &amp; well"
+    await alice.wait_typing(lambda t: t.room_id == room and BOT in t.user_ids, timeout=10)
+
+
+async def test_mention_and_reply_to_bot_trigger(
+    bot: Bot, alice: Human, fake: FakeAnthropic
+) -> None:
+    room = await room_with_bot(bot, alice)
+    await alice.send_text(room, "Andy, [[say: by pill]]", mentions_user=BOT, mention_name="Andy")
+    first = await alice.wait_event(from_bot(room, "by pill"), timeout=60)
+    await alice.send_text(room, "> <@andy:localhost> by pill\n\nmore [[say: by reply]]",
+                          reply_to_event_id=first.event_id)  # fmt: skip
+    await alice.wait_event(from_bot(room, "by reply"), timeout=60)
+    prompt = fake.requests[-1].body["messages"][-1]["content"]
+    assert "by pill" in prompt  # the quoted answer is context
+
+
+async def test_sender_not_allowed_does_not_trigger(
+    bot: Bot, alice: Human, fake: FakeAnthropic, server: Synapse
+) -> None:
+    room = await room_with_bot(bot, alice, requires_trigger=False)
+    mallory = await Human.login(server, "mallory", PW)
+    try:
+        await alice.invite(room, "@mallory:localhost")
+        await mallory.join(room)
+        await mallory.send_text(room, "@Andy do it")
+        folder = await bot.running.store.folder_of_chat(f"mx:{room}")
+        assert folder is not None
+        await wait_for(lambda: bot.running.store.count_messages_for_folder(folder, 0), 30)
+        await bot.running.core.orchestrator.tick()
+        await bot.running.core.orchestrator.queue.wait_idle()
+        assert fake.requests == []
+    finally:
+        await mallory.close()
+
+
+async def test_encrypted_room_gets_one_notice(bot: Bot, alice: Human) -> None:
+    room = await alice.create_room(invite=[BOT], encrypted=True)
+    await alice.wait_event(lambda e: e.room_id == room and _joined(e, BOT), timeout=30)
+    await alice.send_encrypted_like(room)
+    notice = await alice.wait_event(from_bot(room, "encrypted"), timeout=30)
+    assert notice.msgtype == "m.notice"
+    await alice.send_encrypted_like(room)
+    await asyncio.sleep(1.5)
+    assert len([e for e in alice.events if from_bot(room, "encrypted")(e)]) == 1
+
+
+async def test_bot_restart_keeps_login_and_does_not_replay(
+    tmp_path: Path, fake: FakeAnthropic, server: Synapse, alice: Human
+) -> None:
+    home = make_home(tmp_path / "home")
+    settings = mx_settings(home, fake, server)
+    bot = await start(settings)
+    room = await room_with_bot(bot, alice, requires_trigger=False)
+    await alice.send_text(room, "[[say: first answer]]")
+    await alice.wait_event(from_bot(room, "first answer"), timeout=60)
+    await bot.stop()
+    session = json.loads((home / "store" / "matrix" / "session.json").read_text())
+    await alice.send_text(room, "while you were away [[say: caught up]]")
+    bot = await start(settings)
+    try:
+        await alice.wait_event(from_bot(room, "caught up"), timeout=60)
+        await asyncio.sleep(1.0)
+        assert len(fake.requests) == 2  # the first message was not handled again
+        after = json.loads((home / "store" / "matrix" / "session.json").read_text())
+        assert after["device_id"] == session["device_id"]  # no second login
+    finally:
+        await bot.stop()
+
+
+async def test_synapse_restart_while_reply_pending_delivers_once(
+    bot: Bot, alice: Human, fake: FakeAnthropic, server: Synapse
+) -> None:
+    room = await room_with_bot(bot, alice, requires_trigger=False)
+    await alice.send_text(room, "slow [[sleep: 2]] [[say: after the restart]]")
+    await wait_for(lambda: fake.requests, 30)
+    server.stop()  # the answer is produced while the homeserver is down
+    await wait_for(lambda: bot.running.store.pending_outbox(f"mx:{room}"), 30)
+    server.restart()
+    await alice.wait_event(from_bot(room, "after the restart"), timeout=90)
+    await asyncio.sleep(2)
+    assert len([e for e in alice.events if from_bot(room, "after the restart")(e)]) == 1
