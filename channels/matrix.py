@@ -29,6 +29,7 @@ from nio import (
 
 from channels.markdown import to_html
 from channels.matrix_event import normalise, reply_target
+from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
 from nanoclaw.errors import DeliveryError, PermanentDeliveryError
@@ -57,8 +58,7 @@ class MatrixChannel:
         self._state: dict[str, Any] = {}
         self._inbound: Inbound | None = None
         self._client: AsyncClient | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._typing: dict[str, asyncio.Task[None]] = {}
+        self._background = Background("matrix")
         self.ready = asyncio.Event()
 
     # lifecycle
@@ -71,19 +71,12 @@ class MatrixChannel:
             encryption_enabled=False, request_timeout=SYNC_TIMEOUT_MS / 1000 + 30,
         )  # fmt: skip
         self._client = AsyncClient(self._homeserver, self._user, config=config)
-        self._spawn(self._run())
+        self._background.spawn(self._run())
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._typing.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._typing.values(), return_exceptions=True)
+        await self._background.close()
         if self._client is not None:
             await self._client.close()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
         delay = 1.0
@@ -239,12 +232,10 @@ class MatrixChannel:
         raise DeliveryError(f"matrix: {resp}")
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
-        task = self._typing.pop(chat_id, None)
-        if task is not None:
-            task.cancel()
         room_id = chat_id.removeprefix("mx:")
+        self._background.cancel(f"typing {chat_id}")
         if typing:
-            self._typing[chat_id] = asyncio.create_task(self._keep_typing(room_id))
+            self._background.spawn(self._keep_typing(room_id), key=f"typing {chat_id}")
         elif self._client is not None and self.ready.is_set():
             with contextlib.suppress(Exception):
                 await self._client.room_typing(room_id, typing_state=False)

@@ -34,6 +34,7 @@ from aiohttp import ClientError, web
 
 from channels.markdown import to_html, to_plain
 from channels.telegram_message import BotIdentity, command, normalise
+from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
 from nanoclaw.errors import DeliveryError, PermanentDeliveryError
@@ -61,8 +62,7 @@ class TelegramChannel:
         self._inbound: Inbound | None = None
         self._bot: Bot | None = None
         self._me: BotIdentity | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._typing: dict[str, asyncio.Task[None]] = {}
+        self._background = Background("telegram")
         self._web: web.AppRunner | None = None
 
     # lifecycle
@@ -72,21 +72,14 @@ class TelegramChannel:
         self._state = await asyncio.to_thread(self._load_state)
         session = AiohttpSession(api=TelegramAPIServer.from_base(self._api))
         self._bot = Bot(self._token, session=session)
-        self._spawn(self._run())
+        self._background.spawn(self._run())
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._typing.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._typing.values(), return_exceptions=True)
+        await self._background.close()
         if self._web is not None:
             await self._web.cleanup()
         if self._bot is not None:
             await self._bot.session.close()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
         """Learn who we are (retrying while Telegram is unreachable), then receive."""
@@ -246,11 +239,10 @@ class TelegramChannel:
             raise DeliveryError(f"telegram unreachable: {exc}") from exc
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
-        task = self._typing.pop(chat_id, None)
-        if task is not None:
-            task.cancel()
         if typing:
-            self._typing[chat_id] = asyncio.create_task(self._keep_typing(chat_id))
+            self._background.spawn(self._keep_typing(chat_id), key=f"typing {chat_id}")
+        else:
+            self._background.cancel(f"typing {chat_id}")
 
     async def _keep_typing(self, chat_id: str) -> None:
         """Telegram shows "typing" for 5 s: renew it until told to stop (or 10 minutes)."""

@@ -21,6 +21,7 @@ from slixmpp import JID, ClientXMPP
 from slixmpp.stanza import Message
 
 from channels.xmpp_message import Seen, addressed, bare, ignore_reason, sender_of
+from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
 from nanoclaw.errors import DeliveryError
@@ -51,7 +52,7 @@ class XmppChannel:
         self._ready = asyncio.Event()
         self._stopping = False
         self._reconnect_delay = 1.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background("xmpp")
 
     @property
     def joined(self) -> frozenset[str]:
@@ -107,17 +108,10 @@ class XmppChannel:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.close()
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._client.disconnect(), 5)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _session_start(self, _: Any) -> None:
         assert self._client is not None
@@ -147,7 +141,7 @@ class XmppChannel:
         delay = self._reconnect_delay
         self._reconnect_delay = min(delay * 2, 60.0)
         log.warning("xmpp: disconnected (%s); reconnecting in %.0fs", reason, delay)
-        self._spawn(self._reconnect(delay))
+        self._background.spawn(self._reconnect(delay), key="reconnect")
 
     async def _reconnect(self, delay: float) -> None:
         await asyncio.sleep(delay)
