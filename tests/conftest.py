@@ -22,6 +22,7 @@ from fake_anthropic import FakeAnthropic
 
 from channels.terminal import TerminalChannel
 from nanoclaw.app import Core
+from nanoclaw.channel import Channel
 from nanoclaw.config import Settings, load_settings
 from nanoclaw.models import Group, InboundMessage
 from nanoclaw.store import Store
@@ -134,10 +135,11 @@ class Running:
         return group
 
 
-async def start_core(settings: Settings) -> tuple[Running, asyncio.Task[None]]:
+async def start_core(settings: Settings, *others: Channel) -> tuple[Running, asyncio.Task[None]]:
+    """The core in-process with the terminal channel and any `others` (tg, xmpp, mx)."""
     store = await Store.open(settings.layout.db)
     channel = TerminalChannel(settings.assistant_name, out=io.StringIO())
-    core = Core(settings, store, {"term": channel})
+    core = Core(settings, store, {"term": channel, **{c.name: c for c in others}})
     started = asyncio.Event()
     task = asyncio.create_task(core.run(started))
     await asyncio.wait_for(started.wait(), 30)

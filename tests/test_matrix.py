@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,15 +10,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import Running, make_home, settings_for, wait_for
+from conftest import Running, make_home, settings_for, start_core, stop_core, wait_for
 from fake_anthropic import FakeAnthropic
 from synapse import Human, Synapse
 
 from channels.matrix import MatrixChannel
-from channels.terminal import TerminalChannel
-from nanoclaw.app import Core
 from nanoclaw.config import Settings
-from nanoclaw.store import Store
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PW = "pw-for-tests"
@@ -62,21 +58,14 @@ class Bot:
         self.running, self.task, self.channel = running, task, channel
 
     async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        await self.running.store.close()
+        await stop_core(self.running, self.task)
 
 
 async def start(settings: Settings) -> Bot:
-    store = await Store.open(settings.layout.db)
     channel = MatrixChannel(settings, settings.layout.store / "matrix")
-    term = TerminalChannel(settings.assistant_name, out=io.StringIO())
-    core = Core(settings, store, {"mx": channel, "term": term})
-    started = asyncio.Event()
-    task = asyncio.create_task(core.run(started))
-    await asyncio.wait_for(started.wait(), 30)
+    running, task = await start_core(settings, channel)
     await asyncio.wait_for(channel.ready.wait(), 30)
-    return Bot(Running(core, store, term, settings), task, channel)
+    return Bot(running, task, channel)
 
 
 @pytest_asyncio.fixture(loop_scope="module")

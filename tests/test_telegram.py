@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,15 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import Running, settings_for, wait_for
+from conftest import Running, settings_for, start_core, stop_core, wait_for
 from fake_anthropic import FakeAnthropic
 from fake_telegram import FakeTelegram
 
 from channels.telegram import TelegramChannel
-from channels.terminal import TerminalChannel
-from nanoclaw.app import Core
 from nanoclaw.config import Settings
-from nanoclaw.store import Store
 
 GROUP = -1001
 OTHER = -2002
@@ -40,20 +36,12 @@ def tg_settings(home: Path, fake: FakeAnthropic, tg: FakeTelegram, **extra: Any)
 
 
 async def start(settings: Settings) -> tuple[Running, asyncio.Task[None], TelegramChannel]:
-    store = await Store.open(settings.layout.db)
     channel = TelegramChannel(settings, settings.layout.store / "telegram")
-    term = TerminalChannel(settings.assistant_name, out=io.StringIO())
-    core = Core(settings, store, {"tg": channel, "term": term})
-    started = asyncio.Event()
-    task = asyncio.create_task(core.run(started))
-    await asyncio.wait_for(started.wait(), 30)
-    return Running(core, store, term, settings), task, channel
+    running, task = await start_core(settings, channel)
+    return running, task, channel
 
 
-async def stop(running: Running, task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await running.store.close()
+stop = stop_core
 
 
 @pytest_asyncio.fixture

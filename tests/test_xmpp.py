@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import Running, settings_for, wait_for
+from conftest import Running, settings_for, start_core, stop_core, wait_for
 from fake_anthropic import FakeAnthropic
 from prosody import Client, Prosody
 
-from channels.terminal import TerminalChannel
 from channels.xmpp import XmppChannel
-from nanoclaw.app import Core
 from nanoclaw.config import Settings
-from nanoclaw.store import Store
 
 PW = "pw-for-tests"
 ROOM = "team@conference.localhost"
@@ -51,21 +47,14 @@ class Daemon:
         self.running, self.task, self.channel = running, task, channel
 
     async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        await self.running.store.close()
+        await stop_core(self.running, self.task)
 
 
 async def start(settings: Settings) -> Daemon:
-    store = await Store.open(settings.layout.db)
     channel = XmppChannel(settings, settings.layout.store / "xmpp")
-    term = TerminalChannel(settings.assistant_name, out=io.StringIO())
-    core = Core(settings, store, {"xmpp": channel, "term": term})
-    started = asyncio.Event()
-    task = asyncio.create_task(core.run(started))
-    await asyncio.wait_for(started.wait(), 30)
+    running, task = await start_core(settings, channel)
     await asyncio.wait_for(channel.wait_online(), 30)
-    return Daemon(Running(core, store, term, settings), task, channel)
+    return Daemon(running, task, channel)
 
 
 @pytest_asyncio.fixture
