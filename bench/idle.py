@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.home import make_home
 from bench.report import Figure
+from tests.processes import stop_process
 
 IDLE_TARGET_PCT = 1.0
 READY_LINE = "nanoclaw running"
@@ -77,13 +78,7 @@ def idle_cpu(seconds: float, base_url: str) -> Figure:
             if proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {proc.returncode} while idle")
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, grace=15, sig=signal.SIGINT)
     wall = wall1 - wall0
     used = {k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()}
     pct = sum(used.values()) / wall * 100

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import json
 import re
-import signal
 import socket
 import string
 import subprocess
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from processes import stop_process
 from slixmpp import JID, ClientXMPP
 from slixmpp.stanza import Message
 from slixmpp.xmlstream import StanzaBase
@@ -208,13 +208,7 @@ class Prosody:
         _RUNNING.discard(self)
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
+        stop_process(proc, grace=5)
 
     def restart(self) -> None:
         """Stop and start on the same ports and data dir: accounts and persistent rooms stay."""

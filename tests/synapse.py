@@ -17,7 +17,6 @@ import hmac
 import html
 import json
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import nio
+from processes import stop_process
 from signedjson.key import generate_signing_key, write_signing_keys
 
 _RUNNING: set[Synapse] = set()  # stopped at exit if a test forgot to
@@ -157,13 +157,7 @@ class Synapse:
         _RUNNING.discard(self)
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
+        stop_process(proc, grace=10)
 
     def restart(self) -> None:
         """Stop and start on the same port, database and key: accounts and rooms stay."""
