@@ -98,7 +98,7 @@ class BenchChannel(TerminalChannel):
         self.sent: list[Sent] = []
         self._changed = asyncio.Event()
 
-    async def send(self, chat_id: str, text: str) -> None:
+    async def send(self, chat_id: str, text: str, key: str = "") -> None:
         self.sent.append(Sent(time.perf_counter(), time.time(), chat_id, text))
         self._changed.set()
         await super().send(chat_id, text)

@@ -202,20 +202,25 @@ class MatrixChannel:
 
     # outbound
 
-    async def send(self, chat_id: str, text: str) -> None:
+    async def send(self, chat_id: str, text: str, key: str = "") -> None:
         content = {
             "msgtype": "m.text", "body": text, "format": "org.matrix.custom.html",
             "formatted_body": to_html(text), "m.mentions": {},
         }  # fmt: skip
-        await self._send(chat_id.removeprefix("mx:"), content)
+        await self._send(chat_id.removeprefix("mx:"), content, key)
 
-    async def _send(self, room_id: str, content: dict[str, Any]) -> None:
+    async def _send(self, room_id: str, content: dict[str, Any], key: str = "") -> None:
+        """`key` becomes the transaction id: Synapse answers a repeat with the first event."""
         client = self._client
         if client is None or not self.ready.is_set():
             raise DeliveryError("matrix is not logged in yet")
         try:
             resp = await client.room_send(
-                room_id, "m.room.message", content, ignore_unverified_devices=True
+                room_id,
+                "m.room.message",
+                content,
+                tx_id=key or None,
+                ignore_unverified_devices=True,
             )
         except (ClientError, TimeoutError, OSError) as exc:
             raise DeliveryError(f"matrix unreachable: {exc}") from exc

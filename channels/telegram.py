@@ -206,7 +206,7 @@ class TelegramChannel:
 
     # outbound
 
-    async def send(self, chat_id: str, text: str) -> None:
+    async def send(self, chat_id: str, text: str, key: str = "") -> None:
         await self._send_one(chat_id, text, html=True)
 
     async def _send_one(self, chat_id: str, text: str, *, html: bool) -> None:

@@ -42,7 +42,7 @@ class TerminalChannel:
     async def stop(self) -> None:
         self._inbound = None
 
-    async def send(self, chat_id: str, text: str) -> None:
+    async def send(self, chat_id: str, text: str, key: str = "") -> None:
         where = "" if chat_id == self.current else f" [{chat_id.removeprefix('term:')}]"
         print(f"{self.assistant_name}{where}: {text}", file=self.out, flush=True)
         self.delivered += 1

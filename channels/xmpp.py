@@ -219,7 +219,7 @@ class XmppChannel:
 
     # outbound
 
-    async def send(self, chat_id: str, text: str) -> None:
+    async def send(self, chat_id: str, text: str, key: str = "") -> None:
         client = self._client
         if client is None or not self._ready.is_set():
             raise DeliveryError("xmpp is not connected")
@@ -227,7 +227,10 @@ class XmppChannel:
         is_room = bare(to) in self._rooms and "/" not in to
         if is_room and bare(to) not in self._joined:
             raise DeliveryError(f"xmpp: not in room {to} (yet)")
-        client.send_message(mto=JID(to), mbody=text, mtype="groupchat" if is_room else "chat")
+        msg = client.make_message(mto=JID(to), mbody=text, mtype="groupchat" if is_room else "chat")
+        if key:
+            msg["id"] = key  # the same id on a retry lets receivers drop the duplicate
+        msg.send()
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
         client = self._client

@@ -43,8 +43,12 @@ class Channel(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def send(self, chat_id: str, text: str) -> None:
-        """Deliver one chunk; raise DeliveryError (retried) or PermanentDeliveryError."""
+    async def send(self, chat_id: str, text: str, key: str = "") -> None:
+        """Deliver one chunk; raise DeliveryError (retried) or PermanentDeliveryError.
+
+        `key` is the same for every attempt at this chunk: a network that deduplicates
+        (Matrix transaction ids) turns a retry after a lost response into a no-op.
+        """
 
     async def set_typing(self, chat_id: str, typing: bool) -> None: ...
 

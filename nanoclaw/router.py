@@ -7,6 +7,7 @@ sends a chunk twice; failures back off exponentially and survive restarts in the
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Mapping
 
 from nanoclaw.channel import Channel
@@ -69,7 +70,8 @@ class Router:
         chunks = split_text(item.text, channel.max_message_len)
         try:
             for index in range(item.chunks_sent, len(chunks)):
-                await channel.send(item.chat_id, chunks[index])
+                key = f"nanoclaw-{item.id}-{index}-{zlib.crc32(chunks[index].encode()):08x}"
+                await channel.send(item.chat_id, chunks[index], key)
                 if index + 1 < len(chunks):
                     await self._store.outbox_progress(item.id, index + 1)
         except PermanentDeliveryError as exc:

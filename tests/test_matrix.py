@@ -198,6 +198,15 @@ async def test_bot_restart_keeps_login_and_does_not_replay(
         await bot.stop()
 
 
+async def test_a_retried_chunk_with_the_same_key_posts_once(bot: Bot, alice: Human) -> None:
+    room = await room_with_bot(bot, alice)
+    await bot.channel.send(f"mx:{room}", "only once", key="nanoclaw-1-0-abc")
+    await bot.channel.send(f"mx:{room}", "only once", key="nanoclaw-1-0-abc")  # a retry
+    await bot.channel.send(f"mx:{room}", "marker", key="nanoclaw-2-0-def")
+    await alice.wait_event(from_bot(room, "marker"), timeout=30)
+    assert len([e for e in alice.events if from_bot(room, "only once")(e)]) == 1
+
+
 async def test_synapse_restart_while_reply_pending_delivers_once(
     bot: Bot, alice: Human, fake: FakeAnthropic, server: Synapse
 ) -> None:

@@ -27,6 +27,7 @@ class RecordingChannel:
         self.name = name
         self.max_message_len = max_message_len
         self.sent: list[tuple[str, str]] = []
+        self.keys: list[str] = []  # the idempotency key of every attempt, failed ones too
         self.calls = 0
         self.fail_on: int | None = None
         self.fail_with: BaseException = DeliveryError("channel down")
@@ -37,8 +38,9 @@ class RecordingChannel:
     async def stop(self) -> None:
         pass
 
-    async def send(self, chat_id: str, text: str) -> None:
+    async def send(self, chat_id: str, text: str, key: str = "") -> None:
         self.calls += 1
+        self.keys.append(key)
         if self.calls == self.fail_on:
             raise self.fail_with
         self.sent.append((chat_id, text))
@@ -311,3 +313,19 @@ async def test_typing_ignores_unknown_channel_and_errors(store: Store) -> None:
     await router.typing("tg:-1", True)
     await router.typing("term:main", True)
     assert channel.calls == 1
+
+
+async def test_idempotency_key_is_stable_across_retries_of_a_chunk(
+    store: Store, db_path: Path
+) -> None:
+    channel = RecordingChannel()
+    channel.fail_on = 2  # the second chunk fails once
+    await store.enqueue_reply("main", "term:main", LONG)
+    router = Router(store, {"term": channel}, poll_s=1.0)
+    await router.deliver_once()
+    make_due(db_path)
+    await router.deliver_once()
+    first, failed, retried, *rest = channel.keys
+    assert failed == retried  # the same chunk, the same key
+    assert len({first, failed, *rest}) == 2 + len(rest)  # different chunks, different keys
+    assert all(k.startswith("nanoclaw-") for k in channel.keys)
