@@ -1,0 +1,125 @@
+"""Scheduled tasks written in a group's CLAUDE.md, and when a cron task runs next.
+
+Pure: `parse_tasks` reads the "## Scheduled Tasks" section (SPEC section 8) and reports each
+line it cannot use; `next_run` turns a cron expression in a timezone into the next instant.
+Cron is wall-clock time: a time skipped by a spring-forward runs right after the gap, a time
+repeated by a fall-back runs once (its first occurrence), as classic cron does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+SECTION_RE = re.compile(r"^##\s+Scheduled Tasks\s*$", re.IGNORECASE)
+CRON_RE = re.compile(r"^#\s*Cron:\s*(.*)$", re.IGNORECASE)
+TZ_RE = re.compile(r"^#\s*TZ:\s*(.*)$", re.IGNORECASE)
+COMMENT_RE = re.compile(r"<!--.*?-->", re.S)
+PROMPT_CAP = 8_000
+
+
+@dataclass(frozen=True)
+class CronTask:
+    line: int  # 1-based line of its "# Cron:" in CLAUDE.md
+    cron: str
+    tz: str | None
+    prompt: str
+
+
+@dataclass(frozen=True)
+class ParseError:
+    line: int
+    message: str
+
+
+def _blank_comments(text: str) -> str:
+    """HTML comments become blank lines, so line numbers stay true."""
+    return COMMENT_RE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+
+
+def valid_cron(expr: str) -> bool:
+    return len(expr.split()) == 5 and bool(croniter.is_valid(expr))
+
+
+def valid_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class _Draft:
+    line: int
+    cron: str
+    bad: bool
+    tz: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def finish(self, tasks: list[CronTask], errors: list[ParseError]) -> None:
+        prompt = "\n".join(self.lines).strip()
+        if self.bad:
+            return
+        if not prompt:
+            errors.append(ParseError(self.line, "task has no prompt below its # Cron: line"))
+            return
+        tasks.append(CronTask(self.line, self.cron, self.tz, prompt[:PROMPT_CAP]))
+
+
+def parse_tasks(markdown: str) -> tuple[list[CronTask], list[ParseError]]:
+    """The tasks of the "## Scheduled Tasks" section; bad entries are reported, not fatal."""
+    tasks: list[CronTask] = []
+    errors: list[ParseError] = []
+    in_section = False
+    draft: _Draft | None = None
+    for number, raw in enumerate(_blank_comments(markdown).splitlines(), start=1):
+        line = raw.rstrip()
+        if line.startswith("## ") or line == "##":
+            if draft is not None:
+                draft.finish(tasks, errors)
+            draft = None
+            in_section = bool(SECTION_RE.match(line))
+            continue
+        if not in_section:
+            continue
+        cron = CRON_RE.match(line)
+        if cron:
+            if draft is not None:
+                draft.finish(tasks, errors)
+            expr = cron.group(1).strip()
+            draft = _Draft(number, expr, bad=not valid_cron(expr))
+            if draft.bad:
+                errors.append(ParseError(number, f"not a 5-field cron expression: {expr!r}"))
+            continue
+        tz = TZ_RE.match(line)
+        if tz and draft is not None and not any(x.strip() for x in draft.lines):
+            name = tz.group(1).strip()
+            if valid_zone(name):
+                draft.tz = name
+            else:
+                errors.append(ParseError(number, f"unknown timezone {name!r}"))
+                draft.bad = True
+            continue
+        if draft is not None:
+            draft.lines.append(raw)
+    if draft is not None:
+        draft.finish(tasks, errors)
+    return tasks, errors
+
+
+def next_run(expr: str, zone: ZoneInfo, after: datetime) -> datetime:
+    """The first instant strictly after `after` (aware) that the cron names, in UTC."""
+    local = after.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
+    it = croniter(expr, local - timedelta(minutes=1))
+    for _ in range(10_000):
+        wall: datetime = it.get_next(datetime)
+        # fold=0: a skipped wall time maps to just after the gap, a repeated one to its first
+        instant = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        if instant > after:
+            return instant
+    raise ValueError(f"cron {expr!r} names no time after {after.isoformat()}")
