@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what nanoclaw needs on Debian/Ubuntu (bubblewrap, uv, the Python deps),
-# then starts the terminal chat. Safe to run again. Usage: ./install.sh [--no-chat]
+# then starts the terminal chat. Safe to run again.
+#   ./install.sh            install, ask for the Anthropic key once, start `nanoclaw chat`
+#   ./install.sh --no-chat  install only
+#   ./install.sh --test     install, plus the servers the tests run against, and run the tests
 set -euo pipefail
 cd "$(dirname "$0")"
+mode="${1:-}"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -11,6 +15,15 @@ need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v prlimit >/dev/null || need_apt+=(util-linux)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if [ "$mode" = "--test" ]; then
+  # Prosody: the real XMPP server of the XMPP tests (Debian's package may also start a
+  # system service; the tests use their own instances on random ports). nix-bin parses
+  # flake.nix; openssl makes the tests' TLS certificates; procps gives pgrep.
+  command -v prosody >/dev/null || need_apt+=(prosody)
+  command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
+  command -v openssl >/dev/null || need_apt+=(openssl)
+  command -v pgrep >/dev/null || need_apt+=(procps)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} with apt"
   $SUDO apt-get update -qq
@@ -26,6 +39,10 @@ if ! command -v uv >/dev/null; then
 fi
 
 uv sync --frozen --compile-bytecode --quiet
+
+if [ "$mode" = "--test" ]; then
+  exec uv run --frozen pytest -q
+fi
 
 if [ ! -f .env ]; then
   cp .env.example .env
@@ -43,5 +60,5 @@ if ! grep -qE '^ANTHROPIC_API_KEY=.+' .env && [ -z "${ANTHROPIC_API_KEY:-}" ]; t
 fi
 
 uv run --frozen nanoclaw doctor || echo "(doctor found problems above; the chat may not work)"
-[ "${1:-}" = "--no-chat" ] && exit 0
+[ "$mode" = "--no-chat" ] && exit 0
 exec uv run --frozen nanoclaw chat
