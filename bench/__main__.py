@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fake_anthropic import FakeAnthropic
+
 from bench.agent import cold_start
 from bench.core import LATENCY_TARGET_MS, pipeline
 from bench.idle import IDLE_TARGET_PCT, idle_cpu
 from bench.ingest import INGEST_TARGET, ingest
 from bench.report import Figure, failed, load_average, machine, table, write_json
 from bench.spawn import COLD_TARGET, SPAWN_TARGET, sandbox_spawn
-from tests.fake_anthropic import FakeAnthropic
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from aiohttp import ClientSession
+from fake_anthropic import FakeAnthropic, Recorded
 
 from bench.home import make_home, requests_at_least, run_log_tail
 from bench.report import Figure, median
@@ -22,7 +23,6 @@ from nanoclaw.launcher import AgentSettings, Launcher
 from nanoclaw.layout import Layout
 from nanoclaw.models import MAIN
 from nanoclaw.store import Store
-from tests.fake_anthropic import FakeAnthropic, Recorded
 
 RUN_TIMEOUT_S = 60.0
 

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fake_anthropic import FakeAnthropic, Recorded
+
 from bench.home import (
     BenchChannel,
     bench_settings,
@@ -32,7 +34,6 @@ from bench.report import Figure, percentile
 from nanoclaw.app import Core
 from nanoclaw.models import MAIN
 from nanoclaw.store import Store
-from tests.fake_anthropic import FakeAnthropic, Recorded
 
 LATENCY_TARGET_MS = 25.0
 STEP_TIMEOUT_S = 60.0

@@ -13,11 +13,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from fake_anthropic import FakeAnthropic, Recorded
+
 from channels.terminal import TerminalChannel
 from nanoclaw.config import Settings, load_settings
 from nanoclaw.models import InboundMessage
 from nanoclaw.trigger import LOCAL_SENDER
-from tests.fake_anthropic import FakeAnthropic, Recorded
 
 
 def make_home(root: Path) -> Path:

@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from processes import stop_process
+
 from bench.home import make_home
 from bench.report import Figure
-from tests.processes import stop_process
 
 IDLE_TARGET_PCT = 1.0
 READY_LINE = "nanoclaw running"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from served import Served
 
 ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -201,9 +202,7 @@ class FakeAnthropic:
         self._cond = threading.Condition()
         self._requests: list[Recorded] = []
         self._script: deque[Reply] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._served = Served("fake-anthropic")
 
     @property
     def requests(self) -> list[Recorded]:
@@ -234,28 +233,11 @@ class FakeAnthropic:
         return await asyncio.to_thread(self.wait_for_requests, n, timeout)
 
     def start(self) -> FakeAnthropic:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="fake-anthropic", daemon=True)
-        self._thread.start()
-        try:
-            port = asyncio.run_coroutine_threadsafe(self._serve(), loop).result(timeout=10)
-        except BaseException:
-            self.stop()
-            raise
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.base_url = self._served.start(self._app)
         return self
 
     def stop(self) -> None:
-        loop, thread, runner = self._loop, self._thread, self._runner
-        if loop is None or thread is None:
-            return
-        if runner is not None:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-        self._loop = self._thread = self._runner = None
+        self._served.stop()
 
     def __enter__(self) -> FakeAnthropic:
         return self.start()
@@ -263,14 +245,11 @@ class FakeAnthropic:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    async def _serve(self) -> int:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        return int(self._runner.addresses[0][1])
+        return app
 
     async def _record(self, request: web.Request) -> dict[str, Any]:
         text = await request.text()

@@ -18,6 +18,7 @@ from http import HTTPStatus
 from typing import Any, Literal, TypedDict, Unpack
 
 from aiohttp import web
+from served import Served
 
 Msg = dict[str, Any]
 MAX_TEXT = 4096
@@ -167,9 +168,7 @@ class FakeTelegram:
         self._next_update = self._next_message = 1
         self._wake: asyncio.Event | None = None
         self._closing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._served = Served("fake-telegram")
 
     # --- recorded state: thread-safe copies ---
     def _copy(self, items: list[Any]) -> list[Any]:
@@ -248,8 +247,7 @@ class FakeTelegram:
             self._next_update = max(self._next_update, uid + 1)
             self._pending.append(update)
             self._cond.notify_all()
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._notify)
+        self._served.call_soon(self._notify)
         return uid
 
     def _notify(self) -> None:  # on the server loop: wake every long poll
@@ -332,30 +330,14 @@ class FakeTelegram:
 
     # --- lifecycle ---
     def start(self) -> FakeTelegram:
-        loop = asyncio.new_event_loop()
-        self._loop, self._closing = loop, False
-        self._thread = threading.Thread(target=loop.run_forever, name="fake-telegram", daemon=True)
-        self._thread.start()
-        try:
-            port = asyncio.run_coroutine_threadsafe(self._serve(), loop).result(timeout=10)
-        except BaseException:
-            self.stop()
-            raise
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._closing = False
+        self.base_url = self._served.start(self._app)
         return self
 
     def stop(self) -> None:
-        loop, thread, runner = self._loop, self._thread, self._runner
-        if loop is None or thread is None:
-            return
         self._closing = True
-        loop.call_soon_threadsafe(self._notify)  # long polls answer [] at once
-        if runner is not None:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-        self._loop = self._thread = self._runner = None
+        self._served.call_soon(self._notify)  # long polls answer [] at once
+        self._served.stop()
 
     def __enter__(self) -> FakeTelegram:
         return self.start()
@@ -363,15 +345,12 @@ class FakeTelegram:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    async def _serve(self) -> int:
-        self._wake = asyncio.Event()
+    def _app(self) -> web.Application:
+        self._wake = asyncio.Event()  # made on the server's loop, where it is awaited
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        return int(self._runner.addresses[0][1])
+        return app
 
     # --- HTTP ---
     async def _not_found(self, request: web.Request) -> web.Response:
