@@ -76,7 +76,9 @@ class Core:
         self.store = store
         self.channels = channels
         self.layout = settings.layout
-        self.router = Router(store, channels, settings.poll_interval_ms / 1000)
+        # Replies are queued in this process (the IPC handler wakes the router at once) and
+        # retries carry their due time, so the router's own poll is only a safety net.
+        self.router = Router(store, channels, max(settings.poll_interval_ms / 1000, 2.0))
         self._session: ClientSession | None = None
         self.launcher: Launcher | None = None
         rules = Rules(
