@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import shutil
 import time
 import uuid
@@ -54,6 +55,14 @@ def settings_for(home: Path, base_url: str, **extra: Any) -> Settings:
     }
     values.update(extra)
     return load_settings(None, **values)
+
+
+def cli_env(home: Path, **settings: str) -> dict[str, str]:
+    """The environment for a `nanoclaw` subprocess: this one without nanoclaw's or the
+    model's settings (a developer's own must not leak in), plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "NANOCLAW"))}
+    env.update(NANOCLAW_HOME=str(home), TZ="UTC", **settings)
+    return env
 
 
 async def wait_for(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import cli_env, wait_for
 from fake_anthropic import FakeAnthropic, text_reply
 
 from nanoclaw.app import ensure_main
@@ -20,9 +19,8 @@ from nanoclaw.store import Store
 
 
 def start_daemon(home: Path, fake: FakeAnthropic) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "NANOCLAW"))}
-    env.update(NANOCLAW_HOME=str(home), ANTHROPIC_BASE_URL=fake.base_url,
-               POLL_INTERVAL_MS="50", AGENT_IDLE_TIMEOUT_S="2", TZ="UTC")  # fmt: skip
+    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
+                  AGENT_IDLE_TIMEOUT_S="2")  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "nanoclaw.cli", "run"],
         cwd=home,

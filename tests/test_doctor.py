@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from conftest import cli_env
+
 
 def doctor(home: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "NANOCLAW"))}
-    base.update(NANOCLAW_HOME=str(home), **env)
     return subprocess.run(
         [sys.executable, "-m", "nanoclaw.cli", "doctor"],
-        cwd=home, env=base, capture_output=True, text=True, timeout=120,
+        cwd=home, env=cli_env(home, **env), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
 

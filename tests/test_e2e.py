@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SECRET_KEY, Running, wait_for
+from conftest import SECRET_KEY, Running, cli_env, wait_for
 from fake_anthropic import FakeAnthropic
 
 
-def chat_env(home: Path, fake: FakeAnthropic, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "NANOCLAW"))}
-    env.update(
-        NANOCLAW_HOME=str(home),
-        ANTHROPIC_BASE_URL=fake.base_url,
-        AGENT_IDLE_TIMEOUT_S="5",
-        POLL_INTERVAL_MS="50",
-        TZ="UTC",
-    )
-    env.update(extra)
-    return env
+def piped_chat(home: Path, fake: FakeAnthropic, text: str) -> subprocess.CompletedProcess[str]:
+    """`nanoclaw chat` with `text` on stdin, run in `home` (so it reads home/.env)."""
+    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, AGENT_IDLE_TIMEOUT_S="5",
+                  POLL_INTERVAL_MS="50")  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "nanoclaw.cli", "chat"],
+        input=text, env=env, cwd=home, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
 
 
 def test_piped_terminal_chat_runs_bash_in_sandbox_and_prints_answer(
     home: Path, fake: FakeAnthropic
 ) -> None:
-    # The key comes from home/.env, read because the command runs in home.
-    proc = subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "chat"],
-        input="@Andy please [[bash: echo sandboxed-$((6*7)); id -u]]\n",
-        env=chat_env(home, fake),
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = piped_chat(home, fake, "@Andy please [[bash: echo sandboxed-$((6*7)); id -u]]\n")
     assert proc.returncode == 0, proc.stderr
     assert "Andy: RESULT: exit code 0" in proc.stdout
     assert "sandboxed-42" in proc.stdout
@@ -52,15 +39,7 @@ def test_piped_terminal_chat_runs_bash_in_sandbox_and_prints_answer(
 
 def test_chat_without_credential_exits_2_with_one_line(home: Path, fake: FakeAnthropic) -> None:
     (home / ".env").unlink()
-    proc = subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "chat"],
-        input="hi\n",
-        env=chat_env(home, fake),
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = piped_chat(home, fake, "hi\n")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "ANTHROPIC_API_KEY" in proc.stderr and "Traceback" not in proc.stderr

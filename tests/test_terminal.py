@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cli_env
 from fake_anthropic import FakeAnthropic
 
 from channels.terminal import parse_command
@@ -59,9 +60,8 @@ class Pty:
 
 
 def test_repl_commands_and_a_reply(home: Path, fake: FakeAnthropic) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "NANOCLAW"))}
-    env.update(NANOCLAW_HOME=str(home), ANTHROPIC_BASE_URL=fake.base_url, TZ="UTC",
-               POLL_INTERVAL_MS="50", AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
+    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
+                  AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
     term = Pty([sys.executable, "-m", "nanoclaw.cli", "chat"], home, env)
     try:
         term.expect("[main] > ")
