@@ -140,19 +140,20 @@ class TelegramChannel:
     async def _handle_message(self, msg: Message) -> None:
         assert self._inbound is not None and self._me is not None
         chat_id = f"tg:{msg.chat.id}"
-        name = msg.chat.title or msg.chat.full_name or str(msg.chat.id)
-        await self._inbound.chat_seen(chat_id, name, msg.chat.type != "private")
-        if str(msg.chat.id) not in self._allowed:
+        allowed = str(msg.chat.id) in self._allowed
+        cmd = command(msg, self._me.username) if allowed else None
+        normalised = normalise(msg, self._me) if allowed and cmd is None else None
+        if normalised is None:  # a stored message records its chat; anything else must too
+            name = msg.chat.title or msg.chat.full_name or str(msg.chat.id)
+            await self._inbound.chat_seen(chat_id, name, msg.chat.type != "private")
+        if not allowed:
             log.info("telegram: chat %s is not in TELEGRAM_ALLOWED_CHAT_IDS; ignored", chat_id)
             return
         if msg.is_topic_message and msg.message_thread_id:
             self._state["threads"][chat_id] = msg.message_thread_id
-        cmd = command(msg, self._me.username)
         if cmd is not None:
             await self._answer_command(cmd, msg)
-            return
-        normalised = normalise(msg, self._me)
-        if normalised is not None:
+        elif normalised is not None:
             await self._inbound.message(normalised)
 
     async def _answer_command(self, cmd: str, msg: Message) -> None:

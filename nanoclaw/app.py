@@ -79,7 +79,6 @@ class Core:
         # Replies are queued in this process (the IPC handler wakes the router at once) and
         # retries carry their due time, so the router's own poll is only a safety net.
         self.router = Router(store, channels, max(settings.poll_interval_ms / 1000, 2.0))
-        self._session: ClientSession | None = None
         self.launcher: Launcher | None = None
         rules = Rules(
             allowed_senders=tuple(settings.allowed_senders),
@@ -126,7 +125,6 @@ class Core:
         await self.store.interrupt_stale_runs()
         await ensure_main(self.store)
         async with ClientSession() as session:
-            self._session = session
             self.launcher = Launcher(
                 self.store, self.layout, agent_settings(self.settings), session
             )
@@ -144,7 +142,7 @@ class Core:
                 await self._shutdown()
 
     async def _shutdown(self) -> None:
-        await self.orchestrator.close_live()
+        self.orchestrator.close_live()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.orchestrator.queue.wait_idle(), CLOSE_GRACE_S)
         await self.orchestrator.queue.shutdown()

@@ -182,7 +182,8 @@ class Orchestrator:
         if not live.inputs:
             await self._typing(live.chat_id, False)
 
-    async def close_live(self) -> None:
+    def close_live(self) -> None:
+        """Ask every live agent to finish its turn and exit (shutdown)."""
         for live in list(self.live.values()):
             if live.run is not None:
                 live.run.close()
