@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import mimetypes
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from nio import (
     RoomGetEventResponse,
     RoomSendResponse,
     SyncResponse,
+    UploadResponse,
     WhoamiResponse,
 )
 
@@ -37,6 +39,8 @@ from nanoclaw.errors import DeliveryError, PermanentDeliveryError
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_MS = 30_000
 TYPING_MS = 30_000
+UPLOAD_TIMEOUT_S = 300
+PERMANENT = ("M_FORBIDDEN", "M_NOT_FOUND", "M_TOO_LARGE")  # retrying cannot help
 ENCRYPTED_NOTICE = (
     "I can't read encrypted messages: this room is end-to-end encrypted, and I only "
     "understand unencrypted rooms for now. Invite me to an unencrypted room instead."
@@ -58,6 +62,7 @@ class MatrixChannel:
         self._state: dict[str, Any] = {}
         self._inbound: Inbound | None = None
         self._client: AsyncClient | None = None
+        self._uploaded: dict[str, str] = {}  # idempotency key -> mxc:// URL
         self._background = Background("matrix")
         self.ready = asyncio.Event()
 
@@ -209,11 +214,54 @@ class MatrixChannel:
         }  # fmt: skip
         await self._send(chat_id.removeprefix("mx:"), content, key)
 
+    async def send_file(
+        self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
+    ) -> None:
+        """Upload to the media repository, post an m.file (m.image), then the caption as text.
+
+        A retry with the same `key` reuses the upload and posts each event once.
+        """
+        client = self._ready()
+        room_id = chat_id.removeprefix("mx:")
+        mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        try:
+            size = (await asyncio.to_thread(path.stat)).st_size
+        except OSError as exc:
+            raise PermanentDeliveryError(f"matrix: no file to upload at {path}") from exc
+        url = self._uploaded.get(key) if key else None
+        if url is None:
+            url = await self._upload(client, path, name, mimetype, size)
+            if key:
+                self._uploaded[key] = url
+                while len(self._uploaded) > 100:
+                    del self._uploaded[next(iter(self._uploaded))]
+        content = {
+            "msgtype": "m.image" if mimetype.startswith("image/") else "m.file",
+            "body": name, "filename": name, "url": url,
+            "info": {"size": size, "mimetype": mimetype}, "m.mentions": {},
+        }  # fmt: skip
+        await self._send(room_id, content, key)
+        if caption.strip():
+            await self.send(chat_id, caption, f"{key}-caption" if key else "")
+
+    async def _upload(
+        self, client: AsyncClient, path: Path, name: str, mimetype: str, size: int
+    ) -> str:
+        """The file's mxc:// URL; nio reads the file lazily, in a thread."""
+        try:
+            async with asyncio.timeout(UPLOAD_TIMEOUT_S):  # nio's upload has no timeout
+                resp, _ = await client.upload(
+                    lambda *_: path, content_type=mimetype, filename=name, filesize=size
+                )
+        except (ClientError, TimeoutError, OSError) as exc:
+            raise DeliveryError(f"matrix upload failed: {exc}") from exc
+        if isinstance(resp, UploadResponse):
+            return str(resp.content_uri)
+        raise refusal(resp)
+
     async def _send(self, room_id: str, content: dict[str, Any], key: str = "") -> None:
         """`key` becomes the transaction id: Synapse answers a repeat with the first event."""
-        client = self._client
-        if client is None or not self.ready.is_set():
-            raise DeliveryError("matrix is not logged in yet")
+        client = self._ready()
         try:
             resp = await client.room_send(
                 room_id,
@@ -224,17 +272,16 @@ class MatrixChannel:
             )
         except (ClientError, TimeoutError, OSError) as exc:
             raise DeliveryError(f"matrix unreachable: {exc}") from exc
-        if isinstance(resp, RoomSendResponse):
-            sent = self._state.setdefault("sent", [])
-            sent.append(resp.event_id)
-            del sent[:-500]
-            return
-        if isinstance(resp, ErrorResponse) and resp.status_code == "M_LIMIT_EXCEEDED":
-            wait = (resp.retry_after_ms or 1000) / 1000
-            raise DeliveryError(f"matrix rate limit: {resp.message}", retry_after=wait)
-        if isinstance(resp, ErrorResponse) and resp.status_code in ("M_FORBIDDEN", "M_NOT_FOUND"):
-            raise PermanentDeliveryError(f"matrix refused: {resp.status_code} {resp.message}")
-        raise DeliveryError(f"matrix: {resp}")
+        if not isinstance(resp, RoomSendResponse):
+            raise refusal(resp)
+        sent = self._state.setdefault("sent", [])
+        sent.append(resp.event_id)
+        del sent[:-500]
+
+    def _ready(self) -> AsyncClient:
+        if self._client is None or not self.ready.is_set():
+            raise DeliveryError("matrix is not logged in yet")
+        return self._client
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
         room_id = chat_id.removeprefix("mx:")
@@ -272,6 +319,16 @@ class MatrixChannel:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, self._state_path)
+
+
+def refusal(resp: object) -> DeliveryError:
+    """The error to raise for a homeserver's refusal: permanent unless waiting can help."""
+    if isinstance(resp, ErrorResponse) and resp.status_code == "M_LIMIT_EXCEEDED":
+        wait = (resp.retry_after_ms or 1000) / 1000
+        return DeliveryError(f"matrix rate limit: {resp.message}", retry_after=wait)
+    if isinstance(resp, ErrorResponse) and resp.status_code in PERMANENT:
+        return PermanentDeliveryError(f"matrix refused: {resp.status_code} {resp.message}")
+    return DeliveryError(f"matrix: {resp}")
 
 
 def create(settings: Settings) -> MatrixChannel:

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
     TelegramBadRequest,
+    TelegramEntityTooLarge,
     TelegramForbiddenError,
     TelegramNetworkError,
     TelegramNotFound,
@@ -29,10 +31,10 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.types import Message, Update
+from aiogram.types import FSInputFile, Message, Update
 from aiohttp import ClientError, web
 
-from channels.markdown import to_html, to_plain
+from channels.markdown import to_html, to_plain, visible_length
 from channels.telegram_message import BotIdentity, command, normalise
 from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
@@ -43,6 +45,14 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 25
 TYPING_EVERY_S = 4.5
 ALLOWED_UPDATES = ["message"]
+MAX_CAPTION = 1024  # UTF-16 units of visible text
+UPLOAD_TIMEOUT_S = 300
+REFUSED = (  # retrying cannot help: the chat or the bot is gone, or the file too big
+    TelegramForbiddenError,
+    TelegramNotFound,
+    TelegramUnauthorizedError,
+    TelegramEntityTooLarge,
+)
 
 
 class TelegramChannel:
@@ -211,33 +221,38 @@ class TelegramChannel:
         await self._send_one(chat_id, text, html=True)
 
     async def _send_one(self, chat_id: str, text: str, *, html: bool) -> None:
+        bot, chat, thread = self._target(chat_id)
+
+        async def call(body: str, mode: str | None) -> None:
+            await bot.send_message(chat, body, parse_mode=mode, message_thread_id=thread)
+
+        with delivery_errors():
+            await _markup_or_plain(chat_id, text, html, call)
+
+    async def send_file(
+        self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
+    ) -> None:
+        """One sendDocument; Telegram has no idempotency key, so `key` is unused."""
+        bot, chat, thread = self._target(chat_id)
+        if not await asyncio.to_thread(path.is_file):
+            raise PermanentDeliveryError(f"telegram: no file to upload at {path}")
+        document = FSInputFile(path, filename=name)
+        text, html = fit_caption(caption)
+
+        async def call(body: str, mode: str | None) -> None:
+            await bot.send_document(
+                chat, document, caption=body or None, parse_mode=mode if body else None,
+                message_thread_id=thread, request_timeout=UPLOAD_TIMEOUT_S,
+            )  # fmt: skip
+
+        with delivery_errors():
+            await _markup_or_plain(chat_id, text, html, call)
+
+    def _target(self, chat_id: str) -> tuple[Bot, int, int | None]:
+        """The bot, the numeric chat and the forum topic the chat last spoke in."""
         if self._bot is None:
             raise DeliveryError("telegram is not started")
-        chat = int(chat_id.removeprefix("tg:"))
-        thread = self._state["threads"].get(chat_id)
-        try:
-            if html:
-                try:
-                    await self._bot.send_message(
-                        chat, to_html(text), parse_mode="HTML", message_thread_id=thread
-                    )
-                    return
-                except TelegramBadRequest as exc:
-                    if "parse entities" not in str(exc):
-                        raise
-                    log.warning("telegram: markup refused for %s (%s); sending plain", chat_id, exc)
-                text = to_plain(text)
-            await self._bot.send_message(chat, text, parse_mode=None, message_thread_id=thread)
-        except TelegramRetryAfter as exc:
-            raise DeliveryError(f"flood control: {exc}", retry_after=exc.retry_after) from exc
-        except (TelegramForbiddenError, TelegramNotFound, TelegramUnauthorizedError) as exc:
-            raise PermanentDeliveryError(f"telegram refused: {exc}") from exc
-        except TelegramBadRequest as exc:
-            if "chat not found" in str(exc).lower():
-                raise PermanentDeliveryError(f"telegram: {exc}") from exc
-            raise DeliveryError(f"telegram: {exc}") from exc
-        except (TelegramNetworkError, TelegramServerError, ClientError, TimeoutError) as exc:
-            raise DeliveryError(f"telegram unreachable: {exc}") from exc
+        return self._bot, int(chat_id.removeprefix("tg:")), self._state["threads"].get(chat_id)
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
         if typing:
@@ -276,6 +291,47 @@ class TelegramChannel:
         tmp = self._state_path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, self._state_path)
+
+
+def fit_caption(caption: str) -> tuple[str, bool]:
+    """The caption to send and whether as markup: plain and cut short past Telegram's limit."""
+    if visible_length(to_html(caption)) <= MAX_CAPTION:
+        return caption, True
+    units = to_plain(caption).encode("utf-16-le")[: 2 * (MAX_CAPTION - 1)]
+    return units.decode("utf-16-le", errors="ignore") + "…", False
+
+
+async def _markup_or_plain(
+    chat_id: str, text: str, html: bool, call: Callable[[str, str | None], Awaitable[None]]
+) -> None:
+    """`call(text, mode)` with HTML, once more in plain text if Telegram cannot parse it."""
+    if html:
+        try:
+            await call(to_html(text), "HTML")
+            return
+        except TelegramBadRequest as exc:
+            if "parse entities" not in str(exc):
+                raise
+            log.warning("telegram: markup refused for %s (%s); sending plain", chat_id, exc)
+        text = to_plain(text)
+    await call(text, None)
+
+
+@contextlib.contextmanager
+def delivery_errors() -> Iterator[None]:
+    """Telegram's and the network's errors as DeliveryError, or Permanent when retrying is vain."""
+    try:
+        yield
+    except TelegramRetryAfter as exc:
+        raise DeliveryError(f"flood control: {exc}", retry_after=exc.retry_after) from exc
+    except REFUSED as exc:
+        raise PermanentDeliveryError(f"telegram refused: {exc}") from exc
+    except TelegramBadRequest as exc:
+        if "chat not found" in str(exc).lower():
+            raise PermanentDeliveryError(f"telegram: {exc}") from exc
+        raise DeliveryError(f"telegram: {exc}") from exc
+    except (TelegramNetworkError, TelegramServerError, ClientError, TimeoutError) as exc:
+        raise DeliveryError(f"telegram unreachable: {exc}") from exc
 
 
 def create(settings: Settings) -> TelegramChannel:

@@ -14,10 +14,12 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
+from nanoclaw.errors import PermanentDeliveryError
 from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
 from nanoclaw.store import Store
 from nanoclaw.trigger import LOCAL_SENDER, triggers
@@ -47,6 +49,17 @@ class TerminalChannel:
         print(f"{self.assistant_name}{where}: {text}", file=self.out, flush=True)
         self.delivered += 1
 
+    async def send_file(
+        self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
+    ) -> None:
+        """The file stays where the router put it: say where, like a reply."""
+        try:
+            size, where = await asyncio.to_thread(lambda: (path.stat().st_size, path.absolute()))
+        except OSError as exc:
+            raise PermanentDeliveryError(f"terminal: no file at {path}") from exc
+        line = f"📎 {name} ({file_size(size)}) saved at {where}"
+        await self.send(chat_id, f"{line}\n{caption}" if caption.strip() else line, key)
+
     async def set_typing(self, chat_id: str, typing: bool) -> None:
         if typing and self.out.isatty():
             print(f"({self.assistant_name} is working...)", file=self.out, flush=True)
@@ -54,6 +67,16 @@ class TerminalChannel:
 
 def create(settings: Settings) -> TerminalChannel:
     return TerminalChannel(settings.assistant_name)
+
+
+def file_size(size: int) -> str:
+    """Like 12 B, 12.3 kB or 4.5 MB: decimal units, one decimal past bytes."""
+    value, unit = float(size), "B"
+    for unit in ("B", "kB", "MB", "GB"):
+        if round(value, 1) < 1000 or unit == "GB":
+            break
+        value /= 1000
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def parse_command(line: str) -> tuple[str, str] | None:

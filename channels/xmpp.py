@@ -24,7 +24,7 @@ from channels.xmpp_message import Seen, addressed, bare, ignore_reason, sender_o
 from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
-from nanoclaw.errors import DeliveryError
+from nanoclaw.errors import DeliveryError, FilesUnsupported
 from nanoclaw.models import InboundMessage
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,11 @@ class XmppChannel:
         if key:
             msg["id"] = key  # the same id on a retry lets receivers drop the duplicate
         msg.send()
+
+    async def send_file(
+        self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
+    ) -> None:
+        raise FilesUnsupported("XMPP file upload (XEP-0363) is not supported")
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
         client = self._client

@@ -20,17 +20,21 @@ from aiohttp import ClientSession
 from nanoclaw.channel import Channel, Ingest
 from nanoclaw.config import Settings
 from nanoclaw.errors import SandboxError
+from nanoclaw.gate import Gate, run_gate
 from nanoclaw.ipc import IpcHandler
-from nanoclaw.launcher import AgentSettings, Launcher
+from nanoclaw.launcher import AgentSettings, Launcher, RunOptions, prepare_dirs
 from nanoclaw.models import MAIN, Group
 from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.router import Router
 from nanoclaw.runner import AgentRun
+from nanoclaw.scheduler import Scheduler
 from nanoclaw.store import Store
+from nanoclaw.taskfile import TaskFile
 from nanoclaw.watcher import IpcWatcher
 
 log = logging.getLogger(__name__)
 CLOSE_GRACE_S = 5.0
+GATE_TIMEOUT_S = 60.0
 
 
 def try_lock(path: Path) -> IO[str] | None:
@@ -93,7 +97,13 @@ class Core:
             launch=self._launch,
             drain=self._drain,
             typing=self.router.typing,
+            gate=self._gate,
+            tasks_changed=self._tasks_changed,
         )
+        self.scheduler = Scheduler(
+            store, self.layout.ipc, settings.zone, submit=self.orchestrator.task_due
+        )
+        self.taskfile = TaskFile(store, self.layout.groups, settings.zone, self._tasks_changed)
         self.ipc = IpcHandler(
             store,
             self.layout.ipc,
@@ -102,20 +112,37 @@ class Core:
             current_run=self.orchestrator.current_run,
             on_reply=self.router.wake,
             on_groups_changed=self._groups_changed,
+            on_tasks_changed=self._tasks_changed,
+            files_root=self.layout.files,
         )
         self.watcher = IpcWatcher(self.ipc, store, self.layout.ipc)
         self.ingest = Ingest(store, self.orchestrator.wake)
 
     def _groups_changed(self) -> None:
         self.watcher.refresh()
+        self.taskfile.refresh()
         self.orchestrator.wake()
 
+    def _tasks_changed(self, folder: str) -> None:
+        self.scheduler.changed(folder)
+
     async def _launch(
-        self, group: Group, run_id: int, prompt: str, done: Callable[[str], Awaitable[None]]
+        self,
+        group: Group,
+        run_id: int,
+        prompt: str,
+        done: Callable[[str], Awaitable[None]],
+        options: RunOptions,
     ) -> AgentRun:
         if self.launcher is None:
             raise SandboxError("the daemon is not running")
-        return await self.launcher.launch(group, run_id, prompt, done)
+        return await self.launcher.launch(group, run_id, prompt, done, options)
+
+    async def _gate(self, group: Group, script: str) -> Gate:
+        if self.launcher is None:
+            raise SandboxError("the daemon is not running")
+        await asyncio.to_thread(prepare_dirs, self.layout, group.folder)
+        return await run_gate(self.launcher.plan(group), script, GATE_TIMEOUT_S)
 
     async def _drain(self, folder: str) -> int:
         return await self.ipc.drain(folder)
@@ -136,6 +163,9 @@ class Core:
                     await self.watcher.ready.wait()
                     tasks.create_task(self.router.run(), name="router")
                     tasks.create_task(self.orchestrator.run(), name="orchestrator")
+                    tasks.create_task(self.taskfile.run(), name="claude-md-tasks")
+                    await self.taskfile.ready.wait()
+                    tasks.create_task(self.scheduler.run(), name="scheduler")
                     if started is not None:
                         started.set()
             finally:

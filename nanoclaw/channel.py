@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from nanoclaw.config import Settings
@@ -48,6 +49,15 @@ class Channel(Protocol):
 
         `key` is the same for every attempt at this chunk: a network that deduplicates
         (Matrix transaction ids) turns a retry after a lost response into a no-op.
+        """
+
+    async def send_file(
+        self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
+    ) -> None:
+        """Upload the file at `path` (a host copy the router owns) as `name`, with a caption.
+
+        A network that cannot carry files raises FilesUnsupported; the router then tells
+        the chat in words. Other failures as for `send`.
         """
 
     async def set_typing(self, chat_id: str, typing: bool) -> None: ...

@@ -1,4 +1,4 @@
-"""The `nanoclaw` command (SPEC section 9): run, chat, groups, chats, doctor.
+"""The `nanoclaw` command (SPEC section 9): run, chat, groups, chats, tasks, doctor.
 
 Settings are built here, once, and passed down; a bad setting ends the command with one
 line naming it and exit code 2, never a traceback.
@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from nanoclaw import doctor
+from nanoclaw import doctor, exports, taskcmd
 from nanoclaw.app import Core, ensure_main, open_store, try_lock
 from nanoclaw.channel import Ingest, enabled_channels, load_channels
 from nanoclaw.config import SENDER_RE, Settings, load_settings, require_credential
@@ -24,7 +24,9 @@ from nanoclaw.models import CHAT_RE, Group, valid_folder
 from nanoclaw.router import Router
 
 log = logging.getLogger("nanoclaw")
-GROUP_KEYS = ("name", "trigger", "requires_trigger", "network", "allowed_senders", "model", "chat")
+GROUP_KEYS = (
+    "name", "trigger", "requires_trigger", "network", "allowed_senders", "model", "chat", "exports",
+)  # fmt: skip
 
 
 def setup_logging(settings: Settings, to_file: bool) -> None:
@@ -88,7 +90,8 @@ async def cmd_chat(settings: Settings, folder: str) -> int:
 
 def _group_line(g: Group) -> str:
     trig = "no trigger" if not g.requires_trigger else f"trigger {g.trigger or 'default'}"
-    return f"{g.folder:<16} {trig:<20} net={g.network:<9} chats={','.join(g.chats) or '-'}"
+    line = f"{g.folder:<16} {trig:<20} net={g.network:<9} chats={','.join(g.chats) or '-'}"
+    return line + (f" exports={','.join(g.exports)}" if g.exports else "")
 
 
 def apply_setting(group: Group, key: str, value: str) -> Group:
@@ -111,6 +114,9 @@ def apply_setting(group: Group, key: str, value: str) -> Group:
         if not CHAT_RE.match(value):
             raise ValueError(f"{value!r} is not a chat id like tg:-100123 or term:work")
         return replace(group, chats=(*group.chats, value))
+    if key == "exports":
+        entries = [v.strip() for v in value.split(",") if v.strip()]
+        return replace(group, exports=exports.format_exports(exports.parse_exports(entries)))
     if key == "name":
         return replace(group, name=value or group.folder)
     if key == "trigger":
@@ -165,6 +171,11 @@ async def cmd_chats(settings: Settings) -> int:
     return 0
 
 
+async def cmd_tasks(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_store(settings) as store:
+        return await taskcmd.cmd_tasks(settings, store, args)
+
+
 async def cmd_doctor(settings: Settings) -> int:
     text, ok = doctor.report(await doctor.run_checks(settings))
     print(text)
@@ -191,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("folder")
     st.add_argument("pairs", nargs="+")
     sub.add_parser("chats", help="chats seen, registered or not")
+    taskcmd.add_parser(sub)
     sub.add_parser("doctor", help="check bwrap, namespaces, credential, store, channels")
     return p
 
@@ -208,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cmd_groups(settings, args))
         if args.command == "chats":
             return asyncio.run(cmd_chats(settings))
+        if args.command == "tasks":
+            return asyncio.run(cmd_tasks(settings, args))
         return asyncio.run(cmd_doctor(settings))
     except ConfigError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)

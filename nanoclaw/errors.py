@@ -7,6 +7,7 @@ NanoclawError
  ├── IpcRejected          an IPC file is malformed or not authorised (set aside)
  └── DeliveryError        a channel could not deliver a reply (retried)
       └── PermanentDeliveryError   retrying cannot help (chat gone, bot banned)
+           └── FilesUnsupported    the network cannot carry files (said in words instead)
 """
 
 
@@ -40,3 +41,7 @@ class DeliveryError(NanoclawError):
 
 class PermanentDeliveryError(DeliveryError):
     """Delivery can never succeed; the outbox row is marked failed."""
+
+
+class FilesUnsupported(PermanentDeliveryError):
+    """The channel cannot upload files; the router says so in the chat instead."""

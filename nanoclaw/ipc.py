@@ -1,7 +1,7 @@
-"""IPC requests from agents (SPEC section 6): validated, authorised by directory, acted on once.
+"""The IPC handler (SPEC section 6): each outbound file validated, authorised, acted on once.
 
-`authorise` is pure and holds every rule; `IpcHandler.handle_file` is the step the watcher
-and the orchestrator call. A file name is recorded with its effect in one commit.
+`handle_file` is the step the watcher and the orchestrator call; the request types and the
+authorisation rules live in `requests`. A file name is recorded with its effect in one commit.
 """
 
 from __future__ import annotations
@@ -12,85 +12,33 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-
-from nanoclaw import ipcfs, memory
+from nanoclaw import exports, ipcfs, memory
 from nanoclaw.agent.conversation import strip_internal
+from nanoclaw.db import now_ms
 from nanoclaw.errors import IpcRejected
-from nanoclaw.models import CHAT_RE, FOLDER_RE, MAIN, Group
+from nanoclaw.models import Group, Reply
+from nanoclaw.requests import (
+    RegisterGroup,
+    Request,
+    ScheduleTask,
+    SendFile,
+    SendMessage,
+    TaskAction,
+    TaskRequest,
+    UpdateMemory,
+    UpdateTask,
+    WriteFile,
+    authorise,
+    parse,
+    to_schedule,
+)
 from nanoclaw.store import Store
+from nanoclaw.tasks import AGENT, CLAUDE_MD, Task, apply_action, first_run
 
 log = logging.getLogger(__name__)
-LATER_TYPES = (
-    "send_file", "write_file", "schedule_task", "update_task", "pause_task", "resume_task",
-    "cancel_task",
-)  # fmt: skip
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class SendMessage(_Request):
-    type: Literal["send_message"]
-    text: str = Field(min_length=1, max_length=100_000)
-    chat: str | None = Field(None, pattern=CHAT_RE.pattern)
-
-
-class UpdateMemory(_Request):
-    type: Literal["update_memory"]
-    content: str = Field(min_length=1, max_length=memory.ENTRY_CAP)
-
-
-class RegisterGroup(_Request):
-    type: Literal["register_group"]
-    chat: str = Field(pattern=CHAT_RE.pattern)
-    folder: str = Field(pattern=FOLDER_RE.pattern)
-    trigger: str | None = Field(None, min_length=1, max_length=64)
-    requires_trigger: bool | None = None
-
-
-class NotYet(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-    type: Literal[LATER_TYPES]  # type: ignore[valid-type]
-
-
-Request = Annotated[
-    SendMessage | UpdateMemory | RegisterGroup | NotYet, Field(discriminator="type")
-]
-REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
-
-
-def parse(data: object) -> Request:
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise IpcRejected('not a JSON object with a string "type"')
-    try:
-        return REQUEST.validate_python(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "request"
-        raise IpcRejected(f"invalid {data['type']!r} request: {where}: {err['msg']}") from exc
-
-
-def authorise(req: Request, folder: str, chat_owner: str | None) -> str | None:
-    """None when `folder` may do this; otherwise the reason. `chat_owner` owns req's chat."""
-    is_main = folder == MAIN
-    if isinstance(req, SendMessage):
-        if req.chat is None or chat_owner == folder:
-            return None
-        if chat_owner is None:
-            return f"chat {req.chat} is not registered"
-        return None if is_main else "only main may send to another group's chat"
-    if isinstance(req, UpdateMemory):
-        return None
-    if isinstance(req, RegisterGroup):
-        if not is_main:
-            return "register_group is allowed for main only"
-        return "folder 'global' is reserved" if req.folder == "global" else None
-    return f"{req.type} is not supported by this version"
+TASK_ID_OF_NAME = slice(14, -5)  # "<13 digits>-<id>.json" -> "<id>"
 
 
 class IpcHandler:
@@ -105,6 +53,8 @@ class IpcHandler:
         current_run: Callable[[str], int | None] = lambda folder: None,
         on_reply: Callable[[], None] = lambda: None,
         on_groups_changed: Callable[[], None] = lambda: None,
+        on_tasks_changed: Callable[[str], None] = lambda folder: None,
+        files_root: Path | None = None,
     ) -> None:
         self._store = store
         self._ipc_root = ipc_root
@@ -113,6 +63,8 @@ class IpcHandler:
         self._current_run = current_run
         self._on_reply = on_reply
         self._on_groups_changed = on_groups_changed
+        self._on_tasks_changed = on_tasks_changed
+        self._files_root = files_root or ipc_root.parent / "files"
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def drain(self, folder: str) -> int:
@@ -152,38 +104,124 @@ class IpcHandler:
         except FileNotFoundError:
             return "gone"
         req = parse(data)
-        owner = (
-            await self._store.folder_of_chat(req.chat)
-            if isinstance(req, SendMessage | RegisterGroup) and req.chat
-            else None
-        )
-        refusal = authorise(req, folder, owner)
+        refusal = authorise(req, folder, await self._owner(req))
         if refusal:
             raise IpcRejected(refusal)
         await self._act(folder, name, req)
         ipcfs.remove(self._ipc_root, folder, name)
         return "done"
 
+    async def _owner(self, req: Request) -> str | None:
+        """The group owning what `req` names (its chat, target group or task), if any."""
+        if isinstance(req, SendMessage | SendFile | RegisterGroup):
+            return await self._store.folder_of_chat(req.chat) if req.chat else None
+        if isinstance(req, ScheduleTask):
+            return req.group if req.group and await self._store.group(req.group) else None
+        if isinstance(req, UpdateTask | TaskAction):
+            task = await self._store.task(req.task_id)
+            return task.folder if task else None
+        return None
+
     async def _act(self, folder: str, name: str, req: Request) -> None:
-        if isinstance(req, SendMessage):
-            text = strip_internal(req.text)
-            chat = req.chat or await self._store.default_chat(folder)
-            if text and chat is None:
-                raise IpcRejected("the group has no chat to reply in")
-            reply = (chat, text, self._current_run(folder)) if text and chat else None
-            if await self._store.record_ipc(folder, name, "sent" if reply else "silent", reply):
-                log.info("ipc group=%s file=%s reply queued for %s", folder, name, chat)
-                self._on_reply()
+        if isinstance(req, SendMessage | SendFile):
+            await self._reply(folder, name, req)
         elif isinstance(req, UpdateMemory):
             now = datetime.now(self._zone)
             await asyncio.to_thread(
                 memory.append_memory, self._groups_root / folder, req.content, now
             )
             await self._store.record_ipc(folder, name, "memory updated")
+        elif isinstance(req, WriteFile):
+            path = await self._export(folder, req)
+            await self._store.record_ipc(folder, name, f"exported {req.target}:{path}"[:500])
         elif isinstance(req, RegisterGroup):
             await self.register(req)
             await self._store.record_ipc(folder, name, f"registered {req.folder}")
             self._on_groups_changed()
+        else:
+            outcome, affected = await self._task(folder, name, req)
+            await self._store.record_ipc(folder, name, outcome)
+            log.info("ipc group=%s file=%s %s", folder, name, outcome)
+            self._on_tasks_changed(affected)
+
+    async def _reply(self, folder: str, name: str, req: SendMessage | SendFile) -> None:
+        chat = req.chat or await self._store.default_chat(folder)
+        text = strip_internal(req.text if isinstance(req, SendMessage) else req.caption or "")
+        if chat is None and (text or isinstance(req, SendFile)):
+            raise IpcRejected("the group has no chat to reply in")
+        run = self._current_run(folder)
+        reply = Reply(chat, text, run) if chat and text else None
+        if isinstance(req, SendFile) and chat:
+            copy = self._files_root / folder / name.removesuffix(".json")
+            file_name = await asyncio.to_thread(self._copy_in, folder, req.path, copy)
+            reply = Reply(chat, text, run, str(copy), file_name)
+        if await self._store.record_ipc(folder, name, "sent" if reply else "silent", reply):
+            log.info("ipc group=%s file=%s reply queued for %s", folder, name, chat)
+            self._on_reply()
+
+    def _copy_in(self, folder: str, path: str, copy: Path) -> str:
+        """The router's own copy of a file to send: the agent may change /workspace meanwhile."""
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.unlink(missing_ok=True)  # left by a crash before the name was recorded
+        file_name, _ = exports.copy_from_workspace(self._groups_root / folder, path, copy)
+        return file_name
+
+    async def _export(self, folder: str, req: WriteFile) -> Path:
+        group = await self._store.group(folder)
+        try:
+            targets = exports.parse_exports(group.exports if group else ())
+        except ValueError as exc:
+            raise IpcRejected(f"the group's export targets are misconfigured: {exc}") from exc
+        root = targets.get(req.target)
+        if root is None:
+            declared = ", ".join(sorted(targets)) or "none"
+            raise IpcRejected(f"no export target {req.target!r} (declared: {declared})")
+        data = exports.decode_content(req.content, req.encoding)
+        return await asyncio.to_thread(exports.write_export, root, req.path, data)
+
+    async def _task(self, folder: str, name: str, req: TaskRequest) -> tuple[str, str]:
+        """Create or change a task: (what was done, the group whose tasks changed).
+
+        Every effect is idempotent, so a file acted on twice (crash before its name was
+        recorded) leaves the same state.
+        """
+        now = now_ms()
+        if isinstance(req, ScheduleTask):
+            schedule = to_schedule(req.schedule, now)
+            task = Task(
+                id=name[TASK_ID_OF_NAME], folder=req.group or folder, source=AGENT,
+                prompt=req.prompt, schedule=schedule, context=req.context, script=req.script,
+                catch_up=req.catch_up, next_run_ms=first_run(schedule, self._zone, now),
+                created_ms=now,
+            )  # fmt: skip
+            if not await self._store.add_task(task):
+                same = await self._store.task(task.id)
+                if same is None or same.folder != task.folder or same.source != AGENT:
+                    raise IpcRejected(f"task id {task.id} is taken")
+            return f"scheduled {task.id} ({schedule.describe()})", task.folder
+        found = await self._store.task(req.task_id)
+        if found is None:  # authorise() refused unknown ids; the task went meanwhile
+            raise IpcRejected(f"no task {req.task_id}")
+        task = found
+        if isinstance(req, UpdateTask):
+            if task.source == CLAUDE_MD:
+                raise IpcRejected(f"task {task.id} comes from CLAUDE.md: edit the file instead")
+            schedule = to_schedule(req.schedule, now) if req.schedule else task.schedule
+            changed = replace(
+                task, prompt=req.prompt or task.prompt, schedule=schedule,
+                context=req.context or task.context, script=req.script or task.script,
+                catch_up=req.catch_up or task.catch_up,
+            )  # fmt: skip
+            if req.schedule and task.status == "active":
+                changed = replace(changed, next_run_ms=first_run(schedule, self._zone, now))
+        else:
+            try:
+                changed = apply_action(task, req.type.removesuffix("_task"), self._zone, now)
+            except ValueError as exc:
+                raise IpcRejected(str(exc)) from exc
+        await self._store.replace_task(changed)
+        verb = {"update_task": "updated", "pause_task": "paused", "resume_task": "resumed"}
+        return f"{verb.get(req.type, 'cancelled')} {task.id}", task.folder
 
     async def register(self, req: RegisterGroup) -> Group:
         group = await self._store.group(req.folder) or Group(folder=req.folder, name=req.folder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import time
@@ -20,6 +21,7 @@ from nanoclaw.errors import IpcRejected
 NAME_RE = re.compile(r"^\d{13}-[A-Za-z0-9_-]{1,64}\.json$")
 FILE_CAP = 1024 * 1024
 SUBDIRS = ("outbound", "input", "errors")
+TASKS_FILE = "tasks.json"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -117,18 +119,27 @@ def set_aside(root: Path, folder: str, name: str, reason: str) -> None:
         os.close(dst)
 
 
-def write_input(root: Path, folder: str, name: str, payload: dict[str, Any]) -> None:
-    """Host -> agent: write to a hidden name, then rename, like the agent does."""
-    directory = ipc_dir(root, folder) / "input"
+def _write_json(directory: Path, name: str, payload: dict[str, Any]) -> None:
+    """Write to a hidden name, then rename over `name` (a planted symlink is replaced)."""
     dfd = os.open(directory, DIR_FLAGS)
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
     try:
-        tmp = f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, ensure_ascii=False)
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     finally:
         os.close(dfd)
+
+
+def write_input(root: Path, folder: str, name: str, payload: dict[str, Any]) -> None:
+    """Host -> agent: a follow-up, written like the agent writes its own files."""
+    _write_json(ipc_dir(root, folder) / "input", name, payload)
+
+
+def write_tasks(root: Path, folder: str, payload: dict[str, Any]) -> None:
+    """/ipc/tasks.json: the tasks this group's agent may see."""
+    _write_json(ipc_dir(root, folder), TASKS_FILE, payload)
 
 
 def clear_input(root: Path, folder: str) -> None:

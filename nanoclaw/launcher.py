@@ -35,6 +35,17 @@ class AgentSettings:
     base_url: str
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run differs from a message run: a scheduled task's context, no idling."""
+
+    context: str = "group"  # "isolated": a fresh conversation, the group's history untouched
+    idle_timeout_s: float | None = None  # None: the setting; 0: exit after the first turn
+
+
+MESSAGE_RUN = RunOptions()
+
+
 def prepare_dirs(layout: Layout, folder: str) -> None:
     for path in (layout.groups / folder, layout.groups / "global", layout.skills):
         path.mkdir(parents=True, exist_ok=True)
@@ -70,7 +81,12 @@ class Launcher:
         )
 
     async def launch(
-        self, group: Group, run_id: int, prompt: str, on_turn_done: Callable[[str], Awaitable[None]]
+        self,
+        group: Group,
+        run_id: int,
+        prompt: str,
+        on_turn_done: Callable[[str], Awaitable[None]],
+        options: RunOptions = MESSAGE_RUN,
     ) -> AgentRun:
         plan = self.plan(group)
         await asyncio.to_thread(prepare_dirs, self._layout, group.folder)
@@ -88,7 +104,10 @@ class Launcher:
             "is_main": group.is_main,
             "folder": group.folder,
             "prompt": prompt,
-            "idle_timeout_s": a.idle_timeout_s,
+            "idle_timeout_s": a.idle_timeout_s
+            if options.idle_timeout_s is None
+            else options.idle_timeout_s,
+            "context": options.context,
         }
         run = AgentRun(
             folder=group.folder,

@@ -2,7 +2,7 @@
 
 groups/<folder>/      the group's workspace and CLAUDE.md; groups/global/ shared
 skills/               mounted read-only into every sandbox
-store/                nanoclaw.db, daemon.lock, logs/, ipc/<folder>/, sandbox/etc/
+store/                nanoclaw.db, daemon.lock, logs/, ipc/<folder>/, files/, sandbox/etc/
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ class Layout:
     @property
     def logs(self) -> Path:
         return self.store / "logs"
+
+    @property
+    def files(self) -> Path:
+        """Copies of files the agent sent, kept until the router has delivered them."""
+        return self.store / "files"
 
     @property
     def sandbox_etc(self) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from nanoclaw.db import Database, now_ms
-from nanoclaw.models import OutboxItem, RunRecord, Usage
+from nanoclaw.models import OutboxItem, Reply, RunRecord, Usage
 
 
 class Ledger(Database):
@@ -72,6 +72,12 @@ class Ledger(Database):
         )
         return [str(r[0]) for r in rows]
 
+    async def texts_sent_by_run(self, run_id: int) -> list[str]:
+        rows = await self._all(
+            "SELECT coalesce(file_name, text) FROM outbox WHERE run_id = ? ORDER BY id", (run_id,)
+        )
+        return [str(r[0]) for r in rows]
+
     async def ipc_done(self, folder: str, name: str) -> bool:
         row = await self._one(
             "SELECT 1 FROM ipc_done WHERE folder = ? AND name = ?", (folder, name)
@@ -79,9 +85,9 @@ class Ledger(Database):
         return row is not None
 
     async def record_ipc(
-        self, folder: str, name: str, outcome: str, reply: tuple[str, str, int | None] | None = None
+        self, folder: str, name: str, outcome: str, reply: Reply | None = None
     ) -> bool:
-        """Record an IPC name as acted on, with its reply (chat, text, run) in the same commit.
+        """Record an IPC name as acted on, with its reply in the same commit.
 
         Returns False when the name was already recorded: the caller must not act again.
         """
@@ -94,12 +100,14 @@ class Ledger(Database):
             if cur.rowcount == 0:
                 return False
             if reply is not None:
-                chat_id, text, run_id = reply
                 await self._db.execute(
-                    "INSERT INTO outbox (folder, chat_id, text, run_id, ipc_name, created_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (folder, chat_id, text, run_id, name, now_ms()),
-                )
+                    "INSERT INTO outbox (folder, chat_id, text, run_id, ipc_name, created_ms, "
+                    "file_path, file_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        folder, reply.chat_id, reply.text, reply.run_id, name, now_ms(),
+                        reply.file_path, reply.file_name,
+                    ),
+                )  # fmt: skip
         return True
 
     async def enqueue_reply(
@@ -120,7 +128,8 @@ class Ledger(Database):
         marks = " OR ".join("chat_id LIKE ?" for _ in prefixes)
         async with self.transaction():
             rows = await self._all(
-                "SELECT id, folder, chat_id, text, attempts, chunks_sent, run_id FROM outbox "
+                "SELECT id, folder, chat_id, text, attempts, chunks_sent, run_id, file_path, "
+                "file_name FROM outbox "
                 f"WHERE status = 'pending' AND next_attempt_ms <= ? AND claimed_until_ms <= ? "
                 f"AND ({marks}) ORDER BY id LIMIT ?",
                 (now, now, *(f"{p}:%" for p in prefixes), limit),

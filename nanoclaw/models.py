@@ -94,6 +94,19 @@ class OutboxItem:
     attempts: int
     chunks_sent: int
     run_id: int | None = None
+    file_path: str | None = None  # a file to upload (the host's own copy); text is its caption
+    file_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What an IPC file puts in the outbox, committed together with its name."""
+
+    chat_id: str
+    text: str
+    run_id: int | None = None
+    file_path: str | None = None
+    file_name: str | None = None
 
 
 @dataclass(frozen=True)

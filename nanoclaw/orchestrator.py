@@ -2,7 +2,8 @@
 
 It polls the store (or is woken by an in-process channel), applies the allowlist and
 trigger rules, hands follow-ups to a live agent, and moves a group's cursor only when
-the agent reports the turn that handled those messages done.
+the agent reports the turn that handled those messages done. A group's claimed scheduled
+tasks run in the same queue slot, after its messages.
 """
 
 from __future__ import annotations
@@ -10,22 +11,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from nanoclaw.agent.ipcfiles import ipc_name
 from nanoclaw.errors import SandboxError
+from nanoclaw.gate import Gate
+from nanoclaw.launcher import MESSAGE_RUN, RunOptions
 from nanoclaw.models import Group, Message
-from nanoclaw.prompt import build_prompt
+from nanoclaw.prompt import build_prompt, task_prompt
 from nanoclaw.queue import GroupQueue
 from nanoclaw.runner import AgentRun, Outcome
 from nanoclaw.store import Store
+from nanoclaw.tasks import TaskRun
 from nanoclaw.trigger import any_trigger, sender_allowed
 from nanoclaw.waker import Waker
 
 log = logging.getLogger(__name__)
 BATCH_LIMIT = 300
 
-Launch = Callable[[Group, int, str, Callable[[str], Awaitable[None]]], Awaitable[AgentRun]]
+Launch = Callable[
+    [Group, int, str, Callable[[str], Awaitable[None]], RunOptions], Awaitable[AgentRun]
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class Live:
     dispatched: int
     inputs: dict[str, int] = field(default_factory=dict)
     run: AgentRun | None = None
+    kind: str = "message"  # "task": takes no follow-ups and exits after its turn
 
 
 class Orchestrator:
@@ -55,6 +63,8 @@ class Orchestrator:
         launch: Launch,
         drain: Callable[[str], Awaitable[int]],
         typing: Callable[[str, bool], Awaitable[None]],
+        gate: Callable[[Group, str], Awaitable[Gate]],
+        tasks_changed: Callable[[str], None] = lambda folder: None,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -62,6 +72,9 @@ class Orchestrator:
         self._launch = launch
         self._drain = drain
         self._typing = typing
+        self._gate = gate
+        self._tasks_changed = tasks_changed
+        self._tasks_waiting: set[str] = set()
         self.queue = GroupQueue(max_concurrent, self.run_group)
         self._waker = Waker()
         self._seen = -1
@@ -70,6 +83,14 @@ class Orchestrator:
 
     def wake(self) -> None:
         self._waker.set()
+
+    def task_due(self, folder: str) -> None:
+        """The scheduler claimed a task of this group: run it as soon as the group is free."""
+        self._tasks_waiting.add(folder)
+        live = self.live.get(folder)
+        if live is not None and live.run is not None and live.kind == "message" and not live.inputs:
+            live.run.close()  # an idle agent waiting for follow-ups gives way to the task
+        self.queue.submit(folder)
 
     def current_run(self, folder: str) -> int | None:
         live = self.live.get(folder)
@@ -99,6 +120,9 @@ class Orchestrator:
         if group is None:
             return
         live = self.live.get(folder)
+        if live is not None and live.kind == "task":
+            self.queue.submit(folder)  # the queue runs the group again after the task
+            return
         if live is not None and live.run is not None and live.run.accepting:
             await self._follow_up(group, live)
             return
@@ -126,14 +150,31 @@ class Orchestrator:
         await self._typing(live.chat_id, True)
 
     async def run_group(self, folder: str) -> bool:
-        """Called by the queue: one run over every message since the cursor."""
+        """Called by the queue: one run over every message since the cursor, else one task."""
         group = await self._store.group(folder)
         if group is None:
             return True
         cursor = await self._store.cursor(folder)
         msgs = await self._store.messages_for_folder(folder, cursor, BATCH_LIMIT)
-        if not msgs or not self._triggered(group, msgs):
-            return True
+        if msgs and self._triggered(group, msgs):
+            ok = await self._message_run(group, cursor, msgs)
+        else:
+            pending = await self._store.pending_task_run(folder)
+            if pending is None:
+                self._tasks_waiting.discard(folder)
+                return True
+            ok = await self._task_run(group, pending)
+        self._checked.pop(folder, None)
+        if ok:
+            await self.consider(folder)
+        if await self._store.pending_task_run(folder) is not None:
+            self.queue.submit(folder)
+        else:
+            self._tasks_waiting.discard(folder)
+        return ok
+
+    async def _message_run(self, group: Group, cursor: int, msgs: list[Message]) -> bool:
+        folder = group.folder
         total = await self._store.count_messages_for_folder(folder, cursor)
         prompt = build_prompt(
             msgs,
@@ -144,12 +185,50 @@ class Orchestrator:
         )
         run_id = await self._store.start_run(folder, "message", msgs[0].id, msgs[-1].id)
         live = Live(run_id, msgs[-1].chat_id, msgs[-1].id, {"initial": msgs[-1].id})
-        self.live[folder] = live
         log.info("group=%s run=%s starting with %d messages", folder, run_id, len(msgs))
+        outcome = await self._agent(group, live, prompt, MESSAGE_RUN)
+        return outcome.ok
+
+    async def _task_run(self, group: Group, pending: TaskRun) -> bool:
+        """A scheduled run: gate first (if any), then the agent for one turn, logged."""
+        folder = group.folder
+        task = await self._store.task(pending.task_id)
+        if task is None or task.status != "active":
+            why = f"task is {task.status if task else 'gone'}"
+            await self._store.finish_task_run(pending, "cancelled", why)
+            return True
+        await self._store.start_task_run(pending)
+        self._tasks_changed(folder)
+        data: object = None
+        if task.script:
+            gate = await self._gate(group, task.script)
+            if not gate.wake:
+                log.info("group=%s task=%s gate: %s", folder, task.id, gate.reason)
+                await self._store.finish_task_run(pending, "skipped", f"gate: {gate.reason}")
+                self._tasks_changed(folder)
+                return True
+            data = gate.data
+        due = datetime.fromtimestamp(pending.due_ms / 1000, self._rules.zone)
+        prompt = task_prompt(task.id, task.prompt, due, data)
+        run_id = await self._store.start_run(folder, "task", None, None)
+        live = Live(run_id, "", 0, {"initial": 0}, kind="task")
+        log.info("group=%s run=%s task=%s starting", folder, run_id, task.id)
+        outcome = await self._agent(group, live, prompt, RunOptions(task.context, 0.0))
+        sent = await self._store.texts_sent_by_run(run_id)
+        status = ("ok" if sent else "silent") if outcome.ok else outcome.status
+        result = outcome.error or (sent[0][:500] if sent else "nothing sent")
+        await self._store.finish_task_run(pending, status, result, run_id)
+        self._tasks_changed(folder)
+        return True
+
+    async def _agent(self, group: Group, live: Live, prompt: str, options: RunOptions) -> Outcome:
+        """Launch, wait, drain the last files, record the outcome."""
+        folder, run_id = group.folder, live.run_id
+        self.live[folder] = live
         await self._typing(live.chat_id, True)
         try:
             live.run = await self._launch(
-                group, run_id, prompt, lambda n: self._done(folder, live, n)
+                group, run_id, prompt, lambda n: self._done(folder, live, n), options
             )
             outcome = await live.run.wait()
         except SandboxError as exc:
@@ -165,10 +244,7 @@ class Orchestrator:
             logging.INFO if outcome.ok else logging.WARNING,
             "group=%s run=%s finished: %s %s", folder, run_id, outcome.status, outcome.error,
         )  # fmt: skip
-        self._checked.pop(folder, None)
-        if outcome.ok:
-            await self.consider(folder)
-        return outcome.ok
+        return outcome
 
     async def _done(self, folder: str, live: Live, name: str) -> None:
         """The agent finished the turn for input `name`: its replies are on disk."""
@@ -178,9 +254,12 @@ class Orchestrator:
         for key in [k for k, v in live.inputs.items() if v <= upto]:
             del live.inputs[key]
         await self._drain(folder)
-        await self._store.advance_cursor(folder, upto)
+        if live.kind == "message":
+            await self._store.advance_cursor(folder, upto)
         if not live.inputs:
             await self._typing(live.chat_id, False)
+            if folder in self._tasks_waiting and live.run is not None:
+                live.run.close()  # idle, and a scheduled task waits for the group's slot
 
     def close_live(self) -> None:
         """Ask every live agent to finish its turn and exit (shutdown)."""

@@ -6,6 +6,7 @@ senders not allowed are marked untrusted; a size budget drops the oldest and say
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from html import escape
@@ -78,3 +79,21 @@ def build_prompt(
             f"sent these replies; do not send them again:\n{sent}"
         )
     return "\n\n".join(parts)
+
+
+def task_prompt(task_id: str, prompt: str, due: datetime, data: object = None) -> str:
+    """The user turn of a scheduled run: says it is one, and how to stay silent."""
+    parts = [
+        f'<scheduled_task id="{escape(task_id)}" due="{due.strftime("%Y-%m-%d %H:%M %Z")}">',
+        escape(prompt, quote=False),
+        "</scheduled_task>",
+    ]
+    if data is not None:
+        shown = _clip(json.dumps(data, ensure_ascii=False), MESSAGE_CAP_CHARS)
+        parts.append(f"<gate_data>{escape(shown, quote=False)}</gate_data>")
+    parts.append(
+        "This is a scheduled run, not a message from anyone. Your final answer is sent to "
+        "the group's chat; if there is nothing worth saying, answer with nothing but "
+        "<internal>why you stay silent</internal> and nothing is sent."
+    )
+    return "\n".join(parts)

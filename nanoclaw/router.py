@@ -2,17 +2,21 @@
 
 Replies are split to the channel's limit; progress is kept per chunk so a retry never
 sends a chunk twice; failures back off exponentially and survive restarts in the store.
+A file is uploaded from the router's own copy, deleted once the row is settled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import zlib
 from collections.abc import Mapping
+from pathlib import Path
 
 from nanoclaw.channel import Channel
 from nanoclaw.db import now_ms
-from nanoclaw.errors import DeliveryError, PermanentDeliveryError
+from nanoclaw.errors import DeliveryError, FilesUnsupported, PermanentDeliveryError
 from nanoclaw.models import OutboxItem, channel_of
 from nanoclaw.store import Store
 from nanoclaw.waker import Waker
@@ -69,6 +73,9 @@ class Router:
         channel = self._channels[channel_of(item.chat_id)]
         chunks = split_text(item.text, channel.max_message_len)
         try:
+            if item.file_path is not None:
+                await self._send_file(channel, item)
+                chunks = []
             for index in range(item.chunks_sent, len(chunks)):
                 key = f"nanoclaw-{item.id}-{index}-{zlib.crc32(chunks[index].encode()):08x}"
                 await channel.send(item.chat_id, chunks[index], key)
@@ -77,6 +84,7 @@ class Router:
         except PermanentDeliveryError as exc:
             log.error("router outbox=%s chat=%s failed for good: %s", item.id, item.chat_id, exc)
             await self._store.outbox_failed(item.id, str(exc))
+            self._forget_file(item)
             return 0
         except Exception as exc:  # any channel failure is retried; the row stays in the outbox
             retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
@@ -88,7 +96,28 @@ class Router:
             await self._store.outbox_retry(item.id, int(delay * 1000), str(exc))
             return 0
         await self._store.outbox_sent(item.id)
+        self._forget_file(item)
         return 1
+
+    async def _send_file(self, channel: Channel, item: OutboxItem) -> None:
+        """Upload (the caption goes with it); a network without files is told in words."""
+        assert item.file_path is not None
+        name = item.file_name or "file"
+        key = f"nanoclaw-{item.id}-file"
+        try:
+            await channel.send_file(item.chat_id, Path(item.file_path), name, item.text, key)
+        except FilesUnsupported as exc:
+            log.info("router outbox=%s chat=%s: %s", item.id, item.chat_id, exc)
+            note = f"(I have a file for you, {name}, but this chat cannot receive files.)"
+            text = f"{note}\n{item.text}" if item.text else note
+            for index, chunk in enumerate(split_text(text, channel.max_message_len)):
+                await channel.send(item.chat_id, chunk, f"{key}-note-{index}")
+
+    @staticmethod
+    def _forget_file(item: OutboxItem) -> None:
+        if item.file_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(item.file_path)
 
     async def typing(self, chat_id: str, on: bool) -> None:
         channel = self._channels.get(channel_of(chat_id))

@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from nanoclaw.memory import MARKER
+
 SECTION_RE = re.compile(r"^##\s+Scheduled Tasks\s*$", re.IGNORECASE)
 CRON_RE = re.compile(r"^#\s*Cron:\s*(.*)$", re.IGNORECASE)
 TZ_RE = re.compile(r"^#\s*TZ:\s*(.*)$", re.IGNORECASE)
@@ -77,7 +79,9 @@ def parse_tasks(markdown: str) -> tuple[list[CronTask], list[ParseError]]:
     errors: list[ParseError] = []
     in_section = False
     draft: _Draft | None = None
-    for number, raw in enumerate(_blank_comments(markdown).splitlines(), start=1):
+    # The agent's own entries below the memory marker are never read as tasks.
+    owner_part = markdown.split(MARKER, 1)[0]
+    for number, raw in enumerate(_blank_comments(owner_part).splitlines(), start=1):
         line = raw.rstrip()
         if line.startswith("## ") or line == "##":
             if draft is not None:

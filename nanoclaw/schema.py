@@ -91,4 +91,44 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (folder, name)
     );
     """,
+    # 2: scheduled tasks and their run log, CLAUDE.md problems, files in the outbox
+    """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        folder TEXT NOT NULL,
+        source TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        context TEXT NOT NULL DEFAULT 'isolated',
+        script TEXT,
+        catch_up TEXT NOT NULL DEFAULT 'once',
+        status TEXT NOT NULL DEFAULT 'active',
+        next_run_ms INTEGER,
+        last_run_ms INTEGER,
+        created_ms INTEGER NOT NULL,
+        line INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX tasks_due ON tasks (status, next_run_ms);
+    CREATE INDEX tasks_folder ON tasks (folder);
+    CREATE TABLE task_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        due_ms INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        run_id INTEGER,
+        started_ms INTEGER,
+        ended_ms INTEGER,
+        result TEXT NOT NULL DEFAULT '',
+        UNIQUE (task_id, due_ms)
+    );
+    CREATE INDEX task_runs_status ON task_runs (status, folder, id);
+    CREATE TABLE task_problems (
+        folder TEXT NOT NULL,
+        line INTEGER NOT NULL,
+        message TEXT NOT NULL
+    );
+    ALTER TABLE outbox ADD COLUMN file_path TEXT;
+    ALTER TABLE outbox ADD COLUMN file_name TEXT;
+    """,
 )

@@ -17,6 +17,7 @@ from nanoclaw.db import now_ms
 from nanoclaw.errors import StoreError
 from nanoclaw.ledger import Ledger
 from nanoclaw.models import ChatInfo, Group, InboundMessage, Message, channel_of
+from nanoclaw.taskbook import TaskBook
 
 MSG_COLS = (
     "id, chat_id, platform_id, sender_id, sender_name, text, ts_ms, mentions_bot, "
@@ -52,7 +53,7 @@ def _message(row: Sequence[Any]) -> Message:
     )
 
 
-class Store(Ledger):
+class Store(Ledger, TaskBook):
     """Everything the orchestrator, channels and CLI read and write."""
 
     def __init__(self, db: Connection) -> None:

@@ -1,152 +1,43 @@
 """Fake Telegram Bot API server (POST /bot<token>/<method>) for tests, on the real wire format.
 Owns the aiohttp server thread, pending updates with long polling, update builders,
-recording of sendMessage (with Telegram-like HTML checks) / sendChatAction, fault injection."""
+recording of sendMessage / sendDocument (multipart uploads; HTML checks from bot_api) /
+sendChatAction, fault injection."""
 
 from __future__ import annotations
 
 import asyncio
-import html
-import json
-import re
+import mimetypes
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Literal, TypedDict, Unpack
+from typing import Any, TypeVar, Unpack
 
 from aiohttp import web
+from bot_api import (
+    Action,
+    ApiError,
+    Document,
+    Msg,
+    MsgOpts,
+    Params,
+    Rejected,
+    Sent,
+    as_int,
+    attached,
+    check_document,
+    check_message,
+    form_value,
+)
+from bot_api import check_html as check_html  # re-exported for the tests
 from served import Served
 
-Msg = dict[str, Any]
-MAX_TEXT = 4096
-_STYLES = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "code", "pre"}
-_ALLOWED = _STYLES | {"a", "tg-spoiler", "blockquote", "span"}
-_ATTR = re.compile(r"""\s+([\w-]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+)))?""")
-_ATTRS = r"""(?:\s+[\w-]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"']+))?)*"""
-_TAG = re.compile(rf"<(/?)([A-Za-z][\w-]*)({_ATTRS})\s*>")
-_ENTITY = re.compile(r"&(?:lt|gt|amp|quot|#\d+|#x[0-9A-Fa-f]+);")
+T = TypeVar("T")
+MAX_UPLOAD = 50 * 1024 * 1024  # the Bot API's limit for files bots upload
 _WEBHOOK_INFO = {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
 _TRIVIAL: dict[str, Any] = {"setwebhook": True, "getwebhookinfo": _WEBHOOK_INFO}
-_STR_KEYS = frozenset({"text", "caption", "parse_mode", "action", "url", "emoji"})
-
-
-@dataclass(frozen=True)
-class Sent:
-    chat_id: int | str
-    text: str  # as sent
-    parse_mode: str | None
-    message_thread_id: int | None
-    reply_to_message_id: int | None  # reply_parameters.message_id or reply_to_message_id
-    visible: str  # what the user sees: tags stripped and entities unescaped for HTML
-    message_id: int
-    params: dict[str, Any] = field(default_factory=dict, compare=False)  # all parameters
-
-
-@dataclass(frozen=True)
-class Rejected:
-    chat_id: Any
-    text: str
-    parse_mode: str | None
-    description: str
-
-
-@dataclass(frozen=True)
-class Action:
-    chat_id: int | str
-    action: str
-    message_thread_id: int | None
-
-
-class MsgOpts(TypedDict, total=False):
-    user_id: int  # 111
-    first_name: str  # "Alice"
-    username: str | None
-    chat_type: Literal["private", "group", "supergroup"]  # "group"
-    chat_title: str  # "Team"
-    message_id: int | None  # auto-increment
-    date: int | None  # now
-    reply_to: Msg | None  # the quoted message
-    thread_id: int | None  # forum topic
-    entities: list[dict[str, Any]] | None
-    caption: str | None  # media only
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
-        super().__init__(description)
-        self.status, self.retry_after = status, retry_after
-
-    def response(self) -> web.Response:
-        body: dict[str, Any] = {"ok": False, "error_code": self.status, "description": str(self)}
-        if self.retry_after is not None:
-            body["parameters"] = {"retry_after": self.retry_after}
-        return web.json_response(body, status=self.status)
-
-
-def _bad(what: str) -> ApiError:
-    return ApiError(400, f"Bad Request: {what}")
-
-
-def _unparsable(what: str, text: str, pos: int) -> ApiError:
-    return _bad(f"can't parse entities: {what} at byte offset {len(text[:pos].encode())}")
-
-
-def check_html(text: str) -> str:
-    """Telegram's HTML parse mode, simplified: the visible text, or ApiError(400)."""
-    out: list[str] = []
-    stack: list[str] = []
-    pos = 0
-    while pos < len(text):
-        ch = text[pos]
-        if ch == "<":
-            m = _TAG.match(text, pos)
-            name = m.group(2).lower() if m else ""
-            if m is None or name not in _ALLOWED:
-                raise _unparsable(f'Unsupported start tag "{name}"', text, pos)
-            attrs = {a[1].lower(): a[2] or a[3] or a[4] or "" for a in _ATTR.finditer(m[3])}
-            if m.group(1) and not stack:
-                raise _unparsable("Unexpected end tag", text, pos)
-            if m.group(1) and stack[-1] != name:
-                what = f'Unmatched end tag, expected "</{stack[-1]}>", found "</{name}>"'
-                raise _unparsable(what, text, pos)
-            if m.group(1):
-                stack.pop()
-            elif name == "a" and "href" not in attrs:
-                raise _unparsable('Tag "a" must have attribute "href"', text, pos)
-            elif name == "span" and attrs.get("class") != "tg-spoiler":
-                raise _unparsable('Tag "span" must have class "tg-spoiler"', text, pos)
-            else:
-                stack.append(name)
-            pos = m.end()
-        elif ch == "&" and (e := _ENTITY.match(text, pos)):
-            out.append(html.unescape(e.group()))
-            pos = e.end()
-        elif ch in "&>":
-            raise _unparsable(f"Unescaped {ch!r}", text, pos)
-        else:
-            out.append(ch)
-            pos += 1
-    if stack:
-        raise _unparsable(f'Can\'t find end tag corresponding to start tag "{stack[-1]}"', text, 0)
-    return "".join(out)
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """Form fields are strings; aiogram JSON-encodes numbers, booleans and nested objects."""
-    if not isinstance(value, str) or key in _STR_KEYS:
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-def _int(value: Any) -> int | None:
-    ok = isinstance(value, int | str) and str(value).lstrip("-").isdigit()
-    return int(value) if ok else None
 
 
 class FakeTelegram:
@@ -159,6 +50,7 @@ class FakeTelegram:
         self._cond = threading.Condition()
         self._pending: list[dict[str, Any]] = []
         self._sent: list[Sent] = []
+        self._documents: list[Document] = []
         self._rejected: list[Rejected] = []
         self._actions: list[Action] = []
         self._offsets: list[int | None] = []
@@ -178,6 +70,10 @@ class FakeTelegram:
     @property
     def sent(self) -> list[Sent]:
         return self._copy(self._sent)
+
+    @property
+    def documents(self) -> list[Document]:
+        return self._copy(self._documents)
 
     @property
     def rejected(self) -> list[Rejected]:
@@ -216,6 +112,14 @@ class FakeTelegram:
 
     async def await_sent(self, n: int, timeout: float = 10.0) -> list[Sent]:
         return await asyncio.to_thread(self.wait_for_sent, n, timeout)
+
+    def wait_for_documents(self, n: int, timeout: float = 10.0) -> list[Document]:
+        what = f">= {n} documents (have {len(self._documents)}, rejected {self._rejected})"
+        self.wait_until(lambda: len(self._documents) >= n, timeout, what)
+        return self.documents
+
+    async def await_documents(self, n: int, timeout: float = 10.0) -> list[Document]:
+        return await asyncio.to_thread(self.wait_for_documents, n, timeout)
 
     def wait_for_actions(self, n: int, timeout: float = 10.0) -> list[Action]:
         self.wait_until(lambda: len(self._actions) >= n, timeout, f">= {n} chat actions")
@@ -347,7 +251,7 @@ class FakeTelegram:
 
     def _app(self) -> web.Application:
         self._wake = asyncio.Event()  # made on the server's loop, where it is awaited
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_UPLOAD + 1024 * 1024)  # file + other fields
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
@@ -360,12 +264,16 @@ class FakeTelegram:
         if request.match_info["token"] != self.token:
             return ApiError(401, "Unauthorized").response()
         method = request.match_info["method"].lower()
-        params = {k: _coerce(k, v) for k, v in request.query.items()}
+        params = {k: form_value(k, v) for k, v in request.query.items()}
         if request.content_type == "application/json":
             body = await request.json()
             params.update(body if isinstance(body, dict) else {})
         else:  # aiogram: urlencoded form, or multipart/form-data when uploading files
-            params.update({k: _coerce(k, v) for k, v in (await request.post()).items()})
+            try:
+                form = await request.post()
+            except web.HTTPRequestEntityTooLarge:
+                return ApiError(413, "Request Entity Too Large").response()
+            params = attached({**params, **{k: form_value(k, v) for k, v in form.items()}})
         with self._cond:
             self._calls.append((method, params))
             faults = self._faults.get(method)
@@ -395,8 +303,8 @@ class FakeTelegram:
         return self.bot_user
 
     async def _m_getupdates(self, params: dict[str, Any]) -> Any:
-        offset = _int(params.get("offset"))
-        limit = min(max(_int(params.get("limit")) or 100, 1), 100)
+        offset = as_int(params.get("offset"))
+        limit = min(max(as_int(params.get("limit")) or 100, 1), 100)
         deadline = time.monotonic() + float(params.get("timeout") or 0)
         with self._cond:
             self._offsets.append(offset)
@@ -423,42 +331,60 @@ class FakeTelegram:
             return {"id": chat_id, "type": "private", "first_name": "Alice"}
         return {"id": chat_id, "type": "supergroup", "title": "Team"}
 
-    async def _m_sendmessage(self, params: dict[str, Any]) -> Any:
-        chat_id, mode = params.get("chat_id"), params.get("parse_mode")
-        text = str(params.get("text", ""))
+    def _checked(self, check: Callable[[Params], T], params: Params, text_key: str) -> T:
+        """`check(params)`; a refusal is recorded in `rejected` before it is answered."""
         try:
-            if not isinstance(chat_id, int | str) or chat_id == "":
-                raise _bad("chat not found")
-            if not text.strip():
-                raise _bad("message text is empty")
-            visible = check_html(text) if str(mode).upper() == "HTML" else text
-            if len(visible) > MAX_TEXT:
-                raise _bad("message is too long")
+            return check(params)
         except ApiError as err:
+            text, mode = str(params.get(text_key) or ""), params.get("parse_mode")
             with self._cond:
-                self._rejected.append(Rejected(chat_id, text, mode, str(err)))
+                self._rejected.append(Rejected(params.get("chat_id"), text, mode, str(err)))
                 self._cond.notify_all()
             raise
-        thread, rp = _int(params.get("message_thread_id")), params.get("reply_parameters")
-        reply_to = _int(rp.get("message_id")) if isinstance(rp, dict) else None
-        reply_to = reply_to or _int(params.get("reply_to_message_id"))
-        mid, chat = self._message_id(), self._chat(chat_id)
-        msg: Msg = {
-            "message_id": mid,
-            "from": self.bot_user,
-            "chat": chat,
-            "date": int(time.time()),
-        }
-        msg["text"] = visible
+
+    def _outgoing(self, chat_id: Any, thread: int | None, content: Msg) -> Msg:
+        """A message from the bot, as the Bot API answers a send* method."""
+        msg: Msg = {"message_id": self._message_id(), "from": self.bot_user}
+        msg.update(chat=self._chat(chat_id), date=int(time.time()), **content)
         if thread is not None:
             msg["message_thread_id"], msg["is_topic_message"] = thread, True
+        return msg
+
+    async def _m_sendmessage(self, params: Params) -> Any:
+        visible = self._checked(check_message, params, "text")
+        chat_id, text = params["chat_id"], str(params["text"])
+        thread, rp = as_int(params.get("message_thread_id")), params.get("reply_parameters")
+        reply_to = as_int(rp.get("message_id")) if isinstance(rp, dict) else None
+        reply_to = reply_to or as_int(params.get("reply_to_message_id"))
+        msg = self._outgoing(chat_id, thread, {"text": visible})
+        sent = Sent(
+            chat_id, text, params.get("parse_mode"), thread, reply_to, visible,
+            msg["message_id"], params,
+        )  # fmt: skip
         with self._cond:
-            self._sent.append(Sent(chat_id, text, mode, thread, reply_to, visible, mid, params))
+            self._sent.append(sent)
+            self._cond.notify_all()
+        return msg
+
+    async def _m_senddocument(self, params: Params) -> Any:
+        upload, visible = self._checked(check_document, params, "caption")
+        chat_id, thread = params["chat_id"], as_int(params.get("message_thread_id"))
+        mime = mimetypes.guess_type(upload.filename)[0] or "application/octet-stream"
+        file = self._file(file_name=upload.filename, mime_type=mime, file_size=len(upload.data))
+        msg = self._outgoing(chat_id, thread, {"document": file})
+        if visible:
+            msg["caption"] = visible
+        document = Document(
+            chat_id, upload.filename, upload.data, mime, str(params.get("caption") or ""),
+            params.get("parse_mode"), visible, thread, msg["message_id"], params,
+        )  # fmt: skip
+        with self._cond:
+            self._documents.append(document)
             self._cond.notify_all()
         return msg
 
     async def _m_sendchataction(self, params: dict[str, Any]) -> Any:
-        chat_id, thread = params.get("chat_id", ""), _int(params.get("message_thread_id"))
+        chat_id, thread = params.get("chat_id", ""), as_int(params.get("message_thread_id"))
         with self._cond:
             self._actions.append(Action(chat_id, str(params.get("action", "")), thread))
             self._cond.notify_all()

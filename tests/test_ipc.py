@@ -17,15 +17,9 @@ from conftest import wait_for
 
 from nanoclaw import ipcfs
 from nanoclaw.errors import IpcRejected
-from nanoclaw.ipc import (
-    IpcHandler,
-    RegisterGroup,
-    SendMessage,
-    UpdateMemory,
-    authorise,
-    parse,
-)
+from nanoclaw.ipc import IpcHandler
 from nanoclaw.models import Group
+from nanoclaw.requests import RegisterGroup, SendMessage, UpdateMemory, authorise, parse
 from nanoclaw.store import Store
 from nanoclaw.watcher import IpcWatcher
 
@@ -188,7 +182,8 @@ async def test_register_group_is_main_only(env: Any) -> None:
         (b"\xff\xfe{}", "not UTF-8"),
         (b"[1, 2]", 'string "type"'),
         (b'{"type": "send_message", "text": 42}', "invalid 'send_message'"),
-        (b'{"type": "schedule_task", "prompt": "x"}', "not supported"),
+        (b'{"type": "schedule_task", "prompt": "x"}', "schedule: Field required"),
+        (b'{"type": "launch_rocket"}', "not supported"),
         (b"x" * (ipcfs.FILE_CAP + 10), "larger than"),
     ],
 )

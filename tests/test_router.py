@@ -15,7 +15,7 @@ import pytest
 
 from nanoclaw.channel import Channel, Inbound
 from nanoclaw.db import now_ms
-from nanoclaw.errors import DeliveryError, PermanentDeliveryError
+from nanoclaw.errors import DeliveryError, FilesUnsupported, PermanentDeliveryError
 from nanoclaw.router import MAX_BACKOFF_S, Router, backoff_s, split_text
 from nanoclaw.store import Store
 
@@ -31,6 +31,8 @@ class RecordingChannel:
         self.calls = 0
         self.fail_on: int | None = None
         self.fail_with: BaseException = DeliveryError("channel down")
+        self.files: list[tuple[str, str, bytes, str]] = []  # chat, name, content, caption
+        self.files_supported = True
 
     async def start(self, inbound: Inbound) -> None:
         pass
@@ -44,6 +46,17 @@ class RecordingChannel:
         if self.calls == self.fail_on:
             raise self.fail_with
         self.sent.append((chat_id, text))
+
+    async def send_file(
+        self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
+    ) -> None:
+        self.calls += 1
+        self.keys.append(key)
+        if not self.files_supported:
+            raise FilesUnsupported(f"{self.name} cannot carry files")
+        if self.calls == self.fail_on:
+            raise self.fail_with
+        self.files.append((chat_id, name, path.read_bytes(), caption))
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
         pass

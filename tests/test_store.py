@@ -17,7 +17,7 @@ import pytest
 from nanoclaw import schema
 from nanoclaw.db import now_ms
 from nanoclaw.errors import StoreError
-from nanoclaw.models import Group, InboundMessage, Usage
+from nanoclaw.models import Group, InboundMessage, Reply, Usage
 from nanoclaw.store import Store
 
 T0 = 1_700_000_000_000
@@ -301,8 +301,8 @@ async def test_record_ipc_is_idempotent_and_commits_reply_with_name(
 ) -> None:
     name = "1700000000000-abcdef.json"
     assert await store.ipc_done("work", name) is False
-    assert await store.record_ipc("work", name, "sent", ("tg:-1", "hello", None)) is True
-    assert await store.record_ipc("work", name, "sent", ("tg:-1", "hello", None)) is False
+    assert await store.record_ipc("work", name, "sent", Reply("tg:-1", "hello")) is True
+    assert await store.record_ipc("work", name, "sent", Reply("tg:-1", "hello")) is False
     assert await store.ipc_done("work", name) is True
     assert await store.ipc_done("home", name) is False
     rows = raw(db_path, "SELECT folder, chat_id, text, ipc_name, status FROM outbox")
@@ -414,7 +414,7 @@ async def test_texts_sent_by_unfinished_runs(store: Store) -> None:
     await store.finish_run(ok, "ok")
     cut = await store.start_run("work", "message", 6, 9)
     await store.enqueue_reply("work", "tg:-1", "first", cut)
-    await store.record_ipc("work", "1700000000000-b.json", "sent", ("tg:-1", "second", cut))
+    await store.record_ipc("work", "1700000000000-b.json", "sent", Reply("tg:-1", "second", cut))
     await store.interrupt_stale_runs()
     other = await store.start_run("home", "message", 6, 9)
     await store.enqueue_reply("home", "tg:-3", "other group", other)

@@ -21,7 +21,7 @@ try:  # the SDK's own HTTP library: httpx2 in anthropic 2.x, httpx before
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef,import-not-found,unused-ignore]
 
-from .conversation import History, strip_internal, system_prompt
+from .conversation import history_for, strip_internal, system_prompt
 from .ipcfiles import Inbox, event, write_json
 from .tools import TOOL_SPECS, Toolbox
 
@@ -37,24 +37,34 @@ def _block(block: Any) -> dict[str, Any]:
     return data
 
 
+def proxy_client(ipc: Path, max_retries: int) -> anthropic.Anthropic:
+    """The model, reached only through the host's proxy on /ipc/llm.sock."""
+    # Plain HTTP over a unix socket: no TLS context to build (saves ~30 ms at start).
+    transport = httpx.HTTPTransport(uds=str(ipc / "llm.sock"), verify=False)
+    return anthropic.Anthropic(
+        api_key="sandbox-has-no-key",
+        base_url="http://model-proxy.invalid",
+        http_client=anthropic.DefaultHttpxClient(transport=transport, timeout=600),
+        max_retries=max_retries,
+    )
+
+
 class Agent:
-    def __init__(self, cfg: dict[str, Any], root: Path = Path("/")) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], root: Path = Path("/"), client: anthropic.Anthropic | None = None
+    ) -> None:
         self.cfg = cfg
         self.workspace = root / "workspace"
         self.ipc = root / "ipc"
-        # Plain HTTP over a unix socket: no TLS context to build (saves ~30 ms at start).
-        transport = httpx.HTTPTransport(uds=str(self.ipc / "llm.sock"), verify=False)
-        self.client = anthropic.Anthropic(
-            api_key="sandbox-has-no-key",
-            base_url="http://model-proxy.invalid",
-            http_client=anthropic.DefaultHttpxClient(transport=transport, timeout=600),
-            max_retries=int(cfg.get("max_retries", 3)),
+        self.client = client or proxy_client(self.ipc, int(cfg.get("max_retries", 3)))
+        self.tools = Toolbox(
+            self.workspace,
+            self.send,
+            bash_timeout_s=float(cfg.get("bash_timeout_s", 300)),
+            ipc=self.ipc,
+            confirm_s=float(cfg.get("confirm_s", 3.0)),
         )
-        self.tools = Toolbox(self.workspace, self.send, float(cfg.get("bash_timeout_s", 300)))
-        self.history = History(
-            self.workspace / ".nanoclaw" / "conversation.json",
-            int(cfg.get("history_budget_chars", 120_000)),
-        )
+        self.history = history_for(cfg, self.workspace)
         self.root = root
 
     def send(self, payload: dict[str, Any]) -> str:

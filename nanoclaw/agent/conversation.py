@@ -1,7 +1,8 @@
 """The agent's context: the system prompt read fresh from memory files, and the kept history.
 
 History lives at /workspace/.nanoclaw/conversation.json and is trimmed from the oldest
-exchange to a character budget; the system prompt and tools are the cached prefix.
+exchange to a character budget; an isolated run keeps its own only in memory. The system
+prompt and tools are the cached prefix.
 """
 
 from __future__ import annotations
@@ -92,11 +93,16 @@ def trim_history(messages: list[dict[str, Any]], budget: int) -> list[dict[str, 
 
 
 class History:
-    def __init__(self, path: Path, budget: int) -> None:
+    """The conversation kept at `path` across runs; with no path, only for this run."""
+
+    def __init__(self, path: Path | None, budget: int) -> None:
         self.path = path
         self.budget = budget
+        self._kept: list[dict[str, Any]] = []
 
     def load(self) -> list[dict[str, Any]]:
+        if self.path is None:
+            return list(self._kept)
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -106,7 +112,17 @@ class History:
         return trim_history(data, self.budget)
 
     def save(self, messages: list[dict[str, Any]]) -> None:
+        if self.path is None:
+            self._kept = trim_history(messages, self.budget)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(trim_history(messages, self.budget)), encoding="utf-8")
         os.replace(tmp, self.path)
+
+
+def history_for(cfg: dict[str, Any], workspace: Path) -> History:
+    """The group's kept conversation, or a fresh one for an isolated run (a task's own)."""
+    kept = workspace / ".nanoclaw" / "conversation.json"
+    path = None if cfg.get("context") == "isolated" else kept
+    return History(path, int(cfg.get("history_budget_chars", 120_000)))

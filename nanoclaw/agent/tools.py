@@ -1,4 +1,5 @@
-"""The agent's tools and their JSON schemas: bash, files under /workspace, messages, memory.
+"""The agent's tools and their JSON schemas: bash, files under /workspace, messages, memory,
+files for the chat or the owner's export targets; the task tools come from `tasktools`.
 
 Each tool returns text for the model; a failure is text too ("error: ..."), so one bad
 call never ends the run. Outputs are capped so a noisy command cannot flood the context.
@@ -6,13 +7,20 @@ call never ends the run. Outputs are capped so a noisy command cannot flood the 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import posixpath
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .tasktools import TASK_TOOL_SPECS, TaskTools
+
 OUTPUT_CAP = 30_000
+SANDBOX_WORKSPACE = PurePosixPath("/workspace")
+ENCODINGS = ("utf-8", "base64")
 
 
 def _schema(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -61,6 +69,28 @@ TOOL_SPECS: list[dict[str, Any]] = [
         "memory section of CLAUDE.md, read at every run.",
         "input_schema": _schema({"content": S}, ["content"]),
     },
+    {
+        "name": "send_file",
+        "description": "Upload a file from /workspace to the chat (where the chat supports "
+        "files), with an optional caption.",
+        "input_schema": _schema({"path": S, "caption": S}, ["path"]),
+    },
+    {
+        "name": "export_file",
+        "description": "Write a file outside the sandbox, into an export target the owner "
+        "declared for this group (by name); path is relative inside the target. Use "
+        "encoding base64 for binary content.",
+        "input_schema": _schema(
+            {
+                "target": S,
+                "path": S,
+                "content": S,
+                "encoding": {"type": "string", "enum": list(ENCODINGS)},
+            },
+            ["target", "path", "content"],
+        ),
+    },
+    *TASK_TOOL_SPECS,
 ]
 
 
@@ -71,11 +101,32 @@ def cap(text: str, limit: int = OUTPUT_CAP) -> str:
     return f"{text[:half]}\n[... {len(text) - limit} characters cut ...]\n{text[-half:]}"
 
 
+def inside(path: str) -> str | None:
+    """`path` made relative and normal if it stays inside its root, else None."""
+    norm = posixpath.normpath(path)
+    if norm in (".", "..") or norm.startswith(("../", "/")):
+        return None
+    return norm
+
+
+def decoded_size(content: str, encoding: str | None) -> int | None:
+    if encoding == "base64":
+        try:
+            return len(base64.b64decode(content, validate=True))
+        except (binascii.Error, ValueError):
+            return None
+    return len(content.encode("utf-8"))
+
+
 @dataclass
-class Toolbox:
+class Toolbox(TaskTools):
+    """The tools over one sandbox: `workspace` is /workspace, `ipc` is /ipc."""
+
     workspace: Path
     send: Callable[[dict[str, Any]], str]
     bash_timeout_s: float = 300.0
+    ipc: Path = Path("/ipc")
+    confirm_s: float = 3.0
 
     def resolve(self, path: str) -> Path:
         p = Path(path)
@@ -142,3 +193,47 @@ class Toolbox:
     def tool_update_memory(self, content: str) -> str:
         self.send({"type": "update_memory", "content": content})
         return "saved to memory"
+
+    def tool_send_file(self, path: str, caption: str | None = None) -> str:
+        given = PurePosixPath(path)
+        for root in (SANDBOX_WORKSPACE, PurePosixPath(self.workspace)):
+            if given.is_relative_to(root):
+                given = given.relative_to(root)
+                break
+        rel = inside(str(given))
+        if rel is None:
+            return "error: send_file takes a file under /workspace"
+        local = self.workspace / rel
+        if not local.resolve().is_relative_to(self.workspace.resolve()):
+            return f"error: /workspace/{rel} leads outside /workspace"
+        if not local.is_file():
+            return f"error: no file /workspace/{rel}"
+        payload = {"type": "send_file", "path": str(SANDBOX_WORKSPACE / rel)}
+        if caption:
+            payload["caption"] = caption
+        self.send(payload)
+        return f"sending /workspace/{rel} to the chat"
+
+    def tool_export_file(
+        self, target: str, path: str, content: str, encoding: str | None = None
+    ) -> str:
+        if not isinstance(target, str) or not target.strip():
+            return "error: target must be the name of an export target"
+        rel = inside(path) if isinstance(path, str) else None
+        if rel is None:
+            return "error: path must be relative and stay inside the target"
+        if not isinstance(content, str):
+            return "error: content must be a string"
+        if encoding is not None and encoding not in ENCODINGS:
+            return "error: encoding must be utf-8 or base64"
+        size = decoded_size(content, encoding)
+        if size is None:
+            return "error: content is not valid base64"
+        payload = {"type": "write_file", "target": target, "path": rel, "content": content}
+        if encoding is not None:
+            payload["encoding"] = encoding
+        self.send(payload)
+        return (
+            f"asked the host to write {size} bytes to {rel} in export target {target!r} "
+            "(done only if it is one of this group's export targets)"
+        )

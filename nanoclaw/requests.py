@@ -1,0 +1,182 @@
+"""What an agent may ask of the host (SPEC section 6): the request types and who may do what.
+
+pydantic models validate a file's content (strict, no extra fields); `authorise` is pure and
+holds every rule, decided from the directory a file came from, never from its content.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from nanoclaw import memory
+from nanoclaw.errors import IpcRejected
+from nanoclaw.models import CHAT_RE, FOLDER_RE, MAIN
+from nanoclaw.schedule import PROMPT_CAP, valid_cron, valid_zone
+from nanoclaw.tasks import MIN_EVERY_S, Schedule
+
+TASK_ID = r"^[A-Za-z0-9_-]{1,64}$"
+SCRIPT_CAP = 16_000
+PATH_CAP = 1024
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SendMessage(_Request):
+    type: Literal["send_message"]
+    text: str = Field(min_length=1, max_length=100_000)
+    chat: str | None = Field(None, pattern=CHAT_RE.pattern)
+
+
+class SendFile(_Request):
+    type: Literal["send_file"]
+    path: str = Field(min_length=1, max_length=PATH_CAP)
+    caption: str | None = Field(None, max_length=4_000)
+    chat: str | None = Field(None, pattern=CHAT_RE.pattern)
+
+
+class UpdateMemory(_Request):
+    type: Literal["update_memory"]
+    content: str = Field(min_length=1, max_length=memory.ENTRY_CAP)
+
+
+class WriteFile(_Request):
+    type: Literal["write_file"]
+    target: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    path: str = Field(min_length=1, max_length=PATH_CAP)
+    content: str
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+
+
+class RegisterGroup(_Request):
+    type: Literal["register_group"]
+    chat: str = Field(pattern=CHAT_RE.pattern)
+    folder: str = Field(pattern=FOLDER_RE.pattern)
+    trigger: str | None = Field(None, min_length=1, max_length=64)
+    requires_trigger: bool | None = None
+
+
+class Cron(_Request):
+    cron: str = Field(max_length=200)
+    tz: str | None = Field(None, max_length=64)
+
+
+class Every(_Request):
+    every_s: int = Field(ge=MIN_EVERY_S, le=366 * 86_400)
+
+
+class At(_Request):
+    at: str = Field(max_length=64)
+
+
+Prompt = Annotated[str, Field(min_length=1, max_length=PROMPT_CAP)]
+Script = Annotated[str, Field(min_length=1, max_length=SCRIPT_CAP)]
+TaskId = Annotated[str, Field(pattern=TASK_ID)]
+
+
+class ScheduleTask(_Request):
+    type: Literal["schedule_task"]
+    prompt: Prompt
+    schedule: Cron | Every | At
+    context: Literal["group", "isolated"] = "isolated"
+    script: Script | None = None
+    catch_up: Literal["once", "skip"] = "once"
+    group: str | None = Field(None, pattern=FOLDER_RE.pattern)
+
+
+class UpdateTask(_Request):
+    type: Literal["update_task"]
+    task_id: TaskId
+    prompt: Prompt | None = None
+    schedule: Cron | Every | At | None = None
+    context: Literal["group", "isolated"] | None = None
+    script: Script | None = None
+    catch_up: Literal["once", "skip"] | None = None
+
+
+class TaskAction(_Request):
+    type: Literal["pause_task", "resume_task", "cancel_task"]
+    task_id: TaskId
+
+
+TaskRequest = ScheduleTask | UpdateTask | TaskAction
+Request = Annotated[
+    SendMessage | SendFile | UpdateMemory | WriteFile | RegisterGroup | TaskRequest,
+    Field(discriminator="type"),
+]
+REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
+
+
+def parse(data: object) -> Request:
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise IpcRejected('not a JSON object with a string "type"')
+    try:
+        return REQUEST.validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        if err["type"] == "union_tag_invalid":
+            raise IpcRejected(f"request type {data['type']!r} is not supported") from exc
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        raise IpcRejected(f"invalid {data['type']!r} request: {where}: {err['msg']}") from exc
+
+
+def to_schedule(spec: Cron | Every | At, now_ms: int) -> Schedule:
+    """The checked schedule; IpcRejected names what is wrong with it."""
+    if isinstance(spec, Cron):
+        if not valid_cron(spec.cron):
+            raise IpcRejected(f"not a 5-field cron expression: {spec.cron!r}")
+        if spec.tz is not None and not valid_zone(spec.tz):
+            raise IpcRejected(f"unknown timezone {spec.tz!r}")
+        return Schedule("cron", cron=spec.cron, tz=spec.tz)
+    if isinstance(spec, Every):
+        return Schedule("every", every_s=spec.every_s)
+    try:
+        at = datetime.fromisoformat(spec.at)
+    except ValueError as exc:
+        raise IpcRejected(f"at: not an ISO-8601 time: {spec.at!r}") from exc
+    if at.tzinfo is None:
+        raise IpcRejected("at: the time needs an offset, like 2026-11-23T08:00:00+05:30")
+    at_ms = int(at.timestamp() * 1000)
+    if at_ms < now_ms - 60_000:
+        raise IpcRejected(f"at: {spec.at} is in the past")
+    return Schedule("at", at_ms=at_ms)
+
+
+def _chat_rule(chat: str | None, folder: str, owner: str | None) -> str | None:
+    if chat is None or owner == folder:
+        return None
+    if owner is None:
+        return f"chat {chat} is not registered"
+    return None if folder == MAIN else "only main may send to another group's chat"
+
+
+def authorise(req: Request, folder: str, owner: str | None) -> str | None:
+    """None when `folder` may do this; otherwise the reason.
+
+    `owner` is the group that owns what the request names: the chat of a message or file,
+    the group a task is scheduled for, the task an action changes (None: no such thing).
+    """
+    is_main = folder == MAIN
+    if isinstance(req, SendMessage | SendFile):
+        return _chat_rule(req.chat, folder, owner)
+    if isinstance(req, UpdateMemory | WriteFile):
+        return None
+    if isinstance(req, RegisterGroup):
+        if not is_main:
+            return "register_group is allowed for main only"
+        return "folder 'global' is reserved" if req.folder == "global" else None
+    if isinstance(req, ScheduleTask):
+        if req.group is None or req.group == folder:
+            return None
+        if not is_main:
+            return "only main may schedule a task for another group"
+        return None if owner is not None else f"no group {req.group}"
+    if owner is None:
+        return f"no task {req.task_id}"
+    if owner != folder and not is_main:
+        return "only main may change another group's task"
+    return None

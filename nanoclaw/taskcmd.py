@@ -1,0 +1,90 @@
+"""`nanoclaw tasks list/runs/pause/resume/cancel`: the scheduled tasks and their run log.
+
+Works on the store directly, with or without a running daemon: the scheduler claims only
+active tasks, so a pause or cancel here holds from its next tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from nanoclaw.config import Settings
+from nanoclaw.db import now_ms
+from nanoclaw.store import Store
+from nanoclaw.tasks import CLAUDE_MD, Task, TaskRun, apply_action
+
+ACTIONS = ("pause", "resume", "cancel")
+
+
+def _when(ms: int | None, zone: ZoneInfo) -> str:
+    return "-" if ms is None else f"{datetime.fromtimestamp(ms / 1000, zone):%Y-%m-%d %H:%M %Z}"
+
+
+def task_line(task: Task, zone: ZoneInfo) -> str:
+    source = f"CLAUDE.md:{task.line}" if task.source == CLAUDE_MD else "agent"
+    first = task.prompt.splitlines()[0] if task.prompt else ""
+    gate = " [gate]" if task.script else ""
+    return (
+        f"{task.id:<16} {task.folder:<12} {task.status:<9} {task.schedule.describe():<28} "
+        f"next {_when(task.next_run_ms, zone):<22} {source:<14} {first[:60]}{gate}"
+    )
+
+
+def run_line(run: TaskRun, zone: ZoneInfo) -> str:
+    took = "-"
+    if run.started_ms is not None and run.ended_ms is not None:
+        took = f"{(run.ended_ms - run.started_ms) / 1000:.1f}s"
+    result = run.result.replace("\n", " ")[:80]
+    return (
+        f"{run.task_id:<16} due {_when(run.due_ms, zone):<22} started "
+        f"{_when(run.started_ms, zone):<22} {took:>7} {run.status:<11} "
+        f"{run.tokens:>7} tok  {result}"
+    )
+
+
+async def cmd_tasks(settings: Settings, store: Store, args: argparse.Namespace) -> int:
+    zone = settings.zone
+    if args.action == "list":
+        tasks = await store.tasks(args.group, with_gone=args.all)
+        for task in tasks:
+            print(task_line(task, zone))
+        if not tasks:
+            print("no tasks")
+        for folder, line, message in await store.problems(args.group):
+            print(f"groups/{folder}/CLAUDE.md line {line}: {message}")
+        return 0
+    if args.action == "runs":
+        runs = await store.task_runs(args.task_id, args.group, args.limit)
+        for run in runs:
+            print(run_line(run, zone))
+        if not runs:
+            print("no runs")
+        return 0
+    found = await store.task(args.task_id)
+    if found is None:
+        print(f"no task {args.task_id}")
+        return 1
+    try:
+        changed = apply_action(found, args.action, zone, now_ms())
+    except ValueError as exc:
+        print(exc)
+        return 1
+    await store.replace_task(changed)
+    print(task_line(changed, zone))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tasks = sub.add_parser("tasks", help="scheduled tasks and their run log")
+    tsub = tasks.add_subparsers(dest="action", required=True)
+    ls = tsub.add_parser("list", help="tasks (and CLAUDE.md lines that do not parse)")
+    ls.add_argument("group", nargs="?")
+    ls.add_argument("--all", action="store_true", help="also done, cancelled and removed")
+    runs = tsub.add_parser("runs", help="the run log, newest first")
+    runs.add_argument("task_id", nargs="?")
+    runs.add_argument("--group")
+    runs.add_argument("-n", "--limit", type=int, default=20)
+    for action in ACTIONS:
+        tsub.add_parser(action).add_argument("task_id")

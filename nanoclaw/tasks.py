@@ -1,0 +1,223 @@
+"""Scheduled tasks as records, and the pure decisions about them: when a task is due next,
+what a scheduler tick does with a due task, and how a CLAUDE.md edit changes a group's tasks.
+
+Every next run is counted from the scheduled time, never from when a run finished, so a
+schedule does not drift; after downtime a task runs once (`catch_up = once`) or not (`skip`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from nanoclaw.schedule import CronTask, next_run
+
+Kind = Literal["cron", "every", "at"]
+Context = Literal["group", "isolated"]
+CatchUp = Literal["once", "skip"]
+CLAUDE_MD = "claude_md"
+AGENT = "agent"
+LATE_MS = 60_000  # a run this late or later counts as missed for catch_up = skip
+MIN_EVERY_S = 60
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: Kind
+    cron: str = ""
+    tz: str | None = None
+    every_s: int = 0
+    at_ms: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "cron":
+            return {"cron": self.cron, **({"tz": self.tz} if self.tz else {})}
+        if self.kind == "every":
+            return {"every_s": self.every_s}
+        return {"at": datetime.fromtimestamp(self.at_ms / 1000, UTC).isoformat()}
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Schedule:
+        if "cron" in data:
+            return Schedule("cron", cron=str(data["cron"]), tz=data.get("tz"))
+        if "every_s" in data:
+            return Schedule("every", every_s=int(data["every_s"]))
+        at = datetime.fromisoformat(str(data["at"]))
+        return Schedule("at", at_ms=int(at.timestamp() * 1000))
+
+    def describe(self) -> str:
+        if self.kind == "cron":
+            return f"cron {self.cron}" + (f" ({self.tz})" if self.tz else "")
+        if self.kind == "every":
+            return f"every {self.every_s}s"
+        return f"at {self.to_json()['at']}"
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    folder: str
+    source: str
+    prompt: str
+    schedule: Schedule
+    context: Context = "isolated"
+    script: str | None = None
+    catch_up: CatchUp = "once"
+    status: str = "active"  # active, paused, done, cancelled, removed (gone from CLAUDE.md)
+    next_run_ms: int | None = None
+    last_run_ms: int | None = None
+    created_ms: int = 0
+    line: int = 0  # for CLAUDE.md tasks: the line of its "# Cron:"
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    id: int
+    task_id: str
+    folder: str
+    due_ms: int
+    status: str  # pending, running, ok, silent, failed, skipped, cancelled, interrupted
+    run_id: int | None = None
+    started_ms: int | None = None
+    ended_ms: int | None = None
+    result: str = ""
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one tick does with a due task: run it for `due_ms` (or log it skipped), move on."""
+
+    due_ms: int
+    run: bool
+    next_run_ms: int | None
+    reason: str = ""
+
+
+def zone_of(schedule: Schedule, default: ZoneInfo) -> ZoneInfo:
+    return ZoneInfo(schedule.tz) if schedule.tz else default
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def first_run(schedule: Schedule, default: ZoneInfo, now_ms: int) -> int | None:
+    """When a new (or resumed) task runs first."""
+    if schedule.kind == "cron":
+        return _ms(next_run(schedule.cron, zone_of(schedule, default), _at(now_ms)))
+    if schedule.kind == "every":
+        return now_ms + schedule.every_s * 1000
+    return schedule.at_ms
+
+
+def following(schedule: Schedule, default: ZoneInfo, due_ms: int, now_ms: int) -> int | None:
+    """The first slot after `now_ms`, counted from the scheduled time `due_ms` (no drift)."""
+    if schedule.kind == "at":
+        return None
+    if schedule.kind == "every":
+        step = schedule.every_s * 1000
+        return due_ms + step * ((max(now_ms - due_ms, 0) // step) + 1)
+    return _ms(next_run(schedule.cron, zone_of(schedule, default), _at(max(due_ms, now_ms))))
+
+
+def claim(task: Task, default: ZoneInfo, now_ms: int) -> Claim | None:
+    """The tick's decision for one task; None when it is not due."""
+    if task.status != "active" or task.next_run_ms is None or task.next_run_ms > now_ms:
+        return None
+    due = task.next_run_ms
+    after = following(task.schedule, default, due, now_ms)
+    if task.catch_up == "skip" and now_ms - due >= LATE_MS:
+        late = (now_ms - due) // 1000
+        return Claim(due, False, after, f"missed by {late}s while down; catch_up is skip")
+    return Claim(due, True, after)
+
+
+def claude_md_id(folder: str, entry: CronTask) -> str:
+    """Same entry, same id: unchanged tasks keep their state across edits and restarts."""
+    key = json.dumps([folder, entry.cron, entry.tz, entry.prompt])
+    return "md-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def from_claude_md(folder: str, entry: CronTask) -> Task:
+    return Task(
+        id=claude_md_id(folder, entry),
+        folder=folder,
+        source=CLAUDE_MD,
+        prompt=entry.prompt,
+        schedule=Schedule("cron", cron=entry.cron, tz=entry.tz),
+        context="group",
+        line=entry.line,
+    )
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    add: tuple[Task, ...]  # new, or back in the file after being removed
+    keep: tuple[tuple[str, int], ...]  # (id, line) still in the file: state kept, line moved
+    remove: tuple[str, ...]  # no longer in the file
+    duplicates: tuple[tuple[int, int], ...]  # (line, line of the first identical entry)
+
+
+def plan_sync(existing: dict[str, str], wanted: list[Task]) -> SyncPlan:
+    """Compare a group's CLAUDE.md tasks in the store ({id: status}) with the file's."""
+    add: list[Task] = []
+    keep: list[tuple[str, int]] = []
+    first_line: dict[str, int] = {}
+    duplicates: list[tuple[int, int]] = []
+    for task in wanted:
+        if task.id in first_line:
+            duplicates.append((task.line, first_line[task.id]))
+            continue
+        first_line[task.id] = task.line
+        status = existing.get(task.id)
+        if status is None or status == "removed":
+            add.append(task)
+        else:
+            keep.append((task.id, task.line))
+    gone = tuple(i for i, s in existing.items() if i not in first_line and s != "removed")
+    return SyncPlan(tuple(add), tuple(keep), gone, tuple(duplicates))
+
+
+def iso(ms: int | None, zone: ZoneInfo) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, zone).isoformat()
+
+
+def task_json(task: Task, zone: ZoneInfo) -> dict[str, Any]:
+    """One entry of /ipc/tasks.json, as the agent's list_tasks tool reads it."""
+    return {
+        "id": task.id,
+        "group": task.folder,
+        "source": task.source,
+        "prompt": task.prompt,
+        "schedule": task.schedule.to_json(),
+        "context": task.context,
+        "script": task.script,
+        "catch_up": task.catch_up,
+        "status": task.status,
+        "next_run": iso(task.next_run_ms, zone),
+        "last_run": iso(task.last_run_ms, zone),
+    }
+
+
+def apply_action(task: Task, action: str, default: ZoneInfo, now_ms: int) -> Task:
+    """pause, resume or cancel; ValueError says why the task cannot be."""
+    if task.status not in ("active", "paused"):
+        raise ValueError(f"task {task.id} is {task.status}")
+    if action == "pause":
+        return replace(task, status="paused")
+    if action == "resume":
+        return replace(task, status="active", next_run_ms=first_run(task.schedule, default, now_ms))
+    if action != "cancel":
+        raise ValueError(f"unknown action {action!r}")
+    if task.source == CLAUDE_MD:
+        raise ValueError(f"task {task.id} comes from CLAUDE.md: delete it from the file")
+    return replace(task, status="cancelled", next_run_ms=None)
