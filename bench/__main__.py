@@ -20,6 +20,7 @@ from bench.agent import cold_start
 from bench.core import LATENCY_TARGET_MS, pipeline
 from bench.idle import IDLE_TARGET_PCT, idle_cpu
 from bench.ingest import INGEST_TARGET, ingest
+from bench.load import load
 from bench.report import Figure, failed, load_average, machine, table, write_json
 from bench.spawn import COLD_TARGET, SPAWN_TARGET, sandbox_spawn
 
@@ -36,10 +37,11 @@ class Plan:
     ingest_s: float
     ingest_max: int
     idle_s: float
+    load: int  # messages per level of the load figure
 
 
-FULL = Plan(30, 10, 10, 20, 50, 5.0, 20_000, 10.0)
-QUICK = Plan(10, 3, 3, 8, 15, 2.0, 5_000, 5.0)
+FULL = Plan(30, 10, 10, 20, 50, 5.0, 20_000, 10.0, 100)
+QUICK = Plan(10, 3, 3, 8, 15, 2.0, 5_000, 5.0, 30)
 
 
 def _measure(key: str, name: str, target: str, fn: Callable[[], list[Figure]]) -> list[Figure]:
@@ -81,6 +83,10 @@ def run(plan: Plan, fake: FakeAnthropic) -> list[Figure]:
     figures += _measure(
         "idle_cpu", "daemon idle CPU", f"<= {IDLE_TARGET_PCT:g} %",
         lambda: [idle_cpu(plan.idle_s, fake.base_url)],
+    )  # fmt: skip
+    figures += _measure(
+        "load", "load: msg/s at 1, 5 and 20 groups (no SPEC target)", "-",
+        lambda: load(fake, plan.load),
     )  # fmt: skip
     return figures
 

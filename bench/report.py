@@ -57,7 +57,7 @@ def _num(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
     if unit == "msg/s":
-        return f"{value:,.0f} {unit}"
+        return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
     if unit == "%":
         return f"{value:.2f} %"
     return f"{value:.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from bench.home import make_home
 from bench.report import Figure, median
+from nanoclaw.cgroup import RunCgroup
 from nanoclaw.launcher import AGENT_CODE
 from nanoclaw.sandbox import (
     SandboxPlan,
     bwrap_argv,
     detect_runtime,
     hide_args,
-    limits_prefix,
     write_etc,
 )
 
@@ -59,12 +59,13 @@ def _plan(home: Path) -> SandboxPlan:
     )
 
 
-def full_plan_commands(home: Path) -> tuple[Command, Command]:
-    """prlimit + bwrap with the whole mount plan for `main` running /bin/true: as the runner
-    starts it (options through `--args FD`), and as one plain argv."""
+def full_plan_commands(home: Path, cgroup: RunCgroup) -> tuple[Command, Command]:
+    """bwrap with the whole mount plan for `main` running /bin/true (prlimit inside), joined
+    to the run's cgroup: as the runner starts it (options through `--args FD`), and as one
+    plain argv."""
     plan = _plan(home)
     argv = bwrap_argv(plan, ["/bin/true"])
-    prefix = tuple(limits_prefix(plan.limits))
+    prefix = tuple(cgroup.prefix())
     return Command(argv, prefix, hide=True), Command([*prefix, *argv])
 
 
@@ -108,8 +109,12 @@ def interleaved(cmds: list[Command], n: int, warmup: int = 2) -> list[list[float
 
 def sandbox_spawn(n: int) -> Figure:
     with tempfile.TemporaryDirectory(prefix="nanoclaw-bench-") as tmp:
-        runner, plain = full_plan_commands(Path(tmp))
-        floors, fulls, plains = interleaved([Command(MINIMAL_BWRAP), runner, plain], n)
+        cgroup = RunCgroup.create(_plan(Path(tmp)).limits, "bench")
+        try:
+            runner, plain = full_plan_commands(Path(tmp), cgroup)
+            floors, fulls, plains = interleaved([Command(MINIMAL_BWRAP), runner, plain], n)
+        finally:
+            cgroup.remove()
     floor_ms, full_ms = median(floors) * 1000, median(fulls) * 1000
     ratio = full_ms / floor_ms
     return Figure(
@@ -127,7 +132,8 @@ def sandbox_spawn(n: int) -> Figure:
             "floor_min_ms": min(floors) * 1000,
             "plain_argv_ms": median(plains) * 1000,
         },
-        note="floor = minimal bwrap of /bin/true; full = prlimit + bwrap --args FD as the runner",
+        note="floor = minimal bwrap of /bin/true; full = cgroup jail + bwrap --args FD + "
+        "prlimit inside, as the runner",
     )
 
 

@@ -11,6 +11,10 @@ from urllib.parse import unquote
 
 from nanoclaw.models import InboundMessage
 
+# origin_server_ts is whatever a (federated, maybe hostile) server claims: keep 0 (unknown)
+# unless it is a time the store and the prompt can hold (up to the end of year 9999).
+MAX_TS_MS = 253_402_300_799_999
+
 PLACEHOLDERS = {
     "m.image": "[Image{name}]",
     "m.file": "[File{name}]",
@@ -28,6 +32,8 @@ def content_of(event: dict[str, Any]) -> dict[str, Any]:
 def body_of(content: dict[str, Any], sender_name: str) -> str | None:
     """The text the agent sees; None for what it must not see (notices from other bots)."""
     msgtype = content.get("msgtype")
+    if msgtype is not None and not isinstance(msgtype, str):
+        return None  # any JSON may stand here; a list would not even hash
     body = content.get("body")
     body = body if isinstance(body, str) else ""
     if msgtype in ("m.text", None):
@@ -59,6 +65,8 @@ def split_reply_fallback(body: str) -> tuple[str, str, str]:
 
 
 def reply_target(content: dict[str, Any]) -> str | None:
+    if not isinstance(content, dict):  # the channel passes the raw event's content
+        return None
     relates = content.get("m.relates_to")
     if not isinstance(relates, dict):
         return None
@@ -104,16 +112,25 @@ def normalise(
         quoted_sender, quoted, text = "", "", body
     ts = event.get("origin_server_ts")
     return InboundMessage(
-        chat_id=f"mx:{room_id}",
-        platform_id=event_id,
-        sender_id=f"mx:{sender}",
-        sender_name=sender_name,
-        text=text or body,
-        ts_ms=ts if isinstance(ts, int) else 0,
-        chat_name=room_name,
+        chat_id=_text(f"mx:{room_id}"),
+        platform_id=_text(event_id),
+        sender_id=_text(f"mx:{sender}"),
+        sender_name=_text(sender_name),
+        text=_text(text or body),
+        ts_ms=ts if type(ts) is int and 0 <= ts <= MAX_TS_MS else 0,
+        chat_name=_text(room_name),
         is_group_chat=is_group,
         mentions_bot=mentions_me(content, me),
         reply_to_bot=replied_to_sender == me,
-        reply_to_sender=quoted_sender or (replied_to_sender or ""),
-        reply_to_text=quoted,
+        reply_to_sender=_text(quoted_sender or (replied_to_sender or "")),
+        reply_to_text=_text(quoted),
     )
+
+
+def _text(value: str) -> str:
+    """A JSON "\\ud800" escape decodes to a lone surrogate, which SQLite cannot store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value

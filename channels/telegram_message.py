@@ -6,6 +6,7 @@ context, and the two platform trigger signals: a mention of the bot and a reply 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from aiogram.types import Message, User
@@ -69,7 +70,8 @@ def mentions(msg: Message, username: str) -> bool:
             ]
             if found.decode("utf-16-le").casefold() == handle:
                 return True
-    return handle in text.casefold()
+    # a whole handle only: "@andy_bot2" is another account, not a mention of @andy_bot
+    return re.search(rf"(?<!\w){re.escape(handle)}(?!\w)", text.casefold()) is not None
 
 
 def command(msg: Message, username: str) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import os
+import shutil
 import sys
 import time
 import uuid
@@ -31,8 +33,11 @@ class TerminalChannel:
     name = "term"
     max_message_len = 50_000
 
-    def __init__(self, assistant_name: str, out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self, assistant_name: str, out: TextIO = sys.stdout, received: Path | None = None
+    ) -> None:
         self.assistant_name = assistant_name
+        self.received = received  # where files sent to the terminal are kept
         self.current = "term:main"
         self.out = out
         self.delivered = 0
@@ -52,13 +57,31 @@ class TerminalChannel:
     async def send_file(
         self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
     ) -> None:
-        """The file stays where the router put it: say where, like a reply."""
+        """Keep a copy in `received` (the router deletes its own) and say where, like a reply."""
         try:
-            size, where = await asyncio.to_thread(lambda: (path.stat().st_size, path.absolute()))
+            size, where = await asyncio.to_thread(self._keep, path, name)
         except OSError as exc:
-            raise PermanentDeliveryError(f"terminal: no file at {path}") from exc
+            raise PermanentDeliveryError(f"terminal: cannot keep the file {name}: {exc}") from exc
         line = f"📎 {name} ({file_size(size)}) saved at {where}"
         await self.send(chat_id, f"{line}\n{caption}" if caption.strip() else line, key)
+
+    def _keep(self, path: Path, name: str) -> tuple[int, Path]:
+        size = path.stat().st_size
+        if self.received is None:
+            return size, path.absolute()
+        self.received.mkdir(parents=True, exist_ok=True)
+        stem, suffix = Path(name).stem or "file", Path(name).suffix
+        for n in range(1, 10_000):
+            target = self.received / (name if n == 1 else f"{stem} ({n}){suffix}")
+            try:
+                os.link(path, target)  # same file system: no copy; never overwrites
+            except FileExistsError:
+                continue
+            except OSError:
+                with target.open("xb") as out, path.open("rb") as src:
+                    shutil.copyfileobj(src, out)
+            return size, target.absolute()
+        raise OSError(f"too many files named {name} in {self.received}")
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
         if typing and self.out.isatty():
@@ -66,7 +89,7 @@ class TerminalChannel:
 
 
 def create(settings: Settings) -> TerminalChannel:
-    return TerminalChannel(settings.assistant_name)
+    return TerminalChannel(settings.assistant_name, received=settings.layout.received)
 
 
 def file_size(size: int) -> str:

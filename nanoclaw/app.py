@@ -25,8 +25,10 @@ from nanoclaw.ipc import IpcHandler
 from nanoclaw.launcher import AgentSettings, Launcher, RunOptions, prepare_dirs
 from nanoclaw.models import MAIN, Group
 from nanoclaw.orchestrator import Orchestrator, Rules
+from nanoclaw.proxy import Budget
 from nanoclaw.router import Router
 from nanoclaw.runner import AgentRun
+from nanoclaw.sandbox import write_etc
 from nanoclaw.scheduler import Scheduler
 from nanoclaw.store import Store
 from nanoclaw.taskfile import TaskFile
@@ -71,6 +73,7 @@ def agent_settings(settings: Settings) -> AgentSettings:
         timeout_s=settings.agent_timeout_s,
         api_key=key,
         base_url=settings.anthropic_base_url,
+        budget=Budget(settings.group_daily_requests, settings.group_daily_tokens),
     )
 
 
@@ -141,8 +144,10 @@ class Core:
     async def _gate(self, group: Group, script: str) -> Gate:
         if self.launcher is None:
             raise SandboxError("the daemon is not running")
+        plan = self.launcher.plan(group)
         await asyncio.to_thread(prepare_dirs, self.layout, group.folder)
-        return await run_gate(self.launcher.plan(group), script, GATE_TIMEOUT_S)
+        await asyncio.to_thread(write_etc, plan.etc)
+        return await run_gate(plan, script, GATE_TIMEOUT_S)
 
     async def _drain(self, folder: str) -> int:
         return await self.ipc.drain(folder)

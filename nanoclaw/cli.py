@@ -1,4 +1,4 @@
-"""The `nanoclaw` command (SPEC section 9): run, chat, groups, chats, tasks, doctor.
+"""The `nanoclaw` command (SPEC section 9): run, chat, groups, chats, tasks, usage, doctor.
 
 Settings are built here, once, and passed down; a bad setting ends the command with one
 line naming it and exit code 2, never a traceback.
@@ -15,10 +15,11 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from nanoclaw import doctor, exports, taskcmd
+from nanoclaw import doctor, exports, taskcmd, usagecmd
 from nanoclaw.app import Core, ensure_main, open_store, try_lock
 from nanoclaw.channel import Ingest, enabled_channels, load_channels
 from nanoclaw.config import SENDER_RE, Settings, load_settings, require_credential
+from nanoclaw.egress import parse_domains
 from nanoclaw.errors import ConfigError, NanoclawError
 from nanoclaw.models import CHAT_RE, Group, valid_folder
 from nanoclaw.router import Router
@@ -26,6 +27,7 @@ from nanoclaw.router import Router
 log = logging.getLogger("nanoclaw")
 GROUP_KEYS = (
     "name", "trigger", "requires_trigger", "network", "allowed_senders", "model", "chat", "exports",
+    "domains",
 )  # fmt: skip
 
 
@@ -58,7 +60,7 @@ async def cmd_run(settings: Settings) -> int:
 async def cmd_chat(settings: Settings, folder: str) -> int:
     from channels.terminal import TerminalChannel, TerminalChat
 
-    channel = TerminalChannel(settings.assistant_name)
+    channel = TerminalChannel(settings.assistant_name, received=settings.layout.received)
     async with open_store(settings) as store:
         await ensure_main(store)
         lock = try_lock(settings.layout.lock)
@@ -91,6 +93,7 @@ async def cmd_chat(settings: Settings, folder: str) -> int:
 def _group_line(g: Group) -> str:
     trig = "no trigger" if not g.requires_trigger else f"trigger {g.trigger or 'default'}"
     line = f"{g.folder:<16} {trig:<20} net={g.network:<9} chats={','.join(g.chats) or '-'}"
+    line += f" domains={','.join(g.domains) or '-'}" if g.network == "allowlist" else ""
     return line + (f" exports={','.join(g.exports)}" if g.exports else "")
 
 
@@ -117,6 +120,8 @@ def apply_setting(group: Group, key: str, value: str) -> Group:
     if key == "exports":
         entries = [v.strip() for v in value.split(",") if v.strip()]
         return replace(group, exports=exports.format_exports(exports.parse_exports(entries)))
+    if key == "domains":
+        return replace(group, domains=parse_domains(value.split(",")))
     if key == "name":
         return replace(group, name=value or group.folder)
     if key == "trigger":
@@ -203,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("pairs", nargs="+")
     sub.add_parser("chats", help="chats seen, registered or not")
     taskcmd.add_parser(sub)
+    usagecmd.add_parser(sub)
     sub.add_parser("doctor", help="check bwrap, namespaces, credential, store, channels")
     return p
 
@@ -222,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cmd_chats(settings))
         if args.command == "tasks":
             return asyncio.run(cmd_tasks(settings, args))
+        if args.command == "usage":
+            return asyncio.run(usagecmd.run(settings, args))
         return asyncio.run(cmd_doctor(settings))
     except ConfigError as exc:
         print(f"nanoclaw: {exc}", file=sys.stderr)

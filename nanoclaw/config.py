@@ -27,6 +27,8 @@ FIXES = {
     "TZ": "use an IANA zone name such as Europe/Berlin",
     "XMPP_TLS": "use required, direct or off",
     "LOG_LEVEL": "use debug, info, warning or error",
+    "GROUP_DAILY_REQUESTS": "use a whole number of requests per group and day, 0 for no limit",
+    "GROUP_DAILY_TOKENS": "use a whole number of tokens per group and day, 0 for no limit",
 }
 
 
@@ -62,8 +64,13 @@ class Settings(BaseSettings):
     nanoclaw_model: str = Field(DEFAULT_MODEL, min_length=1, alias="NANOCLAW_MODEL")
     max_concurrent_agents: int = Field(5, ge=1, le=256, alias="MAX_CONCURRENT_AGENTS")
     poll_interval_ms: int = Field(250, ge=10, le=60_000, alias="POLL_INTERVAL_MS")
-    agent_idle_timeout_s: float = Field(600, gt=0, alias="AGENT_IDLE_TIMEOUT_S")
-    agent_timeout_s: float = Field(1800, gt=0, alias="AGENT_TIMEOUT_S")
+    agent_idle_timeout_s: float = Field(
+        600, gt=0, allow_inf_nan=False, alias="AGENT_IDLE_TIMEOUT_S"
+    )
+    agent_timeout_s: float = Field(1800, gt=0, allow_inf_nan=False, alias="AGENT_TIMEOUT_S")
+    # Per group and calendar day in TZ; 0 is unlimited. Tokens: input + cache writes + output.
+    group_daily_requests: int = Field(500, ge=0, alias="GROUP_DAILY_REQUESTS")
+    group_daily_tokens: int = Field(2_000_000, ge=0, alias="GROUP_DAILY_TOKENS")
     tz: str = Field(default_factory=_host_tz, alias="TZ")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
 
@@ -118,8 +125,8 @@ class Settings(BaseSettings):
             value = _host_tz()
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {value!r}") from exc
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a tzdata dir
+            raise ValueError(f"unknown timezone {value[:64]!r}") from exc
         return value
 
     @field_validator("anthropic_base_url", "telegram_api_url")
@@ -165,6 +172,10 @@ def load_settings(env_file: Path | None = Path(".env"), **overrides: Any) -> Set
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{env_file}: not UTF-8 (byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"{env_file}: cannot be read: {exc.strerror}") from exc
 
 
 def require_credential(settings: Settings) -> None:

@@ -16,7 +16,7 @@ from nanoclaw.channel import enabled_channels, load_channels
 from nanoclaw.config import Settings
 from nanoclaw.errors import StoreError
 from nanoclaw.launcher import AGENT_CODE
-from nanoclaw.sandbox import SandboxPlan, bwrap_argv, detect_runtime, limits_prefix, write_etc
+from nanoclaw.sandbox import SandboxPlan, bwrap_argv, detect_runtime, write_etc
 from nanoclaw.store import Store
 
 
@@ -65,7 +65,7 @@ def check_sandbox(settings: Settings) -> Check:
         etc=write_etc(layout.sandbox_etc), runtime=runtime,
     )  # fmt: skip
     code = f"import sys; sys.path[:0] = {list(runtime.site_dirs)!r}; import anthropic"
-    argv = limits_prefix(plan.limits) + bwrap_argv(plan, [runtime.python, "-I", "-c", code])
+    argv = bwrap_argv(plan, [runtime.python, "-I", "-c", code])  # limits are inside
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=60, env={})
     except (OSError, subprocess.TimeoutExpired) as exc:

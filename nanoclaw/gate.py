@@ -13,7 +13,9 @@ import os
 import signal
 from dataclasses import dataclass
 
-from nanoclaw.sandbox import SandboxPlan, bwrap_argv, hide_args, limits_prefix
+from nanoclaw.cgroup import RunCgroup
+from nanoclaw.errors import SandboxError
+from nanoclaw.sandbox import SandboxPlan, bwrap_argv, hide_args
 
 DATA_CAP = 16 * 1024
 STDERR_TAIL = 2 * 1024
@@ -67,7 +69,7 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def _start(plan: SandboxPlan, script: str) -> asyncio.subprocess.Process:
+async def _start(plan: SandboxPlan, script: str, cgroup: RunCgroup) -> asyncio.subprocess.Process:
     # bwrap binds llm.sock read-only, so its source must exist; the gate has no model
     # proxy, and the proxy replaces this placeholder when a run starts.
     with contextlib.suppress(FileExistsError):
@@ -80,7 +82,7 @@ async def _start(plan: SandboxPlan, script: str) -> asyncio.subprocess.Process:
         os.close(write_end)
         write_end = -1
         return await asyncio.create_subprocess_exec(
-            *limits_prefix(plan.limits),
+            *cgroup.prefix(),
             *short,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -120,9 +122,14 @@ async def run_gate(
     plan: SandboxPlan, script: str, timeout_s: float = 60.0, output_cap: int = 64 * 1024
 ) -> Gate:
     """Run `script` with bash in /workspace of the sandbox; never raises for its behaviour."""
+    try:  # the same cgroup caps as a run: as root, RLIMIT_NPROC binds nothing
+        cgroup = await asyncio.to_thread(RunCgroup.create, plan.limits, "gate")
+    except SandboxError as exc:
+        return Gate(False, reason=str(exc))
     try:
-        proc = await _start(plan, script)
+        proc = await _start(plan, script, cgroup)
     except OSError as exc:
+        await asyncio.to_thread(cgroup.remove)
         return Gate(False, reason=f"cannot start the sandbox: {exc}")
     assert proc.stderr is not None
     # Both pipes are read to the end whatever happens, so that `proc.wait()` can return.
@@ -139,6 +146,7 @@ async def run_gate(
         await proc.wait()
         stdout.cancel()
         stderr.cancel()
+        await asyncio.to_thread(cgroup.remove)
     if out is None:
         return Gate(False, reason=f"output larger than {output_cap} bytes")
     gate = parse_gate_output(out.decode(errors="replace"), code)

@@ -39,6 +39,13 @@ from nanoclaw.tasks import AGENT, CLAUDE_MD, Task, apply_action, first_run
 
 log = logging.getLogger(__name__)
 TASK_ID_OF_NAME = slice(14, -5)  # "<13 digits>-<id>.json" -> "<id>"
+CLAUDE_MD_ID_PREFIX = "md-"  # tasks.claude_md_id: an agent must not squat a future one
+
+
+def _request_part(task: Task) -> tuple[object, ...]:
+    """What a schedule_task file decides about its task (not times or state)."""
+    return (task.folder, task.source, task.prompt, task.schedule, task.context, task.script,
+            task.catch_up)  # fmt: skip
 
 
 class IpcHandler:
@@ -194,9 +201,12 @@ class IpcHandler:
                 catch_up=req.catch_up, next_run_ms=first_run(schedule, self._zone, now),
                 created_ms=now,
             )  # fmt: skip
+            if task.id.startswith(CLAUDE_MD_ID_PREFIX):
+                raise IpcRejected(f"task id {task.id}: '{CLAUDE_MD_ID_PREFIX}' is for CLAUDE.md")
             if not await self._store.add_task(task):
+                # the same file acted on before its name was recorded, or another task's id
                 same = await self._store.task(task.id)
-                if same is None or same.folder != task.folder or same.source != AGENT:
+                if same is None or _request_part(same) != _request_part(task):
                     raise IpcRejected(f"task id {task.id} is taken")
             return f"scheduled {task.id} ({schedule.describe()})", task.folder
         found = await self._store.task(req.task_id)

@@ -18,7 +18,8 @@ from typing import Any
 
 from nanoclaw.errors import IpcRejected
 
-NAME_RE = re.compile(r"^\d{13}-[A-Za-z0-9_-]{1,64}\.json$")
+# ASCII digits only (\d would take any script's) and \Z, not $ (which allows a final "\n").
+NAME_RE = re.compile(r"^[0-9]{13}-[A-Za-z0-9_-]{1,64}\.json\Z")
 FILE_CAP = 1024 * 1024
 SUBDIRS = ("outbound", "input", "errors")
 TASKS_FILE = "tasks.json"
@@ -53,31 +54,64 @@ def list_names(root: Path, folder: str, sub: str = "outbound") -> list[str]:
 
 
 def read_request(root: Path, folder: str, name: str) -> Any:
-    """Read and parse one outbound file; IpcRejected says why it is unusable."""
+    """Read and parse one outbound file; IpcRejected says why it is unusable.
+
+    FileNotFoundError passes through: the file went between listing and reading.
+    """
     if not NAME_RE.match(name):
         raise IpcRejected("file name is not <unix-ms>-<random>.json")
-    dfd = os.open(ipc_dir(root, folder) / "outbound", DIR_FLAGS)
+    try:
+        dfd = os.open(ipc_dir(root, folder) / "outbound", DIR_FLAGS)
+    except OSError as exc:  # the agent swapped the directory for a link, a file or a FIFO
+        raise IpcRejected(f"outbound/ cannot be opened safely: {exc.strerror}") from exc
     try:
         try:
             fd = os.open(
                 name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd
             )
+        except FileNotFoundError:
+            raise
         except OSError as exc:
             raise IpcRejected(f"cannot open safely: {exc.strerror}") from exc
+        # checked on the raw fd: os.fdopen itself refuses a directory (and keeps the fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IpcRejected("not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise IpcRejected("not a regular file")
             data = fh.read(FILE_CAP + 1)
     finally:
         os.close(dfd)
     if len(data) > FILE_CAP:
         raise IpcRejected(f"larger than {FILE_CAP} bytes")
     try:
-        return json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise IpcRejected(f"not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise IpcRejected(f"malformed JSON: {exc.msg} at line {exc.lineno}") from exc
+    except RecursionError as exc:
+        raise IpcRejected("malformed JSON: nested too deeply") from exc
+    except ValueError as exc:  # an integer of more digits than int() may convert
+        raise IpcRejected(f"malformed JSON: {str(exc)[:80]}") from exc
+    _require_unicode(value)
+    return value
+
+
+def _require_unicode(value: Any) -> None:
+    """Refuse strings no UTF-8 file, database or log can hold (a "\\ud800" escape alone)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise IpcRejected("a JSON string holds an unpaired surrogate escape") from exc
 
 
 def remove(root: Path, folder: str, name: str) -> None:
@@ -86,33 +120,38 @@ def remove(root: Path, folder: str, name: str) -> None:
         os.unlink(name, dir_fd=dfd)
     except FileNotFoundError:
         pass
-    except IsADirectoryError:
-        shutil.rmtree(ipc_dir(root, folder) / "outbound" / name, ignore_errors=True)
+    except IsADirectoryError:  # through the fd: a path could follow a swapped-in link
+        shutil.rmtree(name, dir_fd=dfd, ignore_errors=True)
     finally:
         os.close(dfd)
 
 
 def set_aside(root: Path, folder: str, name: str, reason: str) -> None:
-    """Move a refused file into errors/ (host-only) with a note of why."""
+    """Move a refused file into errors/ (host-only) with a note of why.
+
+    Each kept file gets a name of its own (two agent names may clean to the same one), and
+    the note is created new, never opened over something already there (a FIFO would block).
+    """
     base = ipc_dir(root, folder)
     src = os.open(base / "outbound", DIR_FLAGS)
     dst = os.open(base / "errors", DIR_FLAGS)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100] or "unnamed"
-    target = f"{int(time.time() * 1000)}-{safe}"
+    target = f"{int(time.time() * 1000)}-{secrets.token_hex(4)}-{safe}"
     try:
         try:
             os.rename(name, target, src_dir_fd=src, dst_dir_fd=dst)
         except FileNotFoundError:
-            pass
+            return  # gone meanwhile (handled by a concurrent step): nothing to keep or explain
         except OSError:
             remove(root, folder, name)
         note = os.open(
             f"{target}.reason.txt",
-            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
             0o600,
             dir_fd=dst,
         )
-        with os.fdopen(note, "w", encoding="utf-8") as fh:
+        # backslashreplace: a name read from disk may hold undecodable bytes (surrogates)
+        with os.fdopen(note, "w", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(f"{name}: {reason}\n")
     finally:
         os.close(src)
@@ -150,6 +189,6 @@ def clear_input(root: Path, folder: str) -> None:
             try:
                 os.unlink(name, dir_fd=dfd)
             except IsADirectoryError:
-                shutil.rmtree(directory / name, ignore_errors=True)
+                shutil.rmtree(name, dir_fd=dfd, ignore_errors=True)
     finally:
         os.close(dfd)

@@ -8,20 +8,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import ClientSession
 
 import nanoclaw.agent
+from nanoclaw import ipcfs
+from nanoclaw.agent.relay import RELAY_PORT, proxy_env
+from nanoclaw.egress import EgressProxy
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group, Usage
-from nanoclaw.proxy import ModelProxy
-from nanoclaw.runner import AgentRun
+from nanoclaw.proxy import Budget, BudgetGuard, ModelProxy
+from nanoclaw.runner import AgentRun, Outcome
 from nanoclaw.sandbox import Runtime, SandboxPlan, detect_runtime, write_etc
 from nanoclaw.store import Store
 
 AGENT_CODE = Path(nanoclaw.agent.__file__).parent
+EGRESS_SOCK = "egress.sock"
+EgressFactory = Callable[[Group, str], EgressProxy]
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class AgentSettings:
     timeout_s: float
     api_key: str
     base_url: str
+    budget: Budget = field(default_factory=Budget)  # per group and day; default unlimited
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,41 @@ MESSAGE_RUN = RunOptions()
 def prepare_dirs(layout: Layout, folder: str) -> None:
     for path in (layout.groups / folder, layout.groups / "global", layout.skills):
         path.mkdir(parents=True, exist_ok=True)
+    # What a sandbox writes lies below groups/ and store/: only the owner may reach it. (A
+    # file the agent made setuid in /workspace is then no door for other local users.)
+    for path in (layout.groups, layout.store):
+        if path.is_dir() and path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+
+
+def group_egress(group: Group, label: str) -> EgressProxy:
+    return EgressProxy(group.domains, label)
+
+
+class _Run(AgentRun):
+    """An `AgentRun` whose egress proxy (allowlist policy) lives exactly as long as the run."""
+
+    def __init__(self, egress: EgressProxy | None, sock: Path, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._egress, self._egress_sock = egress, sock
+
+    async def start(self) -> None:
+        if self._egress is None:
+            return await super().start()
+        ipcfs.ensure_dirs(self._ipc_root, self.folder)
+        await self._egress.start(self._egress_sock)
+        try:
+            await super().start()
+        except BaseException:
+            await self._egress.stop()
+            raise
+
+    async def wait(self) -> Outcome:
+        try:
+            return await super().wait()
+        finally:
+            if self._egress is not None:
+                await self._egress.stop()
 
 
 class Launcher:
@@ -59,12 +103,14 @@ class Launcher:
         agent: AgentSettings,
         session: ClientSession,
         runtime: Runtime | None = None,
+        egress: EgressFactory = group_egress,
     ) -> None:
         self._store = store
         self._layout = layout
         self._agent = agent
         self._session = session
         self._runtime = runtime or detect_runtime()
+        self._egress = egress
 
     def plan(self, group: Group) -> SandboxPlan:
         return SandboxPlan(
@@ -77,8 +123,23 @@ class Launcher:
             etc=self._layout.sandbox_etc,
             runtime=self._runtime,
             network=group.network,
-            env=(("TZ", self._agent.tz),),
+            env=(("TZ", self._agent.tz),)
+            + (proxy_env(RELAY_PORT) if group.network == "allowlist" else ()),
         )
+
+    def model_proxy(self, group: Group, run_id: int) -> ModelProxy:
+        """The run's proxy: usage goes to the run's row, the budget is the group's of today."""
+
+        async def record(usage: Usage) -> None:
+            await self._store.add_usage(run_id, usage)
+
+        async def spent(since: datetime) -> Usage:
+            since_ms = int(since.timestamp() * 1000)
+            return await self._store.group_usage(group.folder, since_ms, exclude_run=run_id)
+
+        a = self._agent
+        guard = BudgetGuard(group.folder, a.budget, ZoneInfo(a.tz), spent)
+        return ModelProxy(self._session, a.base_url, a.api_key, record, f"run={run_id}", guard)
 
     async def launch(
         self,
@@ -92,11 +153,8 @@ class Launcher:
         await asyncio.to_thread(prepare_dirs, self._layout, group.folder)
         await asyncio.to_thread(write_etc, plan.etc)
 
-        async def record(usage: Usage) -> None:
-            await self._store.add_usage(run_id, usage)
-
+        proxy = self.model_proxy(group, run_id)
         a = self._agent
-        proxy = ModelProxy(self._session, a.base_url, a.api_key, record, f"run={run_id}")
         config = {
             "assistant_name": a.assistant_name,
             "model": group.model or a.model,
@@ -109,7 +167,12 @@ class Launcher:
             else options.idle_timeout_s,
             "context": options.context,
         }
-        run = AgentRun(
+        allowlist = group.network == "allowlist"
+        if allowlist:
+            config["egress_port"] = RELAY_PORT
+        run = _Run(
+            egress=self._egress(group, f"run={run_id}") if allowlist else None,
+            sock=plan.ipc / EGRESS_SOCK,
             folder=group.folder,
             run_id=run_id,
             plan=plan,

@@ -2,7 +2,8 @@
 
 groups/<folder>/      the group's workspace and CLAUDE.md; groups/global/ shared
 skills/               mounted read-only into every sandbox
-store/                nanoclaw.db, daemon.lock, logs/, ipc/<folder>/, files/, sandbox/etc/
+store/                nanoclaw.db, daemon.lock, logs/, ipc/<folder>/, files/, received/,
+                      sandbox/etc/
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ class Layout:
     def files(self) -> Path:
         """Copies of files the agent sent, kept until the router has delivered them."""
         return self.store / "files"
+
+    @property
+    def received(self) -> Path:
+        """Files the agent sent to the terminal chat, kept for the user."""
+        return self.store / "received"
 
     @property
     def sandbox_etc(self) -> Path:

@@ -7,9 +7,19 @@ name and its reply are committed together, and outbox rows are leased while bein
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from nanoclaw.db import Database, now_ms
 from nanoclaw.models import OutboxItem, Reply, RunRecord, Usage
+
+RUN_COLS = (
+    "id, folder, status, started_ms, ended_ms, error, requests, input_tokens, output_tokens, "
+    "cache_read_tokens, cache_write_tokens"
+)
+
+
+def _run(r: Sequence[Any]) -> RunRecord:
+    return RunRecord(r[0], r[1], r[2], r[3], r[4], r[5], Usage(*r[6:11]))
 
 
 class Ledger(Database):
@@ -56,12 +66,32 @@ class Ledger(Database):
 
     async def runs(self, folder: str | None = None, limit: int = 20) -> list[RunRecord]:
         rows = await self._all(
-            "SELECT id, folder, status, started_ms, ended_ms, error, requests, input_tokens, "
-            "output_tokens, cache_read_tokens, cache_write_tokens FROM runs "
-            "WHERE ? IS NULL OR folder = ? ORDER BY id DESC LIMIT ?",
+            f"SELECT {RUN_COLS} FROM runs WHERE ? IS NULL OR folder = ? ORDER BY id DESC LIMIT ?",
             (folder, folder, limit),
         )
-        return [RunRecord(r[0], r[1], r[2], r[3], r[4], r[5], Usage(*r[6:11])) for r in rows]
+        return [_run(r) for r in rows]
+
+    async def runs_since(self, since_ms: int, folder: str | None = None) -> list[RunRecord]:
+        """Runs started at or after `since_ms`, oldest first (for `nanoclaw usage`)."""
+        rows = await self._all(
+            f"SELECT {RUN_COLS} FROM runs WHERE started_ms >= ? AND (? IS NULL OR folder = ?) "
+            "ORDER BY started_ms, id",
+            (since_ms, folder, folder),
+        )
+        return [_run(r) for r in rows]
+
+    async def group_usage(
+        self, folder: str, since_ms: int, exclude_run: int | None = None
+    ) -> Usage:
+        """The group's usage summed over its runs started at or after `since_ms`."""
+        row = await self._one(
+            "SELECT coalesce(sum(requests), 0), coalesce(sum(input_tokens), 0), "
+            "coalesce(sum(output_tokens), 0), coalesce(sum(cache_read_tokens), 0), "
+            "coalesce(sum(cache_write_tokens), 0) FROM runs "
+            "WHERE folder = ? AND started_ms >= ? AND id IS NOT ?",
+            (folder, since_ms, exclude_run),
+        )
+        return Usage(*(int(v) for v in row))
 
     async def texts_sent_by_unfinished_runs(self, folder: str, after_id: int) -> list[str]:
         """Replies already produced by cut-short runs that covered messages past `after_id`."""

@@ -79,6 +79,7 @@ class Group:
     mounts: tuple[str, ...] = ()
     exports: tuple[str, ...] = ()
     model: str | None = None
+    domains: tuple[str, ...] = ()  # reachable under network="allowlist", subdomains included
 
     @property
     def is_main(self) -> bool:

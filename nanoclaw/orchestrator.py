@@ -9,6 +9,7 @@ tasks run in the same queue slot, after its messages.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,6 +51,7 @@ class Live:
     inputs: dict[str, int] = field(default_factory=dict)
     run: AgentRun | None = None
     kind: str = "message"  # "task": takes no follow-ups and exits after its turn
+    idle_since: float | None = None  # done with every turn, waiting for a follow-up
 
 
 class Orchestrator:
@@ -75,6 +77,7 @@ class Orchestrator:
         self._gate = gate
         self._tasks_changed = tasks_changed
         self._tasks_waiting: set[str] = set()
+        self._budget_notes: dict[str, str] = {}  # folder -> the budget verdict last told
         self.queue = GroupQueue(max_concurrent, self.run_group)
         self._waker = Waker()
         self._seen = -1
@@ -90,7 +93,28 @@ class Orchestrator:
         live = self.live.get(folder)
         if live is not None and live.run is not None and live.kind == "message" and not live.inputs:
             live.run.close()  # an idle agent waiting for follow-ups gives way to the task
+        self._submit(folder)
+
+    def _submit(self, folder: str) -> None:
         self.queue.submit(folder)
+        self._make_room()
+
+    def _make_room(self) -> None:
+        """Groups wait for a slot: idle agents give way, the longest idle first.
+
+        An agent that finished its turn waits up to AGENT_IDLE_TIMEOUT_S for follow-ups; it
+        must not hold a slot another group's messages are waiting for.
+        """
+        idle = sorted(
+            ((lv.idle_since, lv.run) for lv in self.live.values()
+             if lv.idle_since is not None and lv.run is not None),
+            key=lambda pair: pair[0],
+        )  # fmt: skip
+        leaving = sum(1 for _, run in idle if not run.accepting)
+        staying = [run for _, run in idle if run.accepting]
+        for run in staying[: max(0, self.queue.waiting - leaving)]:
+            log.info("group=%s run=%s idle: gives way to a waiting group", run.folder, run.run_id)
+            run.close()
 
     def current_run(self, folder: str) -> int | None:
         live = self.live.get(folder)
@@ -121,7 +145,7 @@ class Orchestrator:
             return
         live = self.live.get(folder)
         if live is not None and live.kind == "task":
-            self.queue.submit(folder)  # the queue runs the group again after the task
+            self._submit(folder)  # the queue runs the group again after the task
             return
         if live is not None and live.run is not None and live.run.accepting:
             await self._follow_up(group, live)
@@ -133,7 +157,7 @@ class Orchestrator:
             return
         self._checked[folder] = msgs[-1].id
         if self._triggered(group, msgs):
-            self.queue.submit(folder)
+            self._submit(folder)
 
     async def _follow_up(self, group: Group, live: Live) -> None:
         assert live.run is not None
@@ -143,6 +167,7 @@ class Orchestrator:
         prompt = build_prompt(msgs, self._rules.zone, self._trusted(group, msgs))
         name = ipc_name()
         live.inputs[name] = msgs[-1].id
+        live.idle_since = None
         live.dispatched = msgs[-1].id
         live.chat_id = msgs[-1].chat_id
         live.run.follow_up(name, prompt)
@@ -168,7 +193,7 @@ class Orchestrator:
         if ok:
             await self.consider(folder)
         if await self._store.pending_task_run(folder) is not None:
-            self.queue.submit(folder)
+            self._submit(folder)
         else:
             self._tasks_waiting.discard(folder)
         return ok
@@ -187,7 +212,19 @@ class Orchestrator:
         live = Live(run_id, msgs[-1].chat_id, msgs[-1].id, {"initial": msgs[-1].id})
         log.info("group=%s run=%s starting with %d messages", folder, run_id, len(msgs))
         outcome = await self._agent(group, live, prompt, MESSAGE_RUN)
+        if outcome.status == "over_budget":
+            await self._over_budget(group, live, outcome.error)
+            return True
         return outcome.ok
+
+    async def _over_budget(self, group: Group, live: Live, why: str) -> None:
+        """Retrying cannot help before the budget resets: the batch counts as handled, and
+        the chat is told once per verdict instead of hearing nothing."""
+        await self._store.advance_cursor(group.folder, live.dispatched)
+        if self._budget_notes.get(group.folder) != why:
+            self._budget_notes[group.folder] = why
+            text = f"(I cannot answer now: {why.removeprefix('nanoclaw: ')}.)"
+            await self._store.enqueue_reply(group.folder, live.chat_id, text, live.run_id)
 
     async def _task_run(self, group: Group, pending: TaskRun) -> bool:
         """A scheduled run: gate first (if any), then the agent for one turn, logged."""
@@ -257,9 +294,11 @@ class Orchestrator:
         if live.kind == "message":
             await self._store.advance_cursor(folder, upto)
         if not live.inputs:
+            live.idle_since = time.monotonic()
             await self._typing(live.chat_id, False)
             if folder in self._tasks_waiting and live.run is not None:
                 live.run.close()  # idle, and a scheduled task waits for the group's slot
+            self._make_room()
 
     def close_live(self) -> None:
         """Ask every live agent to finish its turn and exit (shutdown)."""

@@ -29,17 +29,29 @@ def _clean(text: str) -> str:
     return "".join(c for c in text if c in "\n\t" or not (c < " " or "\x7f" <= c <= "\x9f"))
 
 
+def _attr(text: str, cap: int) -> str:
+    """An attribute value: one line, bounded, escaped (a platform may send any string)."""
+    return escape(_clip(_clean(text), cap).replace("\n", " ").replace("\t", " "))
+
+
+def _when(ts_ms: int, zone: ZoneInfo) -> str:
+    try:
+        return datetime.fromtimestamp(ts_ms / 1000, zone).strftime("%Y-%m-%d %H:%M %Z")
+    except (OverflowError, ValueError, OSError):  # a federated server may claim any time
+        return "unknown"
+
+
 def render_message(msg: Message, zone: ZoneInfo, trusted: bool) -> str:
-    when = datetime.fromtimestamp(msg.ts_ms / 1000, zone).strftime("%Y-%m-%d %H:%M %Z")
-    name = _clip(_clean(msg.sender_name or msg.sender_id), 100).replace("\n", " ")
-    attrs = f'sender="{escape(name)}" sender_id="{escape(msg.sender_id)}" time="{when}"'
+    name = _attr(msg.sender_name or msg.sender_id, 100)
+    attrs = (
+        f'sender="{name}" sender_id="{_attr(msg.sender_id, 300)}" time="{_when(msg.ts_ms, zone)}"'
+    )
     if not trusted:
         attrs += ' trust="untrusted"'
     body = escape(_clip(_clean(msg.text), MESSAGE_CAP_CHARS), quote=False)
     if msg.reply_to_text or msg.reply_to_sender:
         quoted = escape(_clip(_clean(msg.reply_to_text), 500), quote=False)
-        who = escape(msg.reply_to_sender)
-        body = f'<reply_to sender="{who}">{quoted}</reply_to>\n{body}'
+        body = f'<reply_to sender="{_attr(msg.reply_to_sender, 100)}">{quoted}</reply_to>\n{body}'
     return f"<message {attrs}>{body}</message>"
 
 

@@ -51,6 +51,11 @@ class GroupQueue:
         return folder in self._active
 
     @property
+    def waiting(self) -> int:
+        """Groups waiting for a free slot."""
+        return len(self._waiting)
+
+    @property
     def active_count(self) -> int:
         return len(self._active)
 

@@ -6,10 +6,18 @@ holds every rule, decided from the directory a file came from, never from its co
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
 
 from nanoclaw import memory
 from nanoclaw.errors import IpcRejected
@@ -73,6 +81,25 @@ class At(_Request):
     at: str = Field(max_length=64)
 
 
+def _schedule_kind(value: Any) -> str | None:
+    """Which schedule form a value is, by its key, so an error names that form's field."""
+    if isinstance(value, dict):
+        return next((key for key in ("cron", "every_s", "at") if key in value), None)
+    if isinstance(value, Cron):
+        return "cron"
+    if isinstance(value, Every):
+        return "every_s"
+    return "at" if isinstance(value, At) else None
+
+
+ScheduleSpec = Annotated[
+    Annotated[Cron, Tag("cron")] | Annotated[Every, Tag("every_s")] | Annotated[At, Tag("at")],
+    Discriminator(
+        _schedule_kind,
+        custom_error_type="schedule_form",
+        custom_error_message='use {"cron": "...", "tz"?: "..."}, {"every_s": N} or {"at": "..."}',
+    ),
+]
 Prompt = Annotated[str, Field(min_length=1, max_length=PROMPT_CAP)]
 Script = Annotated[str, Field(min_length=1, max_length=SCRIPT_CAP)]
 TaskId = Annotated[str, Field(pattern=TASK_ID)]
@@ -81,7 +108,7 @@ TaskId = Annotated[str, Field(pattern=TASK_ID)]
 class ScheduleTask(_Request):
     type: Literal["schedule_task"]
     prompt: Prompt
-    schedule: Cron | Every | At
+    schedule: ScheduleSpec
     context: Literal["group", "isolated"] = "isolated"
     script: Script | None = None
     catch_up: Literal["once", "skip"] = "once"
@@ -92,7 +119,7 @@ class UpdateTask(_Request):
     type: Literal["update_task"]
     task_id: TaskId
     prompt: Prompt | None = None
-    schedule: Cron | Every | At | None = None
+    schedule: ScheduleSpec | None = None
     context: Literal["group", "isolated"] | None = None
     script: Script | None = None
     catch_up: Literal["once", "skip"] | None = None
@@ -120,8 +147,16 @@ def parse(data: object) -> Request:
         err = exc.errors()[0]
         if err["type"] == "union_tag_invalid":
             raise IpcRejected(f"request type {data['type']!r} is not supported") from exc
-        where = ".".join(str(p) for p in err["loc"]) or "request"
+        # the loc holds union tags ("schedule_task.schedule.every_s.every_s"): drop repeats
+        loc = [str(p) for p in err["loc"]]
+        parts = [p for i, p in enumerate(loc) if p != (loc[i - 1] if i else data["type"])]
+        where = _printable(".".join(parts)) or "request"
         raise IpcRejected(f"invalid {data['type']!r} request: {where}: {err['msg']}") from exc
+
+
+def _printable(text: str, cap: int = 120) -> str:
+    """The agent's own key names in a reason: one line, escaped, clipped (no forged log lines)."""
+    return text.encode("unicode_escape").decode("ascii")[:cap]
 
 
 def to_schedule(spec: Cron | Every | At, now_ms: int) -> Schedule:
@@ -140,6 +175,12 @@ def to_schedule(spec: Cron | Every | At, now_ms: int) -> Schedule:
         raise IpcRejected(f"at: not an ISO-8601 time: {spec.at!r}") from exc
     if at.tzinfo is None:
         raise IpcRejected("at: the time needs an offset, like 2026-11-23T08:00:00+05:30")
+    try:
+        in_range = at.astimezone(UTC).year < 9999
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise IpcRejected(f"at: {spec.at} is out of range")
     at_ms = int(at.timestamp() * 1000)
     if at_ms < now_ms - 60_000:
         raise IpcRejected(f"at: {spec.at} is in the past")

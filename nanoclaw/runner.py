@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from nanoclaw import ipcfs
+from nanoclaw.cgroup import RunCgroup
 from nanoclaw.errors import SandboxError
 from nanoclaw.proxy import ModelProxy
-from nanoclaw.sandbox import SandboxPlan, agent_command, bwrap_argv, hide_args, limits_prefix
+from nanoclaw.sandbox import SandboxPlan, agent_command, bwrap_argv, hide_args
 
 log = logging.getLogger(__name__)
 STDERR_CAP = 1024 * 1024
@@ -31,7 +32,7 @@ EVENTS_CAP = 100_000
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # ok | failed | timeout | killed
+    status: str  # ok | failed | timeout | killed | over_budget
     error: str = ""
     turns: int = 0
 
@@ -66,6 +67,7 @@ class AgentRun:
         self._log_path = log_path
         self._on_turn_done = on_turn_done
         self._proc: asyncio.subprocess.Process | None = None
+        self._cgroup = RunCgroup()
         self._closing = False
         self._turns = 0
         self._last_error = ""
@@ -84,6 +86,12 @@ class AgentRun:
         ipcfs.ensure_dirs(self._ipc_root, self.folder)
         ipcfs.clear_input(self._ipc_root, self.folder)
         await self._proxy.start(self._plan.ipc / "llm.sock")
+        label = f"{self.folder}-{self.run_id}"
+        try:  # caps processes and memory as a whole; required when the daemon is root
+            self._cgroup = await asyncio.to_thread(RunCgroup.create, self._plan.limits, label)
+        except SandboxError:
+            await self._proxy.stop()
+            raise
         full = bwrap_argv(self._plan, agent_command(self._plan.runtime))
         read_end, write_end = os.pipe()
         short, payload = hide_args(full, read_end)
@@ -91,7 +99,7 @@ class AgentRun:
             os.write(write_end, payload)  # far below the pipe's buffer: never blocks
             os.close(write_end)
             self._proc = await asyncio.create_subprocess_exec(
-                *limits_prefix(self._plan.limits),
+                *self._cgroup.prefix(),
                 *short,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -103,6 +111,7 @@ class AgentRun:
             )
         except OSError as exc:
             await self._proxy.stop()
+            await asyncio.to_thread(self._cgroup.remove)
             raise SandboxError(f"cannot start bwrap: {exc}") from exc
         finally:
             os.close(read_end)
@@ -152,9 +161,12 @@ class AgentRun:
             for task in readers:
                 task.cancel()
             await self._proxy.stop()
+            await asyncio.to_thread(self._cgroup.remove)  # kills whatever escaped the group
         if status == "ok" and proc.returncode != 0:
             status = "failed"
             error = self._last_error or f"agent exited with code {proc.returncode}"
+        if status == "failed" and self._proxy.refusal is not None:
+            status, error = "over_budget", self._proxy.refusal  # a retry would be refused too
         return Outcome(status, error, self._turns)
 
     async def _read_events(self) -> None:

@@ -2,6 +2,14 @@
 
 `plan_for()` gathers the host paths; `bwrap_argv()` turns a plan into argv with exactly
 the mounts of the SPEC, so tests can read the plan and probes can try to break it.
+
+Limits: the rlimits are set by prlimit *inside* the sandbox, after bwrap made its user
+namespace. RLIMIT_NPROC is then counted per sandbox (the kernel counts per namespace and
+uid), so one sandbox's fork bomb cannot starve another of an ordinary user's sandboxes.
+Host root is exempt from RLIMIT_NPROC, and under a root daemon the sandbox user *is* host
+uid 0 to the kernel: then the cgroup of `nanoclaw.cgroup` caps processes and memory. Being
+host uid 0 also passes the owner checks of global /proc files (sysctls such as
+kernel.core_pattern, IRQ affinity), hence PROC_RO; /dev is read-only, /tmp size-capped.
 """
 
 from __future__ import annotations
@@ -17,6 +25,9 @@ from nanoclaw.models import NetworkPolicy
 
 RUNTIME = "/runtime"
 SANDBOX_UID = 1000
+# Global (not per-process) parts of /proc, bound read-only over the sandbox's own /proc.
+PROC_RO = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "driver", "mtrr",
+           "pressure")  # fmt: skip
 # Single files from /etc that programs need and that hold no secret of the host.
 ETC_FILES = (
     "/etc/ld.so.cache",
@@ -45,15 +56,21 @@ class Runtime:
     python: str
     site_dirs: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    prlimit: str = "/usr/bin/prlimit"  # the host's, run inside: under /usr or /nix/store
 
 
 @dataclass(frozen=True)
 class Limits:
+    """One sandbox's caps; the rlimits bind each process, `processes` and `memory_bytes`
+    the whole sandbox (RLIMIT_NPROC per sandbox, and the cgroup when there is one)."""
+
     tmp_bytes: int = 256 * 1024 * 1024
     file_bytes: int = 512 * 1024 * 1024
     open_files: int = 1024
     address_space: int = 8 * 1024**3
     processes: int = 512
+    cpu_seconds: int = 600
+    memory_bytes: int = 4 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,9 @@ def detect_runtime() -> Runtime:
         dst = f"{RUNTIME}/site-packages" + (f"-{index}" if index else "")
         mounts.append((str(src), dst))
         sites.append(dst)
-    return Runtime(mounts=tuple(mounts), python=python, site_dirs=tuple(sites), env=env)
+    found = shutil.which("prlimit")
+    prlimit = os.path.realpath(found) if found else Runtime.prlimit
+    return Runtime(tuple(mounts), python, tuple(sites), env, prlimit)
 
 
 def _top_level_dirs() -> list[tuple[str, str | None]]:
@@ -141,7 +160,8 @@ def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
     a += ["--unshare-cgroup-try"]
     if plan.network != "full":
         a.append("--unshare-net")
-    a += ["--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
+    a += ["--disable-userns", "--die-with-parent", "--new-session", "--clearenv"]
+    a += ["--cap-drop", "ALL"]
     a += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "nanoclaw"]
     a += ["--ro-bind", "/usr", "/usr"]
     for path, target in _top_level_dirs():
@@ -155,11 +175,15 @@ def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
     for src, dst in plan.runtime.mounts:
         a += ["--ro-bind", src, dst]
     a += ["--ro-bind", str(plan.agent_code), f"{RUNTIME}/lib/agent"]
-    a += ["--proc", "/proc", "--tmpfs", "/dev"]
+    a += ["--proc", "/proc"]
+    for name in PROC_RO:
+        a += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+    a += ["--tmpfs", "/dev"]  # read-only once its nodes and links are in
     for node in DEV_NODES:
         a += ["--dev-bind", f"/dev/{node}", f"/dev/{node}"]
     for link, target in DEV_LINKS:
         a += ["--symlink", target, f"/dev/{link}"]
+    a += ["--remount-ro", "/dev"]
     a += ["--size", str(plan.limits.tmp_bytes), "--tmpfs", "/tmp"]
     a += ["--bind", str(plan.workspace), "/workspace"]
     a += ["--bind", str(plan.ipc), "/ipc"]
@@ -182,8 +206,8 @@ def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
     }
     for key, value in env.items():
         a += ["--setenv", key, value]
-    a += ["--chdir", "/workspace", "--", *command]
-    return a
+    a += ["--chdir", "/workspace", "--", *limits_prefix(plan.limits, plan.runtime.prlimit)]
+    return [*a, *command]
 
 
 def hide_args(argv: list[str], fd: int) -> tuple[list[str], bytes]:
@@ -199,14 +223,20 @@ def hide_args(argv: list[str], fd: int) -> tuple[list[str], bytes]:
     return ["bwrap", "--args", str(fd), *argv[split:]], payload
 
 
-def limits_prefix(limits: Limits) -> list[str]:
-    """prlimit in front of bwrap: hard limits the sandbox cannot raise again."""
+def limits_prefix(limits: Limits, prlimit: str = "prlimit") -> list[str]:
+    """prlimit in front of the command: hard limits the sandbox cannot raise again.
+
+    `bwrap_argv()` puts it inside the sandbox. In front of bwrap it would also work, but
+    the user namespace would then inherit the RLIMIT_NPROC as a cap on all the daemon
+    user's processes: one sandbox's fork bomb would stop others from starting.
+    """
     return [
-        "prlimit",
+        prlimit,
         f"--nofile={limits.open_files}",
         f"--fsize={limits.file_bytes}",
         f"--as={limits.address_space}",
         f"--nproc={limits.processes}",
+        f"--cpu={limits.cpu_seconds}",
         "--core=0",
         "--",
     ]

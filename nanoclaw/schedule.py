@@ -2,8 +2,10 @@
 
 Pure: `parse_tasks` reads the "## Scheduled Tasks" section (SPEC section 8) and reports each
 line it cannot use; `next_run` turns a cron expression in a timezone into the next instant.
-Cron is wall-clock time: a time skipped by a spring-forward runs right after the gap, a time
-repeated by a fall-back runs once (its first occurrence), as classic cron does.
+Cron is wall-clock time: a time skipped by a spring-forward runs shifted by the gap (02:30
+becomes 03:30), a time repeated by a fall-back runs once (its first occurrence), as classic
+cron does. `tasks.following` adds the other half of cron's rule: a cron that runs every hour
+or more often follows real time, so the repeated hour runs too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ CRON_RE = re.compile(r"^#\s*Cron:\s*(.*)$", re.IGNORECASE)
 TZ_RE = re.compile(r"^#\s*TZ:\s*(.*)$", re.IGNORECASE)
 COMMENT_RE = re.compile(r"<!--.*?-->", re.S)
 PROMPT_CAP = 8_000
+# Any fixed instant: a cron that names a time names one within croniter's search window of it.
+CRON_PROBE_FROM = datetime(2000, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -43,14 +47,25 @@ def _blank_comments(text: str) -> str:
     return COMMENT_RE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
 
 
+def cron_problem(expr: str) -> str | None:
+    """What is wrong with a cron expression, or None for five fields naming some time."""
+    if len(expr.split()) != 5 or not croniter.is_valid(expr):
+        return f"not a 5-field cron expression: {expr!r}"
+    try:
+        croniter(expr, CRON_PROBE_FROM).get_next(datetime)
+    except (ValueError, KeyError, IndexError, OverflowError):  # CroniterError is a ValueError
+        return f"cron expression {expr!r} names no time that exists (like 30 February)"
+    return None
+
+
 def valid_cron(expr: str) -> bool:
-    return len(expr.split()) == 5 and bool(croniter.is_valid(expr))
+    return cron_problem(expr) is None
 
 
 def valid_zone(name: str) -> bool:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory of zones
         return False
     return True
 
@@ -81,7 +96,9 @@ def parse_tasks(markdown: str) -> tuple[list[CronTask], list[ParseError]]:
     draft: _Draft | None = None
     # The agent's own entries below the memory marker are never read as tasks.
     owner_part = markdown.split(MARKER, 1)[0]
-    for number, raw in enumerate(_blank_comments(owner_part).splitlines(), start=1):
+    # Lines as an editor counts them: "\n" only, not str.splitlines' \f, \x85 or U+2028.
+    for number, raw in enumerate(_blank_comments(owner_part).split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         line = raw.rstrip()
         if line.startswith("## ") or line == "##":
             if draft is not None:
@@ -96,9 +113,10 @@ def parse_tasks(markdown: str) -> tuple[list[CronTask], list[ParseError]]:
             if draft is not None:
                 draft.finish(tasks, errors)
             expr = cron.group(1).strip()
-            draft = _Draft(number, expr, bad=not valid_cron(expr))
-            if draft.bad:
-                errors.append(ParseError(number, f"not a 5-field cron expression: {expr!r}"))
+            problem = cron_problem(expr)
+            draft = _Draft(number, expr, bad=problem is not None)
+            if problem is not None:
+                errors.append(ParseError(number, problem))
             continue
         tz = TZ_RE.match(line)
         if tz and draft is not None and not any(x.strip() for x in draft.lines):

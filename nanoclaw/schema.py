@@ -131,4 +131,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE outbox ADD COLUMN file_path TEXT;
     ALTER TABLE outbox ADD COLUMN file_name TEXT;
     """,
+    # 3: the proxy sums a group's usage of the day before each model request
+    """
+    CREATE INDEX runs_folder_started ON runs (folder, started_ms);
+    """,
+    # 4: the domains a group under the `allowlist` network policy may reach
+    """
+    ALTER TABLE groups ADD COLUMN domains TEXT NOT NULL DEFAULT '[]';
+    """,
 )

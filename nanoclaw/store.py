@@ -23,6 +23,10 @@ MSG_COLS = (
     "id, chat_id, platform_id, sender_id, sender_name, text, ts_ms, mentions_bot, "
     "reply_to_bot, reply_to_sender, reply_to_text"
 )
+GROUP_COLS = (
+    "folder, name, trigger, requires_trigger, network, allowed_senders, mounts, exports, model, "
+    "domains"
+)
 INSERT_MESSAGE = (
     "INSERT INTO messages (chat_id, platform_id, sender_id, sender_name, text, ts_ms, "
     "mentions_bot, reply_to_bot, reply_to_sender, reply_to_text) "
@@ -146,7 +150,7 @@ class Store(Ledger, TaskBook):
     # groups and cursors
 
     async def groups(self) -> list[Group]:
-        rows = await self._all("SELECT * FROM groups ORDER BY folder")
+        rows = await self._all(f"SELECT {GROUP_COLS} FROM groups ORDER BY folder")
         chats = await self._all("SELECT chat_id, folder FROM group_chats ORDER BY chat_id")
         by_folder: dict[str, list[str]] = {}
         for chat_id, folder in chats:
@@ -165,11 +169,12 @@ class Store(Ledger, TaskBook):
             mounts=tuple(json.loads(row[6])),
             exports=tuple(json.loads(row[7])),
             model=row[8],
+            domains=tuple(json.loads(row[9])),
             chats=tuple(chats),
         )
 
     async def group(self, folder: str) -> Group | None:
-        row = await self._one("SELECT * FROM groups WHERE folder = ?", (folder,))
+        row = await self._one(f"SELECT {GROUP_COLS} FROM groups WHERE folder = ?", (folder,))
         if row is None:
             return None
         chats = await self._all("SELECT chat_id FROM group_chats WHERE folder = ?", (folder,))
@@ -184,12 +189,12 @@ class Store(Ledger, TaskBook):
         async with self.transaction():
             await self._db.execute(
                 "INSERT INTO groups (folder, name, trigger, requires_trigger, network, "
-                "allowed_senders, mounts, exports, model, created_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder) DO UPDATE SET "
+                "allowed_senders, mounts, exports, model, domains, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder) DO UPDATE SET "
                 "name=excluded.name, trigger=excluded.trigger, "
                 "requires_trigger=excluded.requires_trigger, network=excluded.network, "
                 "allowed_senders=excluded.allowed_senders, mounts=excluded.mounts, "
-                "exports=excluded.exports, model=excluded.model",
+                "exports=excluded.exports, model=excluded.model, domains=excluded.domains",
                 (
                     group.folder,
                     group.name,
@@ -200,6 +205,7 @@ class Store(Ledger, TaskBook):
                     json.dumps(list(group.mounts)),
                     json.dumps(list(group.exports)),
                     group.model,
+                    json.dumps(list(group.domains)),
                     now_ms(),
                 ),
             )

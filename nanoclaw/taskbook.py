@@ -142,20 +142,26 @@ class TaskBook(Database):
                 )
                 if cur.rowcount == 0:
                     continue
-                if decision.next_run_ms is None and not decision.run:
-                    await self._db.execute(
-                        "UPDATE tasks SET status = 'done' WHERE id = ?", (task.id,)
-                    )
-                await self._db.execute(
-                    "INSERT OR IGNORE INTO task_runs (task_id, folder, due_ms, status, result, "
-                    "ended_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                # A run already logged for this due time is not logged again, unless it was
+                # cancelled (task paused before it started, then resumed): then it is re-armed.
+                logged = await self._db.execute(
+                    "INSERT INTO task_runs (task_id, folder, due_ms, status, result, ended_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, due_ms) DO UPDATE SET "
+                    "status = excluded.status, result = excluded.result, "
+                    "ended_ms = excluded.ended_ms, started_ms = NULL, run_id = NULL "
+                    "WHERE status = 'cancelled'",
                     (
                         task.id, task.folder, decision.due_ms,
                         "pending" if decision.run else "skipped", decision.reason,
                         None if decision.run else now,
                     ),
                 )  # fmt: skip
-                claimed.append((task, decision))
+                if decision.next_run_ms is None and (logged.rowcount == 0 or not decision.run):
+                    await self._db.execute(
+                        "UPDATE tasks SET status = 'done' WHERE id = ?", (task.id,)
+                    )
+                if logged.rowcount > 0:
+                    claimed.append((task, decision))
         return claimed
 
     async def next_task_due_ms(self) -> int | None:
@@ -204,11 +210,19 @@ class TaskBook(Database):
             )
 
     async def interrupt_stale_task_runs(self) -> int:
-        """Task runs a crashed daemon left running are logged interrupted, not fired again."""
-        return await self._write(
-            "UPDATE task_runs SET status = 'interrupted', ended_ms = ? WHERE status = 'running'",
-            (now_ms(),),
-        )
+        """Task runs a crashed daemon left running are logged interrupted, not fired again;
+        a one-shot task cut short that way is done, as after any other outcome."""
+        async with self.transaction():
+            await self._db.execute(
+                "UPDATE tasks SET status = 'done' WHERE status = 'active' AND next_run_ms IS NULL "
+                "AND id IN (SELECT task_id FROM task_runs WHERE status = 'running')"
+            )
+            cur = await self._db.execute(
+                "UPDATE task_runs SET status = 'interrupted', ended_ms = ? "
+                "WHERE status = 'running'",
+                (now_ms(),),
+            )
+            return cur.rowcount
 
     async def task_runs(
         self, task_id: str | None = None, folder: str | None = None, limit: int = 20

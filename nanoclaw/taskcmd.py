@@ -7,6 +7,7 @@ active tasks, so a pause or cancel here holds from its next tick.
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -56,6 +57,9 @@ async def cmd_tasks(settings: Settings, store: Store, args: argparse.Namespace) 
             print(f"groups/{folder}/CLAUDE.md line {line}: {message}")
         return 0
     if args.action == "runs":
+        if args.task_id and await store.task(args.task_id) is None:
+            print(f"no task {args.task_id}", file=sys.stderr)
+            return 1
         runs = await store.task_runs(args.task_id, args.group, args.limit)
         for run in runs:
             print(run_line(run, zone))
@@ -64,12 +68,12 @@ async def cmd_tasks(settings: Settings, store: Store, args: argparse.Namespace) 
         return 0
     found = await store.task(args.task_id)
     if found is None:
-        print(f"no task {args.task_id}")
+        print(f"no task {args.task_id}", file=sys.stderr)
         return 1
     try:
         changed = apply_action(found, args.action, zone, now_ms())
     except ValueError as exc:
-        print(exc)
+        print(exc, file=sys.stderr)
         return 1
     await store.replace_task(changed)
     print(task_line(changed, zone))

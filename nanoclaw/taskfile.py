@@ -94,8 +94,8 @@ class TaskFile:
                 continue
             try:
                 await self._watch(dirs)
-            except (OSError, RuntimeError) as exc:
-                log.warning("CLAUDE.md watch stopped (%s); re-arming", exc)
+            except Exception as exc:  # watchfiles wraps some errors (a non-UTF-8 name) in groups
+                log.warning("CLAUDE.md watch stopped (%r); re-arming", exc)
                 await asyncio.sleep(0.5)
 
     async def _watch(self, dirs: dict[str, str]) -> None:

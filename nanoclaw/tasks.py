@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
+
+from croniter import croniter
 
 from nanoclaw.schedule import CronTask, next_run
 
@@ -23,6 +25,9 @@ CLAUDE_MD = "claude_md"
 AGENT = "agent"
 LATE_MS = 60_000  # a run this late or later counts as missed for catch_up = skip
 MIN_EVERY_S = 60
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
+FOLD_WINDOW = timedelta(hours=3)  # longer than any clock change
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class Schedule:
             return {"cron": self.cron, **({"tz": self.tz} if self.tz else {})}
         if self.kind == "every":
             return {"every_s": self.every_s}
-        return {"at": datetime.fromtimestamp(self.at_ms / 1000, UTC).isoformat()}
+        return {"at": _at(self.at_ms).isoformat()}
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Schedule:
@@ -46,8 +51,7 @@ class Schedule:
             return Schedule("cron", cron=str(data["cron"]), tz=data.get("tz"))
         if "every_s" in data:
             return Schedule("every", every_s=int(data["every_s"]))
-        at = datetime.fromisoformat(str(data["at"]))
-        return Schedule("at", at_ms=int(at.timestamp() * 1000))
+        return Schedule("at", at_ms=_ms(datetime.fromisoformat(str(data["at"]))))
 
     def describe(self) -> str:
         if self.kind == "cron":
@@ -103,17 +107,46 @@ def zone_of(schedule: Schedule, default: ZoneInfo) -> ZoneInfo:
 
 
 def _ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
+    """Exact: `int(dt.timestamp() * 1000)` loses a millisecond to float rounding now and then."""
+    return (dt - EPOCH) // MS
 
 
 def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
+    return EPOCH + ms * MS
+
+
+def _offset(dt: datetime) -> timedelta:
+    return dt.utcoffset() or timedelta(0)
+
+
+def _cron_after(cron: str, zone: ZoneInfo, after_ms: int) -> int:
+    """The cron's first instant after `after_ms`, by the wall clock of `zone`.
+
+    A cron with fixed hours (`30 2 * * *`) runs once in the hour a fall-back repeats, at its
+    first occurrence (`schedule.next_run`). One that runs every hour or more often (hour
+    field `*`) runs in real time: the repeated hour is an hour of its own and fires again,
+    as in vixie cron, so `0 * * * *` runs 25 times that day and a `*/15` watch has no gap.
+    """
+    after = _at(after_ms)
+    first = next_run(cron, zone, after)
+    if croniter(cron).expanded[1] != ["*"]:
+        return _ms(first)
+    before, later = (after - FOLD_WINDOW).astimezone(zone), (after + FOLD_WINDOW).astimezone(zone)
+    if _offset(before) <= _offset(later):
+        return _ms(first)  # no fall-back near `after`: nothing repeats
+    local = after.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
+    walls = croniter(cron, local - FOLD_WINDOW)
+    while (wall := walls.get_next(datetime)) <= local + FOLD_WINDOW:
+        once, again = wall.replace(tzinfo=zone, fold=0), wall.replace(tzinfo=zone, fold=1)
+        if _offset(once) > _offset(again) and after < again < first:
+            return _ms(again)  # the second time this wall-clock time comes round
+    return _ms(first)
 
 
 def first_run(schedule: Schedule, default: ZoneInfo, now_ms: int) -> int | None:
     """When a new (or resumed) task runs first."""
     if schedule.kind == "cron":
-        return _ms(next_run(schedule.cron, zone_of(schedule, default), _at(now_ms)))
+        return _cron_after(schedule.cron, zone_of(schedule, default), now_ms)
     if schedule.kind == "every":
         return now_ms + schedule.every_s * 1000
     return schedule.at_ms
@@ -126,7 +159,7 @@ def following(schedule: Schedule, default: ZoneInfo, due_ms: int, now_ms: int) -
     if schedule.kind == "every":
         step = schedule.every_s * 1000
         return due_ms + step * ((max(now_ms - due_ms, 0) // step) + 1)
-    return _ms(next_run(schedule.cron, zone_of(schedule, default), _at(max(due_ms, now_ms))))
+    return _cron_after(schedule.cron, zone_of(schedule, default), max(due_ms, now_ms))
 
 
 def claim(task: Task, default: ZoneInfo, now_ms: int) -> Claim | None:

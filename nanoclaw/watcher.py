@@ -43,8 +43,11 @@ class IpcWatcher:
         """Handle whatever is already waiting in every group's outbound dir."""
         handled = 0
         for folder in await self._folders():
-            await asyncio.to_thread(ipcfs.ensure_dirs, self._root, folder)
-            handled += await self._handler.drain(folder)
+            try:
+                await asyncio.to_thread(ipcfs.ensure_dirs, self._root, folder)
+                handled += await self._handler.drain(folder)
+            except Exception:  # one group's broken dir must not stop the others or the watch
+                log.exception("ipc scan group=%s failed", folder)
         return handled
 
     async def run(self) -> None:
@@ -63,8 +66,11 @@ class IpcWatcher:
             self.ready.set()
             try:
                 await self._watch(dirs)
-            except (OSError, RuntimeError) as exc:  # a dir swapped under the watch
-                log.warning("ipc watch stopped (%s); re-arming", exc)
+            except Exception as exc:  # the loop boundary
+                # A dir swapped under the watch (OSError), or a file name that is not UTF-8,
+                # which watchfiles cannot decode: its RuntimeError arrives wrapped in an
+                # ExceptionGroup from anyio. The next scan sets such a file aside.
+                log.warning("ipc watch stopped (%r); re-arming", exc)
                 await asyncio.sleep(0.5)
 
     async def _watch(self, dirs: dict[str, str]) -> None:
@@ -78,8 +84,13 @@ class IpcWatcher:
             rust_timeout=1000,
             ignore_permission_denied=True,
         ):
-            for _, path in sorted(changes, key=lambda c: c[1]):
+            # one call per path: a file written in place shows as added and modified
+            for path in sorted({path for _, path in changes}):
                 p = Path(path)
                 folder = dirs.get(str(p.parent))
-                if folder is not None:
+                if folder is None:
+                    continue
+                try:
                     await self._handler.handle_file(folder, p.name)
+                except Exception:  # a bug on one file must not stop the watch for all
+                    log.exception("ipc group=%s file=%r failed", folder, p.name)

@@ -147,7 +147,9 @@ class Running:
 async def start_core(settings: Settings, *others: Channel) -> tuple[Running, asyncio.Task[None]]:
     """The core in-process with the terminal channel and any `others` (tg, xmpp, mx)."""
     store = await Store.open(settings.layout.db)
-    channel = TerminalChannel(settings.assistant_name, out=io.StringIO())
+    channel = TerminalChannel(
+        settings.assistant_name, out=io.StringIO(), received=settings.layout.received
+    )
     core = Core(settings, store, {"term": channel, **{c.name: c for c in others}})
     started = asyncio.Event()
     task = asyncio.create_task(core.run(started))
@@ -166,3 +168,19 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     r, task = await start_core(settings)
     yield r
     await stop_core(r, task)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis profiles for the property tests (test_hostile.py), loaded before collection.
+
+    CI (CI=true) is bounded and reproducible: a fixed example count, the same examples every
+    run (a red CI is never a newly drawn example, and replays with
+    HYPOTHESIS_PROFILE=nanoclaw-ci), no example database. Elsewhere each run draws new ones.
+    """
+    import hypothesis
+
+    common: dict[str, Any] = {"max_examples": 100, "deadline": None, "database": None}
+    hypothesis.settings.register_profile("nanoclaw-ci", derandomize=True, **common)
+    hypothesis.settings.register_profile("nanoclaw-dev", print_blob=True, **common)
+    default = "nanoclaw-ci" if os.environ.get("CI") else "nanoclaw-dev"
+    hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", default))

@@ -300,6 +300,19 @@ async def test_terminal_prints_where_the_file_is(payload: Path) -> None:
         await channel.send_file("term:main", payload.with_name("gone"), "gone")
 
 
+async def test_terminal_keeps_its_own_copy_under_a_free_name(payload: Path, tmp_path: Path) -> None:
+    out = io.StringIO()
+    received = tmp_path / "received"
+    channel = TerminalChannel("Andy", out=out, received=received)
+    await channel.send_file("term:main", payload, "report.pdf")
+    await channel.send_file("term:main", payload, "report.pdf")
+    payload.unlink()  # the router deletes its copy once the row is settled
+    kept = sorted(p.name for p in received.iterdir())
+    assert kept == ["report (2).pdf", "report.pdf"]
+    assert f"saved at {received / 'report (2).pdf'}" in out.getvalue()
+    assert (received / "report.pdf").read_bytes() == (received / "report (2).pdf").read_bytes()
+
+
 @pytest.mark.parametrize(
     ("size", "shown"),
     [(0, "0 B"), (999, "999 B"), (12_345, "12.3 kB"), (999_950, "1.0 MB"), (4_500_000, "4.5 MB")],

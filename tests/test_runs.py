@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from fake_anthropic import FakeAnthropic, text_reply, tool_reply
 
 @pytest_asyncio.fixture
 async def short(home: Path, fake: FakeAnthropic) -> AsyncIterator[Running]:
-    settings = settings_for(home, fake.base_url, AGENT_IDLE_TIMEOUT_S=1, AGENT_TIMEOUT_S=4)
+    settings = settings_for(home, fake.base_url, AGENT_IDLE_TIMEOUT_S=1, AGENT_TIMEOUT_S=8)
     running, task = await start_core(settings)
     yield running
     await stop_core(running, task)
@@ -70,3 +71,48 @@ async def test_retry_after_cut_short_run_is_told_what_it_already_sent(
     await short.reply_containing("Andy: echo:", timeout=30)
     sent = [line for line in short.output.splitlines() if line.startswith("Andy: working on")]
     assert len(sent) == 1  # the retry did not send it again
+
+
+async def test_idle_agent_gives_way_to_a_group_waiting_for_a_slot(
+    home: Path, fake: FakeAnthropic
+) -> None:
+    """One slot, a long idle timeout: the second group must not wait for the first to idle out."""
+    settings = settings_for(home, fake.base_url, MAX_CONCURRENT_AGENTS=1, AGENT_IDLE_TIMEOUT_S=600)
+    running, task = await start_core(settings)
+    try:
+        await running.add_group("other", "term:other", requires_trigger=False)
+        await running.say("[[say: first answer]]")
+        await running.reply_containing("first answer")
+        await running.say("[[say: second answer]]", chat="term:other")
+        await running.reply_containing("second answer", timeout=60)
+        runs = {r.folder: r.status for r in await running.store.runs()}
+        assert runs["main"] == "ok"  # closed cleanly after its turn, not killed
+        # ...and a follow-up for the first group now starts it again, after the second idles
+        await running.say("[[say: third answer]]")
+        await running.reply_containing("third answer", timeout=60)
+    finally:
+        await stop_core(running, task)
+
+
+async def test_group_over_its_budget_is_told_once_and_not_retried(
+    home: Path, fake: FakeAnthropic
+) -> None:
+    settings = settings_for(home, fake.base_url, GROUP_DAILY_REQUESTS=1, AGENT_IDLE_TIMEOUT_S=1)
+    running, task = await start_core(settings)
+    try:
+        await running.say("[[say: the one answer]]")
+        await running.reply_containing("the one answer")
+        await wait_for(lambda: _is(running, 1, "ok"), timeout=20)
+        second = await running.say("[[say: never forwarded]]")
+        out = await running.reply_containing("over its daily request budget", timeout=60)
+        assert "(I cannot answer now: group main is over its daily request budget (1 of 1)" in out
+        await wait_for(lambda: _is(running, 2, "over_budget"), timeout=20)
+        assert await running.store.cursor("main") >= second  # handled: not run again
+        await running.say("[[say: still never]]")
+        await wait_for(lambda: _is(running, 3, "over_budget"), timeout=60)
+        await asyncio.sleep(3)  # a retry would start within 2 s
+        assert [r.status for r in await running.store.runs("main")] == ["over_budget"] * 2 + ["ok"]
+        assert out.count("over its daily") == running.output.count("over its daily") == 1
+        assert len(fake.requests) == 1 and "never" not in running.output
+    finally:
+        await stop_core(running, task)

@@ -99,7 +99,7 @@ def test_agent_command_is_isolated_python() -> None:
 
 def test_sandbox_runs_and_is_killed_with_its_parent(tmp_path: Path) -> None:
     plan = plan_in(tmp_path, detect_runtime())
-    argv = limits_prefix(plan.limits) + bwrap_argv(plan, ["/bin/sh", "-c", "ulimit -n; sleep 60"])
+    argv = bwrap_argv(plan, ["/bin/sh", "-c", "ulimit -n; sleep 60"])  # prlimit is inside
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={}, start_new_session=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == str(plan.limits.open_files)

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover
 
 from .conversation import history_for, strip_internal, system_prompt
 from .ipcfiles import Inbox, event, write_json
+from .relay import start_relay
 from .tools import TOOL_SPECS, Toolbox
 
 MAX_STEPS = 40
@@ -127,6 +128,10 @@ class Agent:
 def main() -> int:
     started = time.monotonic()
     cfg = json.loads(sys.stdin.read() or "{}")
+    if cfg.get("egress_port"):  # allowlist policy: tools reach /ipc/egress.sock through it
+        failure = start_relay(Path("/ipc/egress.sock"), int(cfg["egress_port"]))
+        if failure:
+            print(f"egress relay not started: {failure}", file=sys.stderr)
     agent = Agent(cfg)
     event("ready", startup_ms=int((time.monotonic() - started) * 1000))
     try:
