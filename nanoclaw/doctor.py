@@ -12,11 +12,12 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from nanoclaw.cgroup import RunCgroup
 from nanoclaw.channel import enabled_channels, load_channels
 from nanoclaw.config import Settings
-from nanoclaw.errors import StoreError
+from nanoclaw.errors import SandboxError, StoreError
 from nanoclaw.launcher import AGENT_CODE
-from nanoclaw.sandbox import SandboxPlan, bwrap_argv, detect_runtime, write_etc
+from nanoclaw.sandbox import Limits, SandboxPlan, bwrap_argv, detect_runtime, write_etc
 from nanoclaw.store import Store
 
 
@@ -82,6 +83,20 @@ def check_sandbox(settings: Settings) -> Check:
     return Check(True, "the agent runtime (python + anthropic) starts inside the sandbox")
 
 
+def check_cgroup() -> Check:
+    """A root daemon needs a pids cgroup per run (root is exempt from RLIMIT_NPROC)."""
+    try:
+        group = RunCgroup.create(Limits(), "doctor")
+    except SandboxError as exc:
+        return Check(False, str(exc), "run the daemon as an ordinary user, or give it a "
+                     "writable cgroup hierarchy with the pids controller")  # fmt: skip
+    made = bool(group.dirs)
+    group.remove()
+    if not made:
+        return Check(True, "no cgroup for runs: RLIMIT_NPROC and RLIMIT_AS bind an ordinary user")
+    return Check(True, "a cgroup per run caps its processes and memory")
+
+
 def check_credential(settings: Settings) -> Check:
     key = settings.anthropic_api_key
     if key is None or not key.get_secret_value().strip():
@@ -115,7 +130,9 @@ def check_channels(settings: Settings) -> list[Check]:
 
 async def run_checks(settings: Settings) -> list[Check]:
     checks = [check_bwrap()]
-    sync: list[Callable[[], Check]] = [check_userns, lambda: check_sandbox(settings)]
+    sync: list[Callable[[], Check]] = [
+        check_userns, check_cgroup, lambda: check_sandbox(settings)
+    ]  # fmt: skip
     if checks[0].ok:
         for fn in sync:
             checks.append(await asyncio.to_thread(fn))

@@ -21,6 +21,7 @@ def test_doctor_passes_with_credential(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok    user, pid and network namespaces work" in proc.stdout
     assert "starts inside the sandbox" in proc.stdout
+    assert "ok    a cgroup per run caps its processes and memory" in proc.stdout  # root here
     assert "FAIL" not in proc.stdout
 
 
