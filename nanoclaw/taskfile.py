@@ -102,7 +102,8 @@ class TaskFile:
         async for changes in awatch(
             *dirs,
             watch_filter=_is_memory_file,
-            debounce=300,
+            debounce=1600,
+            step=800,  # the watch wakes every step to look for changes: a slow file, slow steps
             stop_event=self._rearm,
             recursive=False,
             rust_timeout=5000,

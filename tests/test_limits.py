@@ -199,12 +199,20 @@ def test_find_hierarchies_v1_and_v2() -> None:
     assert find_hierarchies("", "") == []
 
 
-def test_jail_joins_every_cgroup_before_anything_runs() -> None:
+def test_jail_joins_every_cgroup_before_anything_runs(tmp_path: Path) -> None:
+    """Plain files stand in for cgroup.procs: each gets the pid the command then runs as."""
     assert jail_prefix([]) == []
-    argv = jail_prefix([Path("/cg/a b/cgroup.procs"), Path("/cg2/x/cgroup.procs")])
-    assert argv[:2] == ["/bin/sh", "-c"]
-    assert "tee '/cg/a b/cgroup.procs' /cg2/x/cgroup.procs" in argv[2]
-    assert argv[2].endswith('&& exec "$@"')
+    procs = [tmp_path / "a b" / "cgroup.procs", tmp_path / "x" / "cgroup.procs"]
+    for path in procs:
+        path.parent.mkdir()
+    out = subprocess.run([*jail_prefix(procs), "/bin/sh", "-c", "echo $$"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert [p.read_text() for p in procs] == [out.stdout] * 2
+    ran = tmp_path / "ran"
+    missing = [procs[0], tmp_path / "gone" / "cgroup.procs"]
+    failed = subprocess.run([*jail_prefix(missing), "/usr/bin/touch", str(ran)],
+                            capture_output=True)  # fmt: skip
+    assert failed.returncode != 0 and not ran.exists()  # never runs outside its cgroups
 
 
 def test_root_without_a_pids_cgroup_refuses_to_start() -> None:
