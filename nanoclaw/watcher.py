@@ -78,7 +78,7 @@ class IpcWatcher:
             *dirs,
             watch_filter=_accept,
             debounce=200,
-            step=10,
+            step=5,
             stop_event=self._rearm,
             recursive=False,
             rust_timeout=1000,
