@@ -11,24 +11,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import ClientSession
 
 import nanoclaw.agent
-from nanoclaw import ipcfs
 from nanoclaw.agent.relay import RELAY_PORT, proxy_env
 from nanoclaw.egress import EgressProxy
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group, Usage
 from nanoclaw.proxy import Budget, BudgetGuard, ModelProxy
-from nanoclaw.runner import AgentRun, Outcome
+from nanoclaw.runner import AgentRun
 from nanoclaw.sandbox import Runtime, SandboxPlan, detect_runtime, write_etc
 from nanoclaw.store import Store
 
 AGENT_CODE = Path(nanoclaw.agent.__file__).parent
-EGRESS_SOCK = "egress.sock"
 EgressFactory = Callable[[Group, str], EgressProxy]
 
 
@@ -67,32 +64,6 @@ def prepare_dirs(layout: Layout, folder: str) -> None:
 
 def group_egress(group: Group, label: str) -> EgressProxy:
     return EgressProxy(group.domains, label)
-
-
-class _Run(AgentRun):
-    """An `AgentRun` whose egress proxy (allowlist policy) lives exactly as long as the run."""
-
-    def __init__(self, egress: EgressProxy | None, sock: Path, **kw: Any) -> None:
-        super().__init__(**kw)
-        self._egress, self._egress_sock = egress, sock
-
-    async def start(self) -> None:
-        if self._egress is None:
-            return await super().start()
-        ipcfs.ensure_dirs(self._ipc_root, self.folder)
-        await self._egress.start(self._egress_sock)
-        try:
-            await super().start()
-        except BaseException:
-            await self._egress.stop()
-            raise
-
-    async def wait(self) -> Outcome:
-        try:
-            return await super().wait()
-        finally:
-            if self._egress is not None:
-                await self._egress.stop()
 
 
 class Launcher:
@@ -170,9 +141,8 @@ class Launcher:
         allowlist = group.network == "allowlist"
         if allowlist:
             config["egress_port"] = RELAY_PORT
-        run = _Run(
+        run = AgentRun(
             egress=self._egress(group, f"run={run_id}") if allowlist else None,
-            sock=plan.ipc / EGRESS_SOCK,
             folder=group.folder,
             run_id=run_id,
             plan=plan,

@@ -20,6 +20,7 @@ from typing import Any
 
 from nanoclaw import ipcfs
 from nanoclaw.cgroup import RunCgroup
+from nanoclaw.egress import EGRESS_SOCK, EgressProxy
 from nanoclaw.errors import SandboxError
 from nanoclaw.proxy import ModelProxy
 from nanoclaw.sandbox import SandboxPlan, agent_command, bwrap_argv, hide_args
@@ -56,6 +57,7 @@ class AgentRun:
         timeout_s: float,
         log_path: Path,
         on_turn_done: Callable[[str], Awaitable[None]],
+        egress: EgressProxy | None = None,
     ) -> None:
         self.folder = folder
         self.run_id = run_id
@@ -63,6 +65,7 @@ class AgentRun:
         self._ipc_root = ipc_root
         self._config = config
         self._proxy = proxy
+        self._egress = egress  # the allowlist policy's proxy, served beside the model's
         self._timeout_s = timeout_s
         self._log_path = log_path
         self._on_turn_done = on_turn_done
@@ -88,9 +91,11 @@ class AgentRun:
         await self._proxy.start(self._plan.ipc / "llm.sock")
         label = f"{self.folder}-{self.run_id}"
         try:  # caps processes and memory as a whole; required when the daemon is root
+            if self._egress is not None:
+                await self._egress.start(self._plan.ipc / EGRESS_SOCK)
             self._cgroup = await asyncio.to_thread(RunCgroup.create, self._plan.limits, label)
         except SandboxError:
-            await self._proxy.stop()
+            await self._stop_proxies()
             raise
         full = bwrap_argv(self._plan, agent_command(self._plan.runtime))
         read_end, write_end = os.pipe()
@@ -110,7 +115,7 @@ class AgentRun:
                 limit=LINE_CAP,
             )
         except OSError as exc:
-            await self._proxy.stop()
+            await self._stop_proxies()
             await asyncio.to_thread(self._cgroup.remove)
             raise SandboxError(f"cannot start bwrap: {exc}") from exc
         finally:
@@ -119,6 +124,11 @@ class AgentRun:
         self._proc.stdin.write(json.dumps(self._config).encode())
         await self._proc.stdin.drain()
         self._proc.stdin.close()
+
+    async def _stop_proxies(self) -> None:
+        await self._proxy.stop()
+        if self._egress is not None:
+            await self._egress.stop()
 
     def follow_up(self, name: str, prompt: str) -> None:
         ipcfs.write_input(self._ipc_root, self.folder, name, {"type": "messages", "prompt": prompt})
@@ -160,7 +170,7 @@ class AgentRun:
                 await asyncio.wait_for(asyncio.gather(*readers), 5)
             for task in readers:
                 task.cancel()
-            await self._proxy.stop()
+            await self._stop_proxies()
             await asyncio.to_thread(self._cgroup.remove)  # kills whatever escaped the group
         if status == "ok" and proc.returncode != 0:
             status = "failed"
