@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 from dataclasses import dataclass
 
 from nanoclaw.cgroup import RunCgroup
 from nanoclaw.errors import SandboxError
-from nanoclaw.sandbox import SandboxPlan, bwrap_argv, hide_args
+from nanoclaw.sandbox import SandboxPlan
+from nanoclaw.spawn import kill_sandbox, start_sandbox
 
 DATA_CAP = 16 * 1024
 STDERR_TAIL = 2 * 1024
@@ -62,39 +62,14 @@ def parse_gate_output(stdout: str, exit_code: int) -> Gate:
     return Gate(True, data=data)
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    """The whole sandbox: bwrap leads its own process group (start_new_session)."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 async def _start(plan: SandboxPlan, script: str, cgroup: RunCgroup) -> asyncio.subprocess.Process:
     # bwrap binds llm.sock read-only, so its source must exist; the gate has no model
     # proxy, and the proxy replaces this placeholder when a run starts.
     with contextlib.suppress(FileExistsError):
         os.close(os.open(plan.ipc / "llm.sock", os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-    argv = bwrap_argv(plan, ["/bin/bash", "-c", script])
-    read_end, write_end = os.pipe()
-    short, payload = hide_args(argv, read_end)
-    try:
-        os.write(write_end, payload)  # far below the pipe's buffer: never blocks
-        os.close(write_end)
-        write_end = -1
-        return await asyncio.create_subprocess_exec(
-            *cgroup.prefix(),
-            *short,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={},  # bwrap's own environment is readable inside at /proc/1/environ
-            start_new_session=True,
-            pass_fds=(read_end,),
-        )
-    finally:
-        os.close(read_end)
-        if write_end >= 0:
-            os.close(write_end)
+    return await start_sandbox(
+        plan, ["/bin/bash", "-c", script], cgroup.prefix(), stdin=asyncio.subprocess.DEVNULL
+    )
 
 
 async def _read_capped(proc: asyncio.subprocess.Process, cap: int) -> bytes | None:
@@ -107,7 +82,7 @@ async def _read_capped(proc: asyncio.subprocess.Process, cap: int) -> bytes | No
             buf += chunk
             if len(buf) > cap:
                 over = True
-                _kill(proc)
+                kill_sandbox(proc)
     return None if over else bytes(buf)
 
 
@@ -142,7 +117,7 @@ async def run_gate(
     except TimeoutError:
         return Gate(False, reason=f"script timed out after {timeout_s:g}s")
     finally:  # timeout, cancellation or done: nothing of the sandbox outlives the call
-        _kill(proc)
+        kill_sandbox(proc)
         await proc.wait()
         stdout.cancel()
         stderr.cancel()

@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +21,8 @@ from nanoclaw.cgroup import RunCgroup
 from nanoclaw.egress import EGRESS_SOCK, EgressProxy
 from nanoclaw.errors import SandboxError
 from nanoclaw.proxy import ModelProxy
-from nanoclaw.sandbox import SandboxPlan, agent_command, bwrap_argv, hide_args
+from nanoclaw.sandbox import SandboxPlan, agent_command
+from nanoclaw.spawn import kill_sandbox, start_sandbox
 
 log = logging.getLogger(__name__)
 STDERR_CAP = 1024 * 1024
@@ -97,29 +96,15 @@ class AgentRun:
         except SandboxError:
             await self._stop_proxies()
             raise
-        full = bwrap_argv(self._plan, agent_command(self._plan.runtime))
-        read_end, write_end = os.pipe()
-        short, payload = hide_args(full, read_end)
         try:
-            os.write(write_end, payload)  # far below the pipe's buffer: never blocks
-            os.close(write_end)
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._cgroup.prefix(),
-                *short,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env={},
-                start_new_session=True,
-                pass_fds=(read_end,),
-                limit=LINE_CAP,
-            )
+            self._proc = await start_sandbox(
+                self._plan, agent_command(self._plan.runtime), self._cgroup.prefix(),
+                stdin=asyncio.subprocess.PIPE, limit=LINE_CAP,
+            )  # fmt: skip
         except OSError as exc:
             await self._stop_proxies()
             await asyncio.to_thread(self._cgroup.remove)
             raise SandboxError(f"cannot start bwrap: {exc}") from exc
-        finally:
-            os.close(read_end)
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(self._config).encode())
         await self._proc.stdin.drain()
@@ -142,9 +127,7 @@ class AgentRun:
             (self._ipc_root / self.folder / "input" / "_close").touch()
 
     def kill(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
+        kill_sandbox(self._proc)
 
     async def wait(self) -> Outcome:
         proc = self._proc

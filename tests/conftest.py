@@ -10,6 +10,8 @@ import asyncio
 import io
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -63,6 +65,15 @@ def cli_env(home: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "NANOCLAW"))}
     env.update(NANOCLAW_HOME=str(home), TZ="UTC", **settings)
     return env
+
+
+def run_cli(home: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`nanoclaw ARGS` as a subprocess in `home`, with `cli_env(home, **settings)`."""
+    return subprocess.run(
+        [sys.executable, "-m", "nanoclaw.cli", *args],
+        env=cli_env(home, **settings), cwd=home, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
 
 
 async def wait_for(

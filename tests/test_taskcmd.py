@@ -7,13 +7,12 @@ them, CLAUDE.md tasks by a TaskFile sync of a real file, a run by claim, start a
 from __future__ import annotations
 
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import cli_env
+from conftest import run_cli
 
 from nanoclaw.db import now_ms
 from nanoclaw.models import Group
@@ -37,15 +36,7 @@ def ms(text: str) -> int:
 
 
 def nanoclaw(tasks_home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", *args],
-        env=cli_env(tasks_home),
-        cwd=tasks_home,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(tasks_home, *args)
 
 
 def ok(tasks_home: Path, *args: str) -> str:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import cli_env
+from conftest import run_cli
 
 from nanoclaw.models import RunRecord, Usage
 from nanoclaw.proxy import day_start
@@ -23,15 +22,7 @@ HOUR_MS = 3_600_000
 
 
 def nanoclaw(home: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "usage", *args],
-        env=cli_env(home, **settings),
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(home, "usage", *args, **settings)
 
 
 def rows(out: str) -> dict[tuple[str, str], list[int]]:
