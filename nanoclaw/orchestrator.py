@@ -90,9 +90,6 @@ class Orchestrator:
     def task_due(self, folder: str) -> None:
         """The scheduler claimed a task of this group: run it as soon as the group is free."""
         self._tasks_waiting.add(folder)
-        live = self.live.get(folder)
-        if live is not None and live.run is not None and live.kind == "message" and not live.inputs:
-            live.run.close()  # an idle agent waiting for follow-ups gives way to the task
         self._submit(folder)
 
     def _submit(self, folder: str) -> None:
@@ -100,20 +97,26 @@ class Orchestrator:
         self._make_room()
 
     def _make_room(self) -> None:
-        """Groups wait for a slot: idle agents give way, the longest idle first.
+        """Idle agents give way: to their own group's scheduled task, and to groups waiting
+        for a slot (the longest idle first).
 
         An agent that finished its turn waits up to AGENT_IDLE_TIMEOUT_S for follow-ups; it
-        must not hold a slot another group's messages are waiting for.
+        must not hold a slot that a task or another group's messages are waiting for.
         """
         idle = sorted(
-            ((lv.idle_since, lv.run) for lv in self.live.values()
+            ((lv.idle_since, folder, lv.run) for folder, lv in self.live.items()
              if lv.idle_since is not None and lv.run is not None),
-            key=lambda pair: pair[0],
+            key=lambda entry: entry[0],
         )  # fmt: skip
-        leaving = sum(1 for _, run in idle if not run.accepting)
-        staying = [run for _, run in idle if run.accepting]
-        for run in staying[: max(0, self.queue.waiting - leaving)]:
-            log.info("group=%s run=%s idle: gives way to a waiting group", run.folder, run.run_id)
+        slots = self.queue.waiting - sum(1 for _, _, run in idle if not run.accepting)
+        for _, folder, run in idle:
+            if folder in self._tasks_waiting:
+                why = "its group's scheduled task"
+            elif run.accepting and slots > 0:
+                why, slots = "a waiting group", slots - 1
+            else:
+                continue
+            log.info("group=%s run=%s idle: gives way to %s", folder, run.run_id, why)
             run.close()
 
     def current_run(self, folder: str) -> int | None:
@@ -296,8 +299,6 @@ class Orchestrator:
         if not live.inputs:
             live.idle_since = time.monotonic()
             await self._typing(live.chat_id, False)
-            if folder in self._tasks_waiting and live.run is not None:
-                live.run.close()  # idle, and a scheduled task waits for the group's slot
             self._make_room()
 
     def close_live(self) -> None:
