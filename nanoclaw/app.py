@@ -22,13 +22,12 @@ from nanoclaw.config import Settings
 from nanoclaw.errors import SandboxError
 from nanoclaw.gate import Gate, run_gate
 from nanoclaw.ipc import IpcHandler
-from nanoclaw.launcher import AgentSettings, Launcher, RunOptions, prepare_dirs
+from nanoclaw.launcher import AgentSettings, Launcher, RunOptions
 from nanoclaw.models import MAIN, Group
 from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.proxy import Budget
 from nanoclaw.router import Router
 from nanoclaw.runner import AgentRun
-from nanoclaw.sandbox import write_etc
 from nanoclaw.scheduler import Scheduler
 from nanoclaw.store import Store
 from nanoclaw.taskfile import TaskFile
@@ -144,10 +143,7 @@ class Core:
     async def _gate(self, group: Group, script: str) -> Gate:
         if self.launcher is None:
             raise SandboxError("the daemon is not running")
-        plan = self.launcher.plan(group)
-        await asyncio.to_thread(prepare_dirs, self.layout, group.folder)
-        await asyncio.to_thread(write_etc, plan.etc)
-        return await run_gate(plan, script, GATE_TIMEOUT_S)
+        return await run_gate(await self.launcher.prepare(group), script, GATE_TIMEOUT_S)
 
     async def _drain(self, folder: str) -> int:
         return await self.ipc.drain(folder)

@@ -112,6 +112,13 @@ class Launcher:
         guard = BudgetGuard(group.folder, a.budget, ZoneInfo(a.tz), spent)
         return ModelProxy(self._session, a.base_url, a.api_key, record, f"run={run_id}", guard)
 
+    async def prepare(self, group: Group) -> SandboxPlan:
+        """The group's plan, with the host directories and files it mounts in place."""
+        plan = self.plan(group)
+        await asyncio.to_thread(prepare_dirs, self._layout, group.folder)
+        await asyncio.to_thread(write_etc, plan.etc)
+        return plan
+
     async def launch(
         self,
         group: Group,
@@ -120,9 +127,7 @@ class Launcher:
         on_turn_done: Callable[[str], Awaitable[None]],
         options: RunOptions = MESSAGE_RUN,
     ) -> AgentRun:
-        plan = self.plan(group)
-        await asyncio.to_thread(prepare_dirs, self._layout, group.folder)
-        await asyncio.to_thread(write_etc, plan.etc)
+        plan = await self.prepare(group)
 
         proxy = self.model_proxy(group, run_id)
         a = self._agent
