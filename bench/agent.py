@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import ClientSession
 from fake_anthropic import FakeAnthropic, Recorded
+from pydantic import SecretStr
 
 from bench.home import make_home, requests_at_least, run_log_tail
 from bench.report import Figure, median
@@ -53,7 +54,7 @@ async def _cold_runs(
             tz="UTC",
             idle_timeout_s=RUN_TIMEOUT_S,
             timeout_s=RUN_TIMEOUT_S * 2,
-            api_key="k",
+            api_key=SecretStr("k"),
             base_url=fake.base_url,
         )
         async with ClientSession() as session:

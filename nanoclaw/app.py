@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import IO
 
 from aiohttp import ClientSession
+from pydantic import SecretStr
 
+from nanoclaw.budget import Budget
 from nanoclaw.channel import Channel, Ingest
 from nanoclaw.config import Settings
 from nanoclaw.errors import SandboxError
@@ -25,7 +27,6 @@ from nanoclaw.ipc import IpcHandler
 from nanoclaw.launcher import AgentSettings, Launcher, RunOptions
 from nanoclaw.models import MAIN, Group
 from nanoclaw.orchestrator import Orchestrator, Rules
-from nanoclaw.proxy import Budget
 from nanoclaw.router import Router
 from nanoclaw.runner import AgentRun
 from nanoclaw.scheduler import Scheduler
@@ -63,14 +64,13 @@ async def ensure_main(store: Store) -> None:
 
 
 def agent_settings(settings: Settings) -> AgentSettings:
-    key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else ""
     return AgentSettings(
         assistant_name=settings.assistant_name,
         model=settings.nanoclaw_model,
         tz=settings.tz,
         idle_timeout_s=settings.agent_idle_timeout_s,
         timeout_s=settings.agent_timeout_s,
-        api_key=key,
+        api_key=settings.anthropic_api_key or SecretStr(""),
         base_url=settings.anthropic_base_url,
         budget=Budget(settings.group_daily_requests, settings.group_daily_tokens),
     )

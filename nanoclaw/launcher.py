@@ -14,13 +14,17 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from aiohttp import ClientSession
+from pydantic import SecretStr
 
 import nanoclaw.agent
+from nanoclaw.admission import Policy
 from nanoclaw.agent.relay import RELAY_PORT, proxy_env
+from nanoclaw.budget import Budget, BudgetBook, BudgetGuard
 from nanoclaw.egress import EgressProxy
+from nanoclaw.intake import BodyPool
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group, Usage
-from nanoclaw.proxy import Budget, BudgetGuard, ModelProxy
+from nanoclaw.proxy import ModelProxy
 from nanoclaw.runner import AgentRun
 from nanoclaw.sandbox import Runtime, SandboxPlan, detect_runtime, write_etc
 from nanoclaw.store import Store
@@ -36,7 +40,7 @@ class AgentSettings:
     tz: str
     idle_timeout_s: float
     timeout_s: float
-    api_key: str
+    api_key: SecretStr  # unwrapped only by the proxy, as it sends a request
     base_url: str
     budget: Budget = field(default_factory=Budget)  # per group and day; default unlimited
 
@@ -82,11 +86,16 @@ class Launcher:
         self._session = session
         self._runtime = runtime or detect_runtime()
         self._egress = egress
+        # Shared by every run's proxy: budgets are reserved under one lock per group, and
+        # the daemon holds a bounded number of request bodies at once.
+        self._book = BudgetBook()
+        self._bodies = BodyPool()
 
     def plan(self, group: Group) -> SandboxPlan:
         return SandboxPlan(
             workspace=self._layout.groups / group.folder,
             ipc=self._layout.ipc / group.folder,
+            sockets=self._layout.sockets / group.folder,
             global_dir=self._layout.groups / "global",
             global_writable=group.is_main,
             skills=self._layout.skills,
@@ -99,7 +108,8 @@ class Launcher:
         )
 
     def model_proxy(self, group: Group, run_id: int) -> ModelProxy:
-        """The run's proxy: usage goes to the run's row, the budget is the group's of today."""
+        """The run's proxy: usage goes to the run's row, the budget is the group's of today,
+        the model the group's own, server tools only as far as its network policy goes."""
 
         async def record(usage: Usage) -> None:
             await self._store.add_usage(run_id, usage)
@@ -109,8 +119,19 @@ class Launcher:
             return await self._store.group_usage(group.folder, since_ms, exclude_run=run_id)
 
         a = self._agent
-        guard = BudgetGuard(group.folder, a.budget, ZoneInfo(a.tz), spent)
-        return ModelProxy(self._session, a.base_url, a.api_key, record, f"run={run_id}", guard)
+        guard = BudgetGuard(group.folder, a.budget, ZoneInfo(a.tz), spent, book=self._book)
+        policy = Policy(frozenset({group.model or a.model}), group.network, group.domains)
+        label = f"group={group.folder} run={run_id}"
+        return ModelProxy(
+            self._session,
+            a.base_url,
+            a.api_key,
+            record,
+            label,
+            guard,
+            policy=policy,
+            pool=self._bodies,
+        )
 
     async def prepare(self, group: Group) -> SandboxPlan:
         """The group's plan, with the host directories and files it mounts in place."""

@@ -1,13 +1,9 @@
 """The host-side model proxy: a unix socket in the group's IPC dir, served for one agent run.
 
-It forwards only the Messages endpoints, drops whatever credential the sandbox sends,
-adds the real key, records token usage for the run and keeps the group's daily budget.
+It forwards only the Messages endpoints and only what the run may ask (`admission`), read
+within the limits of `intake`, drops whatever credential the sandbox sends, adds the real
+key, and counts each request against the group's daily budget (`budget`) before it goes.
 The key never enters the sandbox.
-
-A group's day is the calendar day in TZ: its other runs count on the day they started,
-this run's own usage always counts whole. Budget tokens are input + cache writes + output:
-cache reads (a tenth of the input price, re-read at every step) do not. A request that
-starts under the budget runs to the end, so the last one may overshoot it.
 """
 
 from __future__ import annotations
@@ -17,21 +13,26 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout, web
+from pydantic import SecretStr
 
+from nanoclaw.admission import Admitted, Policy, Refusal, admit
+from nanoclaw.budget import BudgetGuard, RunBudget
+from nanoclaw.intake import BodyError, BodyPool, CappedServer, Limits, read_body
 from nanoclaw.models import Usage
 
 log = logging.getLogger(__name__)
-ALLOWED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
-FORWARD_REQUEST_HEADERS = ("content-type", "anthropic-version", "anthropic-beta", "accept")
+MESSAGES = "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"
+ALLOWED_PATHS = frozenset({MESSAGES, COUNT_TOKENS})
+API_VERSION = "2023-06-01"  # the only one; pinned, like everything else the proxy sends
 FORWARD_RESPONSE_HEADERS = ("content-type", "request-id", "retry-after", "x-should-retry")
-MAX_BODY = 32 * 1024 * 1024
+NO_RETRY = {"x-should-retry": "false"}
+KEEPALIVE_S = 75.0
+MAX_LOGGED = 20  # distinct refusals logged per run: a sandbox cannot flood the log
 
 
 def usage_of(payload: Any) -> Usage:
@@ -90,67 +91,6 @@ def response_usage(status: int, content_type: str, data: bytes) -> Usage:
         return Usage(requests=1)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A group's daily allowance of Messages requests and budget tokens; 0 is unlimited."""
-
-    requests: int = 0
-    tokens: int = 0
-
-
-def budget_tokens(usage: Usage) -> int:
-    return usage.input_tokens + usage.cache_write_tokens + usage.output_tokens
-
-
-def add_usage(a: Usage, b: Usage) -> Usage:
-    return Usage(
-        a.requests + b.requests,
-        a.input_tokens + b.input_tokens,
-        a.output_tokens + b.output_tokens,
-        a.cache_read_tokens + b.cache_read_tokens,
-        a.cache_write_tokens + b.cache_write_tokens,
-    )
-
-
-def day_start(now: datetime, zone: ZoneInfo, days: int = 0) -> datetime:
-    """Midnight in `zone` starting the day of `now`, `days` later (negative: earlier)."""
-    return datetime.combine(now.astimezone(zone).date() + timedelta(days=days), time(0), zone)
-
-
-def budget_verdict(
-    folder: str, used: Usage, budget: Budget, now: datetime, zone: ZoneInfo
-) -> str | None:
-    """Why the group may not send another request today, or None when it may."""
-    tokens = budget_tokens(used)
-    if budget.requests and used.requests >= budget.requests:
-        what, n, limit = "request", used.requests, budget.requests
-    elif budget.tokens and tokens >= budget.tokens:
-        what, n, limit = "token", tokens, budget.tokens
-    else:
-        return None
-    resets = day_start(now, zone, 1)
-    return (
-        f"nanoclaw: group {folder} is over its daily {what} budget ({n} of {limit}); "
-        f"resets at {resets:%H:%M %Z}"
-    )
-
-
-@dataclass(frozen=True)
-class BudgetGuard:
-    """What the proxy needs to keep one group's budget: `spent(since)` is the group's usage
-    by runs other than this one started since that moment (the store's sum)."""
-
-    folder: str
-    budget: Budget
-    zone: ZoneInfo
-    spent: Callable[[datetime], Awaitable[Usage]]
-    clock: Callable[[], datetime] = field(default=_utc_now)
-
-
 def _error(
     status: int, kind: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -164,37 +104,56 @@ def _remove_stale(sock: Path) -> None:
 
 
 class ModelProxy:
-    """Serves one socket; `record` receives the usage of each forwarded request.
+    """Serves one socket; `record` adds to the run's row in the store.
 
-    Over budget, a request is answered 429 rate_limit_error with `x-should-retry: false`
-    and no retry-after: the anthropic SDK obeys that header before its status rules, so
-    the agent gets a RateLimitError at once and its run ends instead of backing off.
+    Refused requests (policy, size, budget) are answered 4xx with `x-should-retry: false`
+    and no retry-after: the anthropic SDK obeys that header before its status rules, so the
+    agent gets the error at once, and over budget its run ends instead of backing off.
     """
 
     def __init__(
         self,
         session: ClientSession,
         base_url: str,
-        api_key: str,
+        api_key: SecretStr,
         record: Callable[[Usage], Awaitable[None]],
         label: str = "",
         guard: BudgetGuard | None = None,
+        *,
+        policy: Policy,
+        limits: Limits | None = None,
+        pool: BodyPool | None = None,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
-        self._record = record
         self._label = label
-        self._guard = guard
-        self._used = Usage()  # this run's own, counted whole even past midnight
-        self.refusal: str | None = None  # why the budget stopped this run, if it did
-        self._runner: web.AppRunner | None = None
+        self._policy = policy
+        self._limits = limits or Limits()
+        self._pool = pool or BodyPool()
+        self._budget = RunBudget(guard, record)
+        self._in_flight = 0
+        self._logged: set[str] = set()
+        self._runner: web.BaseRunner | None = None
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the budget stopped this run, if it did."""
+        return self._budget.refusal
 
     async def start(self, sock: Path) -> None:
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # No lingering: what a refused request did not send is not waited for. An idle
+        # connection is closed after a while, so a dead one does not hold a slot for long.
+        server = CappedServer(
+            self._handle,
+            self._limits.connections,
+            self._label,
+            access_log=None,
+            lingering_time=0,
+            keepalive_timeout=KEEPALIVE_S,
+        )
         # A run that ended has no use for answers still in flight: do not wait for them.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        self._runner = web.ServerRunner(server, shutdown_timeout=0.5)
         await self._runner.setup()
         _remove_stale(sock)
         site = web.UnixSite(self._runner, str(sock))
@@ -206,40 +165,90 @@ class ModelProxy:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _over_budget(self) -> str | None:
-        guard = self._guard
-        if guard is None or not (guard.budget.requests or guard.budget.tokens):
-            return None
-        now = guard.clock()
-        used = add_usage(await guard.spent(day_start(now, guard.zone)), self._used)
-        verdict = budget_verdict(guard.folder, used, guard.budget, now, guard.zone)
-        if verdict is not None and self.refusal is None:
-            self.refusal = verdict  # once per run: the agent stops at the first refusal anyway
-            log.warning("proxy %s group=%s refused: %s", self._label, guard.folder, verdict)
-        return verdict
+    def _refuse(
+        self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        """A refusal the agent sees at once; logged once per run and reason. The connection
+        is closed after it: whatever of the body was not read is not waited for."""
+        if message not in self._logged and len(self._logged) < MAX_LOGGED:
+            self._logged.add(message)
+            last = len(self._logged) == MAX_LOGGED
+            more = " (the run's last refusal logged)" if last else ""
+            log.warning("proxy %s refused %s: %s%s", self._label, status, message, more)
+        response = _error(status, kind, message, {**NO_RETRY, **(headers or {})})
+        response.force_close()
+        return response
 
-    async def _count(self, usage: Usage) -> None:
-        self._used = add_usage(self._used, usage)
-        await self._record(usage)
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path not in ALLOWED_PATHS:
-            log.warning("proxy %s refused %s %s", self._label, request.method, request.path)
-            return _error(404, "not_found_error", "only the Messages API is reachable")
+            message = f"nanoclaw: only the Messages API is reachable, not {request.path[:200]}"
+            return self._refuse(404, "not_found_error", message)
         if request.method != "POST":
-            log.warning("proxy %s refused %s %s", self._label, request.method, request.path)
-            return _error(405, "invalid_request_error", "use POST", {"allow": "POST"})
-        verdict = await self._over_budget()
-        if verdict is not None:
-            return _error(429, "rate_limit_error", verdict, {"x-should-retry": "false"})
-        body = await request.read()
-        headers = {k: request.headers[k] for k in FORWARD_REQUEST_HEADERS if k in request.headers}
-        headers["x-api-key"] = self._api_key
-        headers.setdefault("anthropic-version", "2023-06-01")
-        url = self._base_url + request.path
+            message = "nanoclaw: use POST"
+            return self._refuse(405, "invalid_request_error", message, {"allow": "POST"})
+        if self._in_flight >= self._limits.in_flight:
+            n = self._limits.in_flight
+            message = f"nanoclaw: more than {n} requests in flight for this run"
+            return self._refuse(429, "rate_limit_error", message)
+        self._in_flight += 1
+        try:
+            return await self._take(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _take(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The body read within the limits, holding its bytes in the daemon's pool."""
+        size = request.content_length
+        if size is None:
+            return self._refuse(411, "invalid_request_error", "nanoclaw: send a content-length")
+        if size > self._limits.max_body:
+            message = f"nanoclaw: a request body is at most {self._limits.max_body} bytes"
+            return self._refuse(413, "request_too_large", message)
+        if not await self._pool.take(size, self._limits.body_timeout_s):
+            log.warning("proxy %s: the daemon's body allowance is full", self._label)
+            return _error(503, "overloaded_error", "nanoclaw: the model proxy is busy")
+        try:
+            try:
+                body = await read_body(request.content, size, self._limits)
+            except BodyError as exc:
+                return self._refuse(exc.status, "invalid_request_error", f"nanoclaw: {exc}")
+            betas = request.headers.get("anthropic-beta", "")
+            verdict = admit(body, betas, self._policy, request.path == COUNT_TOKENS)
+            del body
+            if isinstance(verdict, Refusal):
+                return self._refuse(verdict.status, verdict.kind, verdict.message)
+            return await self._send(request, verdict)
+        finally:
+            self._pool.give(size)
+
+    async def _send(self, request: web.BaseRequest, admitted: Admitted) -> web.StreamResponse:
+        """Forward an admitted request; a Messages call is reserved first and settled after."""
+        if request.path == COUNT_TOKENS:  # free: no budget
+            return await self._forward(request, admitted, None)
+        over = await self._budget.reserve(admitted.max_tokens)
+        if over is not None:
+            return self._refuse(429, "rate_limit_error", over)
+        try:
+            return await self._forward(request, admitted, self._budget)
+        finally:
+            self._budget.release(admitted.max_tokens)
+
+    async def _forward(
+        self, request: web.BaseRequest, admitted: Admitted, budget: RunBudget | None
+    ) -> web.StreamResponse:
+        headers = {
+            "content-type": "application/json",
+            "anthropic-version": API_VERSION,
+            "x-api-key": self._api_key.get_secret_value(),
+        }
+        if admitted.betas:
+            headers["anthropic-beta"] = admitted.betas
         try:
             async with self._session.post(
-                url, data=body, headers=headers, timeout=ClientTimeout(total=900)
+                self._base_url + request.path,
+                data=admitted.body,
+                headers=headers,
+                timeout=ClientTimeout(total=900),
             ) as upstream:
                 data = await upstream.read()
                 status = upstream.status
@@ -250,8 +259,10 @@ class ModelProxy:
                 }
         except (ClientError, TimeoutError) as exc:
             log.warning("proxy %s upstream error: %s", self._label, exc)
+            if budget is not None and isinstance(exc, ClientConnectorError):
+                await budget.refund()  # never reached upstream
             return _error(502, "api_error", f"model endpoint unreachable: {exc.__class__.__name__}")
-        if request.path == "/v1/messages":
+        if budget is not None:
             kind = out_headers.get("content-type", "")
-            await self._count(response_usage(status, kind, data))
+            await budget.settle(response_usage(status, kind, data))
         return web.Response(body=data, status=status, headers=out_headers)

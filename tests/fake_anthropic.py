@@ -203,6 +203,7 @@ class FakeAnthropic:
         self._requests: list[Recorded] = []
         self._script: deque[Reply] = deque()
         self._served = Served("fake-anthropic")
+        self._delayed: set[asyncio.Task[Any]] = set()  # answers waiting out their delay
 
     @property
     def requests(self) -> list[Recorded]:
@@ -237,6 +238,9 @@ class FakeAnthropic:
         return self
 
     def stop(self) -> None:
+        # A delayed answer whose client hung up is no longer the server's to cancel: cancel
+        # it here, or it is left pending when the loop closes.
+        self._served.call_soon(lambda: [task.cancel() for task in self._delayed])
         self._served.stop()
 
     def __enter__(self) -> FakeAnthropic:
@@ -279,7 +283,13 @@ class FakeAnthropic:
         except Exception as exc:  # surface responder bugs to the test as a 500
             reply = error_reply(500, "api_error", f"fake responder raised {exc!r}")
         if reply.delay > 0:
-            await asyncio.sleep(reply.delay)
+            task = asyncio.current_task()
+            assert task is not None
+            self._delayed.add(task)
+            try:
+                await asyncio.sleep(reply.delay)
+            finally:
+                self._delayed.discard(task)
         headers = {"request-id": _rid("req_"), **reply.headers}
         if reply.status != 200:
             err = _error_json(reply.error_type, reply.error_message or f"HTTP {reply.status}")

@@ -18,22 +18,17 @@ import pytest
 import pytest_asyncio
 from aiohttp import ClientSession, UnixConnector
 from fake_anthropic import FakeAnthropic, text_reply
+from pydantic import SecretStr
 
+from nanoclaw.admission import Policy
 from nanoclaw.agent.__main__ import proxy_client
+from nanoclaw.budget import Budget, BudgetGuard, budget_tokens, budget_verdict, day_start
 from nanoclaw.config import load_settings
 from nanoclaw.errors import ConfigError
 from nanoclaw.launcher import AgentSettings, Launcher
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group, Usage
-from nanoclaw.proxy import (
-    Budget,
-    BudgetGuard,
-    ModelProxy,
-    budget_tokens,
-    budget_verdict,
-    day_start,
-    response_usage,
-)
+from nanoclaw.proxy import ModelProxy, response_usage
 from nanoclaw.store import Store
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -160,7 +155,15 @@ async def serve(
         return clock or datetime.now(UTC)
 
     guard = BudgetGuard(folder, budget, ZoneInfo("UTC"), spent, now)
-    proxy = ModelProxy(session, fake.base_url, "sk-real", record, f"run={run_id}", guard)
+    proxy = ModelProxy(
+        session,
+        fake.base_url,
+        SecretStr("sk-real"),
+        record,
+        f"run={run_id}",
+        guard,
+        policy=Policy(frozenset({"m"})),
+    )
     await proxy.start(served.sock)
     return proxy, served
 
@@ -311,7 +314,8 @@ async def test_the_launchers_proxy_counts_the_group_today_once(
     tmp_path: Path, store: Store, session: ClientSession, fake: FakeAnthropic
 ) -> None:
     """Wired by the launcher: the run's recorded usage is not counted twice."""
-    agent = AgentSettings("Andy", "m", "UTC", 1, 1, "sk-real", fake.base_url, Budget(0, 100))
+    key = SecretStr("sk-real")
+    agent = AgentSettings("Andy", "m", "UTC", 1, 1, key, fake.base_url, Budget(0, 100))
     launcher = Launcher(store, Layout(tmp_path / "home"), agent, session)
     await spend(store, "work", Usage(1, 30, 0))
     run_id = await store.start_run("work", "message", None, None)
