@@ -75,12 +75,17 @@
               pydantic-settings
               aiohttp
             ];
-            # The daemon starts every agent run with bwrap.
+            # The daemon starts every agent run with bwrap, under a seccomp filter that
+            # nanoclaw/seccomp.py compiles with libseccomp (loaded by name through ctypes).
             makeWrapperArgs = [
               "--prefix"
               "PATH"
               ":"
               (lib.makeBinPath [ pkgs.bubblewrap ])
+              "--prefix"
+              "LD_LIBRARY_PATH"
+              ":"
+              (lib.makeLibraryPath [ pkgs.libseccomp ])
             ];
             # Templates and skills, for the NixOS module to seed a fresh home with.
             postInstall = ''
@@ -119,6 +124,8 @@
             # uv uses the shell's interpreter and never downloads its own.
             UV_PYTHON = "${python}/bin/python3";
             UV_PYTHON_DOWNLOADS = "never";
+            # The sandbox's seccomp filter is compiled by libseccomp, loaded through ctypes.
+            LD_LIBRARY_PATH = lib.makeLibraryPath [ pkgs.libseccomp ];
             shellHook = ''
               echo "nanoclaw dev shell: uv sync && uv run pytest"
             '';

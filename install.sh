@@ -14,6 +14,9 @@ SUDO=""
 need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v prlimit >/dev/null || need_apt+=(util-linux)
+# libseccomp builds the sandbox's seccomp filter; without it no sandbox starts
+{ /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep 'libseccomp\.so\.2 ' >/dev/null \
+  || need_apt+=(libseccomp2)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 if [ "$mode" = "--test" ]; then
   # Prosody: the real XMPP server of the XMPP tests (Debian's package may also start a

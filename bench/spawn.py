@@ -6,7 +6,7 @@ that a drift in machine load hits the measurement and its floor alike.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -18,13 +18,9 @@ from bench.home import make_home
 from bench.report import Figure, median
 from nanoclaw.cgroup import RunCgroup
 from nanoclaw.launcher import AGENT_CODE
-from nanoclaw.sandbox import (
-    SandboxPlan,
-    bwrap_argv,
-    detect_runtime,
-    hide_args,
-    write_etc,
-)
+from nanoclaw.sandbox import SandboxPlan, bwrap_argv, detect_runtime, write_etc
+from nanoclaw.seccomp import sandbox_filter
+from nanoclaw.spawn import CWD, bwrap_launch
 
 MINIMAL_BWRAP = [
     "bwrap", "--unshare-user", "--ro-bind", "/usr", "/usr",
@@ -37,11 +33,13 @@ COLD_TARGET = 1.3
 
 @dataclass(frozen=True)
 class Command:
-    """An argv; with `hide`, started as the runner does: bwrap's options via `--args FD`."""
+    """An argv; with `plan`, started as the runner does (spawn.bwrap_launch: options via
+    `--args FD`, the seccomp program via `--seccomp FD`), running `argv` in it."""
 
     argv: list[str]
     prefix: tuple[str, ...] = ()
-    hide: bool = False
+    plan: SandboxPlan | None = None
+    bpf: bytes = b""
 
 
 def _plan(home: Path) -> SandboxPlan:
@@ -61,34 +59,24 @@ def _plan(home: Path) -> SandboxPlan:
 
 def full_plan_commands(home: Path, cgroup: RunCgroup) -> tuple[Command, Command]:
     """bwrap with the whole mount plan for `main` running /bin/true (prlimit inside), joined
-    to the run's cgroup: as the runner starts it (options through `--args FD`), and as one
-    plain argv."""
+    to the run's cgroup: as the runner starts it (options through `--args FD`, the seccomp
+    filter), and as one plain argv with no filter."""
     plan = _plan(home)
-    argv = bwrap_argv(plan, ["/bin/true"])
     prefix = tuple(cgroup.prefix())
-    return Command(argv, prefix, hide=True), Command([*prefix, *argv])
+    runner = Command(["/bin/true"], prefix, plan, sandbox_filter().bpf)
+    return runner, Command([*prefix, *bwrap_argv(plan, ["/bin/true"])])
 
 
 def time_once(cmd: Command) -> float:
     """Wall seconds of one run from fork to exit; a failing command is an error."""
-    fds: tuple[int, ...] = ()
-    argv = cmd.argv
     start = time.perf_counter()
-    if cmd.hide:
-        read_end, write_end = os.pipe()
-        short, payload = hide_args(cmd.argv, read_end)
-        os.write(write_end, payload)  # a few KiB: below the pipe buffer
-        os.close(write_end)
-        argv, fds = [*cmd.prefix, *short], (read_end,)
-    else:
-        argv = [*cmd.prefix, *cmd.argv]
-    try:
-        done = subprocess.run(
-            argv, env={}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=fds
-        )
-    finally:
-        for fd in fds:
-            os.close(fd)
+    with contextlib.ExitStack() as stack:
+        argv, fds = [*cmd.prefix, *cmd.argv], ()
+        if cmd.plan is not None:
+            short, fds = stack.enter_context(bwrap_launch(cmd.plan, cmd.argv, cmd.bpf))
+            argv = [*cmd.prefix, *short]
+        quiet, err = subprocess.DEVNULL, subprocess.PIPE
+        done = subprocess.run(argv, env={}, cwd=CWD, stdout=quiet, stderr=err, pass_fds=fds)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         err = done.stderr.decode(errors="replace").strip().splitlines()[:1]
@@ -133,7 +121,7 @@ def sandbox_spawn(n: int) -> Figure:
             "plain_argv_ms": median(plains) * 1000,
         },
         note="floor = minimal bwrap of /bin/true; full = cgroup jail + bwrap --args FD + "
-        "prlimit inside, as the runner",
+        "seccomp filter + prlimit inside, as the runner; plain argv: no --args, no filter",
     )
 
 

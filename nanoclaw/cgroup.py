@@ -61,12 +61,15 @@ def find_hierarchies(proc_cgroup: str, mountinfo: str) -> list[Hierarchy]:
 
 
 def jail_prefix(procs_files: list[Path]) -> list[str]:
-    """A shell that joins the cgroups, then becomes the sandbox (nothing runs outside)."""
+    """A shell that joins the cgroups, then becomes the sandbox (nothing runs outside).
+
+    The shell exports PWD, which bwrap, pid 1 inside, would show at /proc/1/environ: it is
+    unset (and spawn.py starts the jail in `/`), so bwrap's environment stays empty."""
     if not procs_files:
         return []
     files = " ".join(shlex.quote(str(path)) for path in procs_files)
     # builtins only (no tee): a fork and an exec less on every sandbox start
-    script = f'for f in {files}; do echo $$ > "$f" || exit 1; done; exec "$@"'
+    script = f'unset PWD; for f in {files}; do echo $$ > "$f" || exit 1; done; exec "$@"'
     return ["/bin/sh", "-c", script, "nanoclaw-jail"]
 
 

@@ -17,7 +17,9 @@ from nanoclaw.channel import enabled_channels, load_channels
 from nanoclaw.config import Settings
 from nanoclaw.errors import SandboxError, StoreError
 from nanoclaw.launcher import AGENT_CODE
-from nanoclaw.sandbox import Limits, SandboxPlan, bwrap_argv, detect_runtime, write_etc
+from nanoclaw.sandbox import Limits, SandboxPlan, detect_runtime, write_etc
+from nanoclaw.seccomp import INSTALL_FIX, LIBRARY, FilterUnavailable, build_filter
+from nanoclaw.spawn import CWD, bwrap_launch
 from nanoclaw.store import Store
 
 
@@ -53,22 +55,55 @@ def check_userns() -> Check:
     return Check(True, "user, pid and network namespaces work")
 
 
-def check_sandbox(settings: Settings) -> Check:
+def _probe_plan(settings: Settings) -> SandboxPlan:
     layout = settings.layout
     probe = layout.store / "sandbox" / "probe"
     for sub in ("workspace", "ipc/errors", "global", "skills"):
         (probe / sub).mkdir(parents=True, exist_ok=True)
     (probe / "ipc" / "llm.sock").touch()
-    runtime = detect_runtime()
-    plan = SandboxPlan(
+    return SandboxPlan(
         workspace=probe / "workspace", ipc=probe / "ipc", global_dir=probe / "global",
         global_writable=False, skills=probe / "skills", agent_code=AGENT_CODE,
-        etc=write_etc(layout.sandbox_etc), runtime=runtime,
+        etc=write_etc(layout.sandbox_etc), runtime=detect_runtime(),
     )  # fmt: skip
-    code = f"import sys; sys.path[:0] = {list(runtime.site_dirs)!r}; import anthropic"
-    argv = bwrap_argv(plan, [runtime.python, "-I", "-c", code])  # limits are inside
+
+
+def _run_sandboxed(
+    plan: SandboxPlan, command: list[str], bpf: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    """`command` in a sandbox started as spawn.py starts one (limits are inside)."""
+    with bwrap_launch(plan, command, bpf) as (argv, fds):
+        return subprocess.run(argv, capture_output=True, timeout=60, env={}, cwd=CWD, pass_fds=fds)
+
+
+def check_seccomp(settings: Settings, library: str = LIBRARY) -> Check:
+    """The filter builds, and a sandbox runs under it: `Seccomp: 2` in its own status."""
+    status = ["/bin/sh", "-c", "grep '^Seccomp:' /proc/self/status"]
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=60, env={})
+        program = build_filter(library=library)
+        proc = _run_sandboxed(_probe_plan(settings), status, program.bpf)
+    except FilterUnavailable as exc:
+        return Check(False, f"no seccomp filter, so no sandbox may start: {exc}", INSTALL_FIX)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        what = f"sandbox with the seccomp filter did not start: {exc}"
+        return Check(False, what, "see the bubblewrap checks above")
+    mode = proc.stdout.decode(errors="replace").split()
+    if proc.returncode != 0 or mode != ["Seccomp:", "2"]:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        what = f"seccomp filter not active in the sandbox: {mode or err[-1:]}"
+        return Check(False, what, "install bubblewrap 0.3 or later (it loads the filter)")
+    unknown = f"; libseccomp does not know {', '.join(program.unknown)}" if program.unknown else ""
+    return Check(True, f"seccomp filter active in every sandbox ({program.rules} rules{unknown})")
+
+
+def check_sandbox(settings: Settings) -> Check:
+    plan = _probe_plan(settings)
+    runtime = plan.runtime
+    code = f"import sys; sys.path[:0] = {list(runtime.site_dirs)!r}; import anthropic"
+    try:
+        proc = _run_sandboxed(plan, [runtime.python, "-I", "-c", code], build_filter().bpf)
+    except FilterUnavailable as exc:
+        return Check(False, f"sandbox not tried: {exc}", INSTALL_FIX)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Check(
             False, f"sandbox did not start: {exc}", "run `nanoclaw doctor` as the daemon user"
@@ -131,7 +166,8 @@ def check_channels(settings: Settings) -> list[Check]:
 async def run_checks(settings: Settings) -> list[Check]:
     checks = [check_bwrap()]
     sync: list[Callable[[], Check]] = [
-        check_userns, check_cgroup, lambda: check_sandbox(settings)
+        check_userns, check_cgroup, lambda: check_sandbox(settings),
+        lambda: check_seccomp(settings),
     ]  # fmt: skip
     if checks[0].ok:
         for fn in sync:

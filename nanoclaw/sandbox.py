@@ -9,7 +9,9 @@ uid), so one sandbox's fork bomb cannot starve another of an ordinary user's san
 Host root is exempt from RLIMIT_NPROC, and under a root daemon the sandbox user *is* host
 uid 0 to the kernel: then the cgroup of `nanoclaw.cgroup` caps processes and memory. Being
 host uid 0 also passes the owner checks of global /proc files (sysctls such as
-kernel.core_pattern, IRQ affinity), hence PROC_RO; /dev is read-only, /tmp size-capped.
+kernel.core_pattern, IRQ affinity), hence PROC_RO, and the check of /proc/keys and of
+kernel-wide lists (timers, slabs, vmalloc), hence PROC_MASKED; /dev is read-only, /tmp
+size-capped. The seccomp program (`nanoclaw.seccomp`) arrives on a file descriptor.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ SANDBOX_UID = 1000
 # Global (not per-process) parts of /proc, bound read-only over the sandbox's own /proc.
 PROC_RO = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "driver", "mtrr",
            "pressure")  # fmt: skip
+# Global files of /proc hidden behind /dev/null (Docker's masked paths and more): kernel
+# addresses and timers of the host, and the host's keys, readable by uid 0.
+PROC_MASKED = ("kcore", "keys", "key-users", "latency_stats", "timer_list", "timer_stats",
+               "sched_debug", "slabinfo", "vmallocinfo")  # fmt: skip
 # Single files from /etc that programs need and that hold no secret of the host.
 ETC_FILES = (
     "/etc/ld.so.cache",
@@ -87,6 +93,11 @@ class SandboxPlan:
     extra_ro: tuple[tuple[str, str], ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)
+    sockets: Path | None = None  # host-only dir of the served sockets; None: in `ipc` (probes)
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.sockets or self.ipc
 
 
 def write_etc(directory: Path) -> Path:
@@ -154,8 +165,9 @@ def _top_level_dirs() -> list[tuple[str, str | None]]:
     return out
 
 
-def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
-    """The full bwrap argv; every mount is listed here and nowhere else."""
+def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = None) -> list[str]:
+    """The full bwrap argv; every mount is listed here and nowhere else. `seccomp_fd`: a
+    descriptor bwrap reads the filter's BPF program from (spawn.py always gives one)."""
     a = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     a += ["--unshare-cgroup-try"]
     if plan.network != "full":
@@ -178,6 +190,9 @@ def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
     a += ["--proc", "/proc"]
     for name in PROC_RO:
         a += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+    for name in PROC_MASKED:  # only those this kernel has: bwrap cannot create a file there
+        if os.path.exists(f"/proc/{name}"):
+            a += ["--ro-bind", "/dev/null", f"/proc/{name}"]
     a += ["--tmpfs", "/dev"]  # read-only once its nodes and links are in
     for node in DEV_NODES:
         a += ["--dev-bind", f"/dev/{node}", f"/dev/{node}"]
@@ -189,7 +204,11 @@ def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
     a += ["--bind", str(plan.ipc), "/ipc"]
     # errors/ is the host's; llm.sock is pinned so the agent cannot swap it for its own.
     a += ["--tmpfs", "/ipc/errors", "--remount-ro", "/ipc/errors"]
-    a += ["--ro-bind", str(plan.ipc / "llm.sock"), "/ipc/llm.sock"]
+    # The sockets are served outside /ipc (no bind or chmod of the host's follows a link
+    # planted there); a gate script has no egress proxy, hence -try.
+    a += ["--ro-bind", str(plan.socket_dir / "llm.sock"), "/ipc/llm.sock"]
+    if plan.network == "allowlist":
+        a += ["--ro-bind-try", str(plan.socket_dir / "egress.sock"), "/ipc/egress.sock"]
     a += ["--bind" if plan.global_writable else "--ro-bind", str(plan.global_dir), "/global"]
     a += ["--ro-bind", str(plan.skills), "/skills"]
     for src, dst in plan.extra_ro:
@@ -206,6 +225,8 @@ def bwrap_argv(plan: SandboxPlan, command: list[str]) -> list[str]:
     }
     for key, value in env.items():
         a += ["--setenv", key, value]
+    if seccomp_fd is not None:
+        a += ["--seccomp", str(seccomp_fd)]
     a += ["--chdir", "/workspace", "--", *limits_prefix(plan.limits, plan.runtime.prlimit)]
     return [*a, *command]
 

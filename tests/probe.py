@@ -1,6 +1,7 @@
 """Scripts run in a real sandbox, started as the runner starts one, for the escape and
-limit probes: the plan's argv hidden in an fd, an empty environment, a session of its own,
-the run's cgroup in front. `user=NOBODY` starts it as an ordinary daemon user would.
+limit probes: the plan's argv hidden in an fd, the seccomp filter, an empty environment,
+cwd /, a session of its own, the run's cgroup in front. `user=NOBODY` starts it as an
+ordinary daemon user would.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from nanoclaw.cgroup import RunCgroup
-from nanoclaw.sandbox import Limits, Runtime, SandboxPlan, bwrap_argv, hide_args, write_etc
+from nanoclaw.sandbox import Limits, Runtime, SandboxPlan, write_etc
+from nanoclaw.seccomp import sandbox_filter
+from nanoclaw.spawn import CWD, bwrap_launch
 
 NOBODY = 65534
 SYSTEM_RUNTIME = Runtime(mounts=(), python="/usr/bin/python3", site_dirs=())
@@ -55,29 +58,25 @@ class Sandbox:
     def __init__(self, plan: SandboxPlan, script: str, mode: str = "root") -> None:
         self.mode = mode
         self.cgroup = RunCgroup.create(plan.limits, "probe") if mode == "root" else RunCgroup()
-        argv = bwrap_argv(plan, ["/bin/bash", "-c", script])
-        read_end, write_end = os.pipe()
-        short, payload = hide_args(argv, read_end)
         user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         try:
-            os.write(write_end, payload)
-            os.close(write_end)
-            self.proc = subprocess.Popen(
-                [*self.cgroup.prefix(), *(user if mode == "user" else []), *short],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env={},
-                start_new_session=True,
-                pass_fds=(read_end,),
-                text=True,
-                errors="replace",
-            )
+            command, bpf = ["/bin/bash", "-c", script], sandbox_filter().bpf
+            with bwrap_launch(plan, command, bpf) as (short, fds):
+                self.proc = subprocess.Popen(
+                    [*self.cgroup.prefix(), *(user if mode == "user" else []), *short],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env={},
+                    cwd=CWD,
+                    start_new_session=True,
+                    pass_fds=fds,
+                    text=True,
+                    errors="replace",
+                )
         except BaseException:
             self.cgroup.remove()
             raise
-        finally:
-            os.close(read_end)
 
     def __enter__(self) -> Sandbox:
         return self

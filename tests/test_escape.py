@@ -264,6 +264,28 @@ def test_global_proc_files_are_read_only(plan: SandboxPlan, mode: str) -> None:
     assert "WRITABLE" not in out
 
 
+def test_no_host_path_in_bwraps_environment_and_kernel_lists_are_masked(
+    plan: SandboxPlan, mode: str
+) -> None:
+    """bwrap is pid 1 inside: as root the cgroup jail's shell starts it and would export its
+    PWD (the daemon's directory). The kernel's timer, slab and key lists are the host's."""
+    masked = "timer_list slabinfo vmallocinfo keys key-users kcore sched_debug timer_stats"
+    out = run(
+        plan,
+        "od -c /proc/1/environ | head -n 3; echo END-ENV; ls -l /proc/1/cwd | sed 's/.*-> //'; "
+        f"for f in {masked}; do test -e /proc/$f || continue; "
+        'echo "$f $(head -c 100 /proc/$f 2>/dev/null | wc -c)"; done',
+        mode,
+    )
+    environ, rest = out.split("END-ENV\n", 1)
+    assert environ.split() == ["0000000"], environ  # empty: not even PWD=/
+    lines = rest.splitlines()
+    assert lines[0] in ("/", "/workspace"), lines[0]
+    read = dict(line.split() for line in lines[1:] if re.fullmatch(r"\S+ \d+", line))
+    assert {"timer_list", "slabinfo", "vmallocinfo", "keys"} <= read.keys()
+    assert {name: int(size) for name, size in read.items() if int(size)} == {}
+
+
 def test_writes_land_only_in_workspace_ipc_and_tmp(plan: SandboxPlan, mode: str) -> None:
     out = run(
         plan,

@@ -208,6 +208,9 @@ def test_jail_joins_every_cgroup_before_anything_runs(tmp_path: Path) -> None:
     out = subprocess.run([*jail_prefix(procs), "/bin/sh", "-c", "echo $$"],
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert [p.read_text() for p in procs] == [out.stdout] * 2
+    jailed = [*jail_prefix(procs), "/usr/bin/env"]
+    env = subprocess.run(jailed, env={}, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert env.stdout == ""  # the shell's PWD (a host path) does not reach bwrap
     ran = tmp_path / "ran"
     missing = [procs[0], tmp_path / "gone" / "cgroup.procs"]
     failed = subprocess.run([*jail_prefix(missing), "/usr/bin/touch", str(ran)],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nanoclaw.sandbox import (
+    PROC_MASKED,
     Limits,
     Runtime,
     SandboxPlan,
@@ -72,6 +73,19 @@ def test_plan_has_exactly_the_spec_mounts(tmp_path: Path) -> None:
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert argv[argv.index("--tmpfs", argv.index("--size")) + 1] == "/tmp"
     assert argv.index("--remount-ro") < argv.index("--chdir")
+
+
+def test_seccomp_fd_and_masked_proc_files(tmp_path: Path) -> None:
+    plan = plan_in(tmp_path, detect_runtime())
+    assert "--seccomp" not in bwrap_argv(plan, ["/bin/true"])
+    argv = bwrap_argv(plan, ["/bin/true"], seccomp_fd=7)
+    assert argv[argv.index("--seccomp") + 1] == "7"
+    assert argv.index("--seccomp") < argv.index("--")  # an option: it travels in --args
+    masked = {
+        argv[i + 2] for i, a in enumerate(argv) if a == "--ro-bind" and argv[i + 1] == "/dev/null"
+    }
+    present = {f"/proc/{name}" for name in PROC_MASKED if os.path.exists(f"/proc/{name}")}
+    assert masked == present and "/proc/timer_list" in masked
 
 
 def test_main_gets_writable_global_and_full_network_shares_net(tmp_path: Path) -> None:
