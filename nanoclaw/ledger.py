@@ -26,15 +26,42 @@ class Ledger(Database):
     """Runs, IPC names and outbox rows."""
 
     async def start_run(
-        self, folder: str, kind: str, first_id: int | None, last_id: int | None
+        self,
+        folder: str,
+        kind: str,
+        first_id: int | None,
+        last_id: int | None,
+        *,
+        tainted: bool = False,
     ) -> int:
+        """A new run; `tainted` when its prompt holds messages from untrusted senders."""
         async with self._lock:
             cur = await self._db.execute(
-                "INSERT INTO runs (folder, kind, first_message_id, last_message_id, started_ms) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (folder, kind, first_id, last_id, now_ms()),
+                "INSERT INTO runs (folder, kind, first_message_id, last_message_id, started_ms, "
+                "tainted) VALUES (?, ?, ?, ?, ?, ?)",
+                (folder, kind, first_id, last_id, now_ms(), int(tainted)),
             )
             return int(cur.lastrowid or 0)
+
+    async def taint_run(self, run_id: int) -> None:
+        """A follow-up brought untrusted senders' messages into a live run: for good."""
+        await self._write("UPDATE runs SET tainted = 1 WHERE id = ?", (run_id,))
+
+    async def writer_tainted(self, folder: str, run_id: int | None) -> bool:
+        """Whether what the group's sandbox writes now may carry untrusted senders' words.
+
+        The writer is the live run, else (files drained after it ended, or left by a crash)
+        the group's last run; and while a tainted task runs in the group, its gate script
+        (before any run exists) and its agent are tainted too.
+        """
+        row = await self._one(
+            "SELECT coalesce((SELECT tainted FROM runs WHERE id = coalesce(?, "
+            "(SELECT max(id) FROM runs WHERE folder = ?))), 0) OR EXISTS (SELECT 1 FROM "
+            "task_runs r JOIN tasks t ON t.id = r.task_id WHERE r.folder = ? "
+            "AND r.status = 'running' AND t.tainted)",
+            (run_id, folder, folder),
+        )
+        return bool(row[0])
 
     async def finish_run(self, run_id: int, status: str, error: str = "") -> None:
         await self._write(

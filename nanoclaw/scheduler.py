@@ -18,7 +18,7 @@ from nanoclaw import ipcfs
 from nanoclaw.db import now_ms
 from nanoclaw.models import MAIN
 from nanoclaw.store import Store
-from nanoclaw.tasks import Claim, Task, claim, iso, task_json
+from nanoclaw.tasks import Claim, Task, claim, iso, problem_json, task_json
 from nanoclaw.waker import Waker
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class Scheduler:
         return claimed
 
     async def publish(self) -> None:
-        """Write tasks.json for every group whose tasks changed (and main, which sees all)."""
+        """Write tasks.json for every group whose tasks changed (and main, which sees all,
+        other groups' prompts quoted as data: `tasks.written_by`)."""
         if not self._dirty:
             return
         folders, self._dirty = self._dirty | {MAIN}, set()
@@ -84,8 +85,8 @@ class Scheduler:
             problems = await self._store.problems(None if folder == MAIN else folder)
             payload: dict[str, Any] = {
                 "updated": iso(self._clock(), self._zone),
-                "tasks": [task_json(t, self._zone) for t in tasks],
-                "errors": [{"group": g, "line": n, "message": m} for g, n, m in problems],
+                "tasks": [task_json(t, self._zone, folder) for t in tasks],
+                "errors": [problem_json(g, n, m, folder) for g, n, m in problems],
             }
             try:
                 await asyncio.to_thread(self._write, folder, payload)

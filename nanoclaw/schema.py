@@ -139,4 +139,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE groups ADD COLUMN domains TEXT NOT NULL DEFAULT '[]';
     """,
+    # 5: provenance: a run whose prompt held messages from senders not allowed to instruct
+    # the agent is tainted, and so is a task such a run wrote (SECURITY.md, issue 12)
+    """
+    ALTER TABLE runs ADD COLUMN tainted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN tainted INTEGER NOT NULL DEFAULT 0;
+    """,
 )

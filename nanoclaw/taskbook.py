@@ -17,8 +17,9 @@ from nanoclaw.tasks import Schedule as Sched
 
 TASK_COLS = (
     "id, folder, source, prompt, schedule, context, script, catch_up, status, next_run_ms, "
-    "last_run_ms, created_ms, line"
+    "last_run_ms, created_ms, line, tainted"
 )
+TASK_MARKS = ", ".join("?" * 14)
 RUN_COLS = (
     "t.id, t.task_id, t.folder, t.due_ms, t.status, t.run_id, t.started_ms, t.ended_ms, "
     "t.result, coalesce(r.input_tokens + r.output_tokens, 0)"
@@ -31,7 +32,7 @@ def _task(row: Sequence[Any]) -> Task:
         id=row[0], folder=row[1], source=row[2], prompt=row[3],
         schedule=Sched.from_json(json.loads(row[4])), context=row[5], script=row[6],
         catch_up=row[7], status=row[8], next_run_ms=row[9], last_run_ms=row[10],
-        created_ms=row[11], line=row[12],
+        created_ms=row[11], line=row[12], tainted=bool(row[13]),
     )  # fmt: skip
 
 
@@ -39,7 +40,7 @@ def _values(task: Task) -> tuple[Any, ...]:
     return (
         task.id, task.folder, task.source, task.prompt, json.dumps(task.schedule.to_json()),
         task.context, task.script, task.catch_up, task.status, task.next_run_ms,
-        task.last_run_ms, task.created_ms or now_ms(), task.line,
+        task.last_run_ms, task.created_ms or now_ms(), task.line, int(task.tainted),
     )  # fmt: skip
 
 
@@ -48,10 +49,9 @@ class TaskBook(Database):
 
     async def add_task(self, task: Task) -> bool:
         """Insert a new task; False when its id is taken."""
-        marks = ", ".join("?" * 13)
         return (
             await self._write(
-                f"INSERT OR IGNORE INTO tasks ({TASK_COLS}) VALUES ({marks})", _values(task)
+                f"INSERT OR IGNORE INTO tasks ({TASK_COLS}) VALUES ({TASK_MARKS})", _values(task)
             )
             > 0
         )
@@ -59,10 +59,10 @@ class TaskBook(Database):
     async def replace_task(self, task: Task) -> None:
         await self._write(
             "UPDATE tasks SET prompt = ?, schedule = ?, context = ?, script = ?, catch_up = ?, "
-            "status = ?, next_run_ms = ? WHERE id = ?",
+            "status = ?, next_run_ms = ?, tainted = ? WHERE id = ?",
             (
                 task.prompt, json.dumps(task.schedule.to_json()), task.context, task.script,
-                task.catch_up, task.status, task.next_run_ms, task.id,
+                task.catch_up, task.status, task.next_run_ms, int(task.tainted), task.id,
             ),
         )  # fmt: skip
 
@@ -89,7 +89,7 @@ class TaskBook(Database):
         async with self.transaction():
             for task in plan.add:
                 await self._db.execute(
-                    f"INSERT INTO tasks ({TASK_COLS}) VALUES ({', '.join('?' * 13)}) "
+                    f"INSERT INTO tasks ({TASK_COLS}) VALUES ({TASK_MARKS}) "
                     "ON CONFLICT (id) DO UPDATE SET status = 'active', "
                     "next_run_ms = excluded.next_run_ms, line = excluded.line",
                     _values(replace(task, next_run_ms=first(task))),

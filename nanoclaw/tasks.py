@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from nanoclaw.agent.tasklist import QUOTED, Origin
 from nanoclaw.schedule import CronTask, next_run
 
 Kind = Literal["cron", "every", "at"]
@@ -76,6 +77,7 @@ class Task:
     last_run_ms: int | None = None
     created_ms: int = 0
     line: int = 0  # for CLAUDE.md tasks: the line of its "# Cron:"
+    tainted: bool = False  # prompt or script written by a run that saw untrusted senders
 
 
 @dataclass(frozen=True)
@@ -224,12 +226,35 @@ def iso(ms: int | None, zone: ZoneInfo) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, zone).isoformat()
 
 
-def task_json(task: Task, zone: ZoneInfo) -> dict[str, Any]:
-    """One entry of /ipc/tasks.json, as the agent's list_tasks tool reads it."""
-    return {
+def origin(task: Task) -> Origin:
+    if task.source == CLAUDE_MD:
+        return "owner"
+    return "untrusted" if task.tainted else "agent"
+
+
+def written_by(task: Task, viewer: str | None = None) -> str | None:
+    """Who wrote the task's prompt, when the agent of `viewer` (default: the task's own
+    group) must read it as data rather than as instructions; None when it may follow it.
+
+    Another group's prompt is that group's agent's text (its CLAUDE.md too: its agent can
+    edit the file), and a tainted prompt may carry the words of untrusted senders."""
+    if viewer is None or viewer == task.folder:
+        if not task.tainted:
+            return None
+        return "you (this group's agent) while senders who may not instruct you were talking"
+    if task.source == CLAUDE_MD:
+        return f"the CLAUDE.md of group {task.folder}, which that group's agent can edit"
+    who = f"the agent of group {task.folder}"
+    return who + (" while senders who may not instruct it were talking" if task.tainted else "")
+
+
+def task_json(task: Task, zone: ZoneInfo, viewer: str | None = None) -> dict[str, Any]:
+    """One entry of /ipc/tasks.json as `viewer`'s agent reads it (see `written_by`)."""
+    entry: dict[str, Any] = {
         "id": task.id,
         "group": task.folder,
         "source": task.source,
+        "origin": origin(task),
         "prompt": task.prompt,
         "schedule": task.schedule.to_json(),
         "context": task.context,
@@ -239,6 +264,16 @@ def task_json(task: Task, zone: ZoneInfo) -> dict[str, Any]:
         "next_run": iso(task.next_run_ms, zone),
         "last_run": iso(task.last_run_ms, zone),
     }
+    who = written_by(task, viewer)
+    if who is not None:
+        entry["prompt"] = entry["script"] = None
+        entry[QUOTED] = {"written_by": who, "prompt": task.prompt, "script": task.script}
+    return entry
+
+
+def problem_json(folder: str, line: int, message: str, viewer: str) -> dict[str, Any]:
+    """A CLAUDE.md problem for /ipc/tasks.json; another group's is quoted (it cites its file)."""
+    return {"group": folder, "line": line, "message": message, QUOTED: folder != viewer}
 
 
 def apply_action(task: Task, action: str, default: ZoneInfo, now_ms: int) -> Task:
