@@ -2,6 +2,7 @@
 
 Text or caption with a readable placeholder for media, the quoted message as reply
 context, and the two platform trigger signals: a mention of the bot and a reply to it.
+A forwarded message is marked with its origin and carries neither signal.
 """
 
 from __future__ import annotations
@@ -9,7 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from aiogram.types import Message, User
+from aiogram.types import (
+    Message,
+    MessageOriginChannel,
+    MessageOriginChat,
+    MessageOriginHiddenUser,
+    MessageOriginUser,
+    User,
+)
 
 from nanoclaw.models import InboundMessage
 
@@ -59,6 +67,25 @@ def display_name(user: User | None) -> str:
     return user.full_name or (f"@{user.username}" if user.username else str(user.id))
 
 
+def forwarded_from(msg: Message) -> str | None:
+    """Who wrote a forwarded message ("Mallory (tg:666)"), or None when it is not one."""
+    origin = msg.forward_origin
+    if origin is None:
+        return None
+    if isinstance(origin, MessageOriginUser):
+        who = f"{display_name(origin.sender_user)} (tg:{origin.sender_user.id})"
+    elif isinstance(origin, MessageOriginHiddenUser):
+        who = origin.sender_user_name
+    elif isinstance(origin, MessageOriginChat):
+        who = f"{origin.sender_chat.title or 'a chat'} (tg:{origin.sender_chat.id})"
+    elif isinstance(origin, MessageOriginChannel):
+        who = f"channel {origin.chat.title or ''} (tg:{origin.chat.id})"
+    else:
+        who = "unknown"
+    # one line and bounded: the mark must stay a mark whatever name its author chose
+    return " ".join(who.replace("]", ")").split())[:120] or "unknown"
+
+
 def mentions(msg: Message, username: str) -> bool:
     """Whether the message mentions @username through an entity (or plainly in the text)."""
     text = msg.text or msg.caption or ""
@@ -99,6 +126,11 @@ def normalise(msg: Message, me: BotIdentity) -> InboundMessage | None:
     if quoted is not None and msg.is_topic_message and quoted.message_id == msg.message_thread_id:
         quoted = None
     reply_to_bot = bool(quoted and quoted.from_user and quoted.from_user.id == me.id)
+    origin = forwarded_from(msg)
+    if origin is not None:
+        # Someone else's words, passed on: marked at the very start, so neither a trigger
+        # word at their start nor a mention of the bot in them makes the forward trigger.
+        text = f"[forwarded from {origin}] {text}"
     chat = msg.chat
     return InboundMessage(
         chat_id=f"tg:{chat.id}",
@@ -109,8 +141,8 @@ def normalise(msg: Message, me: BotIdentity) -> InboundMessage | None:
         ts_ms=int(msg.date.timestamp() * 1000),
         chat_name=chat.title or chat.full_name or str(chat.id),
         is_group_chat=chat.type != "private",
-        mentions_bot=mentions(msg, me.username),
-        reply_to_bot=reply_to_bot,
+        mentions_bot=origin is None and mentions(msg, me.username),
+        reply_to_bot=origin is None and reply_to_bot,
         reply_to_sender=display_name(quoted.from_user) if quoted else "",
         reply_to_text=body(quoted) if quoted else "",
     )

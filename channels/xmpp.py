@@ -1,8 +1,9 @@
 """The XMPP channel (slixmpp): 1:1 chats and multi-user rooms (XEP-0045).
 
 TLS is required unless XMPP_TLS=off (local testing only, said loudly). The bot joins
-XMPP_ROOMS and every room an allowed sender invites it to, rejoins after each reconnect,
-and reports "not connected" to the router so replies wait in the outbox meanwhile.
+XMPP_ROOMS and every room an allowed sender invites it to by a direct invitation (XEP-0249),
+rejoins after each reconnect, and reports "not connected" to the router so replies wait in
+the outbox meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from nanoclaw.errors import DeliveryError, FilesUnsupported
 from nanoclaw.models import InboundMessage
 
 log = logging.getLogger(__name__)
+MAX_TOLD = 256
 PLUGINS = ("xep_0030", "xep_0045", "xep_0085", "xep_0199", "xep_0203", "xep_0249", "xep_0280")
 
 
@@ -47,6 +49,7 @@ class XmppChannel:
         self._rooms_path = state_dir / "rooms.json"
         self._rooms: set[str] = {bare(r) for r in settings.xmpp_rooms}
         self._joined: set[str] = set()
+        self._told: set[str] = set()  # rooms whose mediated invitation was logged
         self._inbound: Inbound | None = None
         self._client: ClientXMPP | None = None
         self._ready = asyncio.Event()
@@ -199,12 +202,27 @@ class XmppChannel:
             )
         )
 
-    async def _mediated_invite(self, msg: Message) -> None:
-        """XEP-0045: the room relays the invitation of one of its occupants."""
-        await self._invited(bare(str(msg["from"])), bare(str(msg["muc"]["invite"]["from"])))
+    def _mediated_invite(self, msg: Message) -> None:
+        """XEP-0045: the room relays an invitation and names the inviter itself.
+
+        That name is written by the room's service, which may be anyone's: never trusted.
+        Clients send a direct invitation too, or the owner lists the room in XMPP_ROOMS.
+        """
+        room = bare(str(msg["from"]))
+        # Once per room at warning level, so a room repeating itself cannot flood the log.
+        first = room not in self._told and len(self._told) < MAX_TOLD
+        if first:
+            self._told.add(room)
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "xmpp: mediated invitation to %s (naming %s as inviter) ignored: invite the bot "
+            "with a direct invitation, or add the room to XMPP_ROOMS",
+            room,
+            bare(str(msg["muc"]["invite"]["from"])),
+        )
 
     async def _direct_invite(self, msg: Message) -> None:
-        """XEP-0249: the inviter writes to us directly."""
+        """XEP-0249: the inviter writes to us, from an address its own server stamped."""
         await self._invited(bare(str(msg["groupchat_invite"]["jid"])), bare(str(msg["from"])))
 
     async def _invited(self, room: str, who: str) -> None:

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 from nanoclaw import doctor, exports, taskcmd, usagecmd
 from nanoclaw.app import Core, ensure_main, open_store, try_lock
 from nanoclaw.channel import Ingest, enabled_channels, load_channels
 from nanoclaw.config import SENDER_RE, Settings, load_settings, require_credential
+from nanoclaw.display import LogFormatter, printable, printable_line
 from nanoclaw.egress import parse_domains
 from nanoclaw.errors import ConfigError, NanoclawError
 from nanoclaw.models import CHAT_RE, Group, valid_folder
@@ -31,17 +33,28 @@ GROUP_KEYS = (
 )  # fmt: skip
 
 
-def setup_logging(settings: Settings, to_file: bool) -> None:
+def setup_logging(
+    settings: Settings, to_file: bool, stream: TextIO | None = None
+) -> logging.Handler:
+    """Log to store/logs/nanoclaw.log or to `stream` (stderr), one line per record.
+
+    Logged values come from chats, agents and the network: the formatter escapes their
+    newlines and control characters, so none can forge a line or drive a terminal.
+    """
     level = getattr(logging, settings.log_level.upper())
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if to_file:
         path = settings.layout.logs / "nanoclaw.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        logging.basicConfig(level=level, format=fmt, filename=path)
+        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
     else:
-        logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+        handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
     for noisy in ("aiosqlite", "watchfiles", "asyncio"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    return handler
 
 
 async def cmd_run(settings: Settings) -> int:
@@ -94,7 +107,8 @@ def _group_line(g: Group) -> str:
     trig = "no trigger" if not g.requires_trigger else f"trigger {g.trigger or 'default'}"
     line = f"{g.folder:<16} {trig:<20} net={g.network:<9} chats={','.join(g.chats) or '-'}"
     line += f" domains={','.join(g.domains) or '-'}" if g.network == "allowlist" else ""
-    return line + (f" exports={','.join(g.exports)}" if g.exports else "")
+    # names and chat ids may come from a platform or an agent: nothing reaches the terminal raw
+    return printable_line(line + (f" exports={','.join(g.exports)}" if g.exports else ""))
 
 
 def apply_setting(group: Group, key: str, value: str) -> Group:
@@ -172,7 +186,8 @@ async def cmd_chats(settings: Settings) -> int:
         for c in await store.chats():
             seen = datetime.fromtimestamp(c.last_seen_ms / 1000, settings.zone)
             where = c.folder or "(not registered)"
-            print(f"{c.chat_id:<40} {where:<18} {seen:%Y-%m-%d %H:%M}  {c.name}")
+            line = f"{c.chat_id:<40} {where:<18} {seen:%Y-%m-%d %H:%M}  {c.name}"
+            print(printable_line(line))  # the title of any chat that wrote to the bot
     return 0
 
 
@@ -232,10 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(usagecmd.run(settings, args))
         return asyncio.run(cmd_doctor(settings))
     except ConfigError as exc:
-        print(f"nanoclaw: {exc}", file=sys.stderr)
+        print(printable(f"nanoclaw: {exc}"), file=sys.stderr)
         return 2
     except NanoclawError as exc:
-        print(f"nanoclaw: {exc}", file=sys.stderr)
+        print(printable(f"nanoclaw: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from nanoclaw.address import is_public
 from nanoclaw.agent.relay import answer_and_close, splice
 from nanoclaw.errors import SandboxError
 
@@ -100,13 +101,6 @@ def allowed(
     if not any(name == d or name.endswith("." + d) for d in domains):
         return f"{name} is not in this group's allowlist ({', '.join(domains)})"
     return None
-
-
-def is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
 
 
 async def public_addresses(host: str, port: int) -> list[str]:

@@ -13,10 +13,16 @@ from zoneinfo import ZoneInfo
 
 from nanoclaw.config import Settings
 from nanoclaw.db import now_ms
+from nanoclaw.display import printable_line
 from nanoclaw.store import Store
 from nanoclaw.tasks import CLAUDE_MD, Task, TaskRun, apply_action
 
 ACTIONS = ("pause", "resume", "cancel")
+UNTRUSTED_NOTE = (
+    "agent:untrusted = scheduled or changed by a run whose prompt held messages from senders "
+    "not allowed to instruct the agent; it runs framed as the agent's note, not as your "
+    "instruction (cancel it if you did not want it)"
+)
 
 
 def _when(ms: int | None, zone: ZoneInfo) -> str:
@@ -25,11 +31,12 @@ def _when(ms: int | None, zone: ZoneInfo) -> str:
 
 def task_line(task: Task, zone: ZoneInfo) -> str:
     source = f"CLAUDE.md:{task.line}" if task.source == CLAUDE_MD else "agent"
+    source += ":untrusted" if task.tainted else ""  # see UNTRUSTED_NOTE
     first = task.prompt.splitlines()[0] if task.prompt else ""
     gate = " [gate]" if task.script else ""
-    return (
+    return printable_line(  # the prompt may be the agent's
         f"{task.id:<16} {task.folder:<12} {task.status:<9} {task.schedule.describe():<28} "
-        f"next {_when(task.next_run_ms, zone):<22} {source:<14} {first[:60]}{gate}"
+        f"next {_when(task.next_run_ms, zone):<22} {source:<16} {first[:60]}{gate}"
     )
 
 
@@ -38,7 +45,7 @@ def run_line(run: TaskRun, zone: ZoneInfo) -> str:
     if run.started_ms is not None and run.ended_ms is not None:
         took = f"{(run.ended_ms - run.started_ms) / 1000:.1f}s"
     result = run.result.replace("\n", " ")[:80]
-    return (
+    return printable_line(  # the result is the agent's words or error
         f"{run.task_id:<16} due {_when(run.due_ms, zone):<22} started "
         f"{_when(run.started_ms, zone):<22} {took:>7} {run.status:<11} "
         f"{run.tokens:>7} tok  {result}"
@@ -53,8 +60,10 @@ async def cmd_tasks(settings: Settings, store: Store, args: argparse.Namespace) 
             print(task_line(task, zone))
         if not tasks:
             print("no tasks")
+        if any(task.tainted for task in tasks):
+            print(UNTRUSTED_NOTE)
         for folder, line, message in await store.problems(args.group):
-            print(f"groups/{folder}/CLAUDE.md line {line}: {message}")
+            print(printable_line(f"groups/{folder}/CLAUDE.md line {line}: {message}"))
         return 0
     if args.action == "runs":
         if args.task_id and await store.task(args.task_id) is None:

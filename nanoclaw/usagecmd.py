@@ -14,9 +14,10 @@ from functools import reduce
 from zoneinfo import ZoneInfo
 
 from nanoclaw.app import open_store
+from nanoclaw.budget import Budget, add_usage, budget_tokens, day_start
 from nanoclaw.config import Settings
+from nanoclaw.display import printable_line
 from nanoclaw.models import RunRecord, Usage
-from nanoclaw.proxy import Budget, add_usage, budget_tokens, day_start
 from nanoclaw.store import Store
 
 HEADER = (
@@ -53,7 +54,8 @@ def _numbers(u: Usage) -> str:
 
 
 def total_line(total: DayTotal) -> str:
-    return f"{total.day:%Y-%m-%d}  {total.folder:<16}" + _numbers(total.usage)
+    # a folder name is checked when a group is saved; the store is shown defensively all the same
+    return printable_line(f"{total.day:%Y-%m-%d}  {total.folder:<16}" + _numbers(total.usage))
 
 
 def run_line(run: RunRecord, zone: ZoneInfo) -> str:
@@ -66,7 +68,7 @@ def budget_line(folder: str, today: Usage, budget: Budget, now: datetime, zone: 
         return f"{n} of {limit} {what}" if limit else f"{n} {what} (no limit)"
 
     resets = day_start(now, zone, 1)
-    return (
+    return printable_line(
         f"today {folder}: {part(today.requests, budget.requests, 'requests')}, "
         f"{part(budget_tokens(today), budget.tokens, 'tokens')}; resets at {resets:%H:%M %Z}"
     )

@@ -131,11 +131,14 @@ async def test_chats_lists_seen_chats(tmp_path: Path) -> None:
     try:
         await store.record_chat("tg:-100999", "Family", True, 1_700_000_000_000)
         await store.record_chat("term:main", "terminal", False, 1_700_000_060_000)
+        # a stranger names the group; `chats` lists it before anyone registered it
+        await store.record_chat("tg:-100666", "Evil\x1b]52;c;aGk=\x07\nTitle", True, 0)
     finally:
         await store.close()
     lines = ok(tmp_path, "chats").splitlines()
     by_chat = {line.split()[0]: line for line in lines}
-    assert set(by_chat) == {"tg:-100999", "term:main"}
+    assert set(by_chat) == {"tg:-100999", "term:main", "tg:-100666"}
+    assert by_chat["tg:-100666"].endswith("Evil Title")  # no OSC 52 clipboard write, one line
     assert "(not registered)" in by_chat["tg:-100999"]
     assert by_chat["tg:-100999"].endswith("Family")
     assert "2023-11-14 22:13" in by_chat["tg:-100999"]  # last seen, in TZ=UTC

@@ -19,11 +19,18 @@ import pytest_asyncio
 from aiohttp import ClientSession
 from conftest import wait_for
 
+from nanoclaw.address import is_public
 from nanoclaw.agent.relay import relay_one, start_relay
 from nanoclaw.app import agent_settings
 from nanoclaw.cli import apply_setting
 from nanoclaw.config import Settings
-from nanoclaw.egress import EgressProxy, allowed, parse_domains, parse_request, public_addresses
+from nanoclaw.egress import (
+    EgressProxy,
+    allowed,
+    parse_domains,
+    parse_request,
+    public_addresses,
+)
 from nanoclaw.launcher import Launcher, RunOptions
 from nanoclaw.models import Group
 from nanoclaw.store import Store
@@ -314,6 +321,44 @@ async def test_tunnels_are_capped_and_stop_closes_them(
     assert not other.exists()
 
 
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.215.14", True),
+        ("10.0.0.1", False),
+        ("127.0.0.1", False),
+        ("169.254.169.254", False),
+        ("224.0.0.1", False),
+        ("2606:4700::1111", True),
+        ("fe80::1%eth0", False),
+        ("fc00::1", False),
+        ("ff02::1", False),
+        ("::1", False),
+        ("::", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("::ffff:93.184.215.14", True),
+        ("::127.0.0.1", False),  # IPv4-compatible
+        ("::10.1.2.3", False),
+        ("::93.184.215.14", True),
+        ("::ffff:0:127.0.0.1", False),  # SIIT-translated
+        ("64:ff9b::10.0.0.1", False),  # NAT64, RFC 6052 well-known prefix
+        ("64:ff9b::127.0.0.1", False),
+        ("64:ff9b::169.254.169.254", False),
+        ("64:ff9b::93.184.215.14", True),
+        ("64:ff9b:1::a00:1", False),  # NAT64 local use: never public
+        ("64:ff9b:1::5db8:d70e", False),
+        ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2002:c0a8:101:1::5", False),  # 6to4 of 192.168.1.1
+        ("2002:5db8:d70e::1", True),  # 6to4 of 93.184.215.14
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # Teredo, client 10.0.0.1
+        ("2001:0:4136:e378:8000:63bf:a247:28f1", False),  # Teredo, client 93.184.215.14
+    ],
+)
+def test_is_public_rechecks_the_ipv4_an_address_embeds(address: str, public: bool) -> None:
+    assert is_public(address) is public
+
+
 async def test_default_resolver_refuses_names_pointing_at_the_host(tmp_path: Path) -> None:
     assert await public_addresses("localhost", 80) == []
     sock = tmp_path / "egress.sock"
@@ -398,7 +443,8 @@ async def test_agent_in_sandbox_reaches_only_listed_domains(
         )
         outcome = await run.wait()
     assert outcome.ok, outcome
-    assert not (settings.layout.ipc / "net" / "egress.sock").exists()
+    assert not (settings.layout.sockets / "net" / "egress.sock").exists()  # served host-only
+    assert (settings.layout.ipc / "net" / "egress.sock").stat().st_size == 0  # its mount point
     outbound = settings.layout.ipc / "net" / "outbound"
     texts = [json.loads(p.read_text())["text"] for p in sorted(outbound.glob("*.json"))]
     out = "\n".join(texts)

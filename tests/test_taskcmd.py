@@ -123,7 +123,7 @@ async def test_list_shows_schedule_next_run_status_and_problems(tasks_home: Path
     assert brief[:3] == ["brief", "main", "active"]
     assert "cron 0 8 * * 1-5 (Asia/Kolkata)" in lines["brief"]
     assert "next 2030-01-02 02:30 UTC" in lines["brief"]  # shown in TZ (UTC here)
-    assert lines["brief"].rstrip().endswith("agent          Morning brief")
+    assert lines["brief"].rstrip().endswith("agent            Morning brief")
     assert "every 3600s" in lines["poll"]
     assert "next 2030-01-01 01:00 UTC" in lines["poll"]  # moved on by the run it had
     assert lines["poll"].endswith("Poll the feed [gate]")

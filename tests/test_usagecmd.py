@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import run_cli
 
+from nanoclaw.budget import day_start
 from nanoclaw.models import RunRecord, Usage
-from nanoclaw.proxy import day_start
 from nanoclaw.store import Store
 from nanoclaw.usagecmd import day_totals
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest_asyncio
 from conftest import Running, settings_for, start_core, stop_core, wait_for
 from fake_anthropic import FakeAnthropic
 from prosody import Client, Prosody
+from slixmpp import JID
 
 from channels.xmpp import XmppChannel
 from nanoclaw.config import Settings
@@ -137,22 +140,38 @@ async def test_join_history_is_not_handled_again(
         await alice.disconnect()
 
 
-async def test_invitation_only_from_allowed_senders(
-    bot: Daemon, alice: Client, prosody: Prosody
+async def test_invitation_only_direct_and_from_allowed_senders(
+    bot: Daemon, alice: Client, prosody: Prosody, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A mediated invitation names its inviter in a field the room's service writes, so a
+    hostile service can name anyone: such invitations are never followed. Mallory's forged
+    one below comes from her account here; from a hostile service it would come from a room.
+    """
+    caplog.set_level(logging.WARNING, "channels.xmpp")
     mallory = await Client.connect(prosody, "mallory", PW, nick="mallory")
     try:
-        other = "other@conference.localhost"
+        other, lab = "other@conference.localhost", "lab@conference.localhost"
+        mediated = "mediated@conference.localhost"
         await mallory.join_room(other, "mallory")
         for client in (mallory, alice):
             client.xmpp.register_plugin("xep_0249")
         mallory.xmpp.plugin["xep_0249"].send_invitation(prosody.jid("andy"), other)
-        await alice.join_room("lab@conference.localhost", "alice")
-        alice.xmpp.plugin["xep_0249"].send_invitation(
-            prosody.jid("andy"), "lab@conference.localhost"
-        )
-        await wait_for(lambda: "lab@conference.localhost" in bot.channel.joined, 20)
-        assert other not in bot.channel.joined
+        forged = mallory.xmpp.make_message(mto=JID(prosody.jid("andy")))
+        forged["muc"]["invite"]["from"] = JID(prosody.jid("alice"))
+        forged.send()
+        await mallory.sync()
+        await alice.join_room(mediated, "alice")  # a real room relays Alice's own invitation
+        alice.xmpp.plugin["xep_0045"].invite(JID(mediated), JID(prosody.jid("andy")))
+        await alice.sync()
+        await alice.join_room(lab, "alice")
+        alice.xmpp.plugin["xep_0249"].send_invitation(prosody.jid("andy"), lab)
+        await wait_for(lambda: lab in bot.channel.joined, 20)
+        assert bot.channel.joined == {ROOM, lab}
+        saved = bot.running.settings.layout.store / "xmpp" / "rooms.json"
+        assert json.loads(saved.read_text()) == sorted([ROOM, lab])  # what it joins on start
+        said = caplog.text
+        assert f"mediated invitation to {mediated} (naming {prosody.jid('alice')}" in said
+        assert f"mediated invitation to {prosody.jid('mallory')} (naming" in said
     finally:
         await mallory.disconnect()
 
