@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from nanoclaw import staging
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
+from nanoclaw.display import printable
 from nanoclaw.errors import PermanentDeliveryError
 from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
 from nanoclaw.store import Store
@@ -51,7 +53,8 @@ class TerminalChannel:
 
     async def send(self, chat_id: str, text: str, key: str = "") -> None:
         where = "" if chat_id == self.current else f" [{chat_id.removeprefix('term:')}]"
-        print(f"{self.assistant_name}{where}: {text}", file=self.out, flush=True)
+        # the agent's words (and a file's name and caption): no escape sequence reaches the tty
+        print(printable(f"{self.assistant_name}{where}: {text}"), file=self.out, flush=True)
         self.delivered += 1
 
     async def send_file(
@@ -69,7 +72,8 @@ class TerminalChannel:
         size = path.stat().st_size
         if self.received is None:
             return size, path.absolute()
-        self.received.mkdir(parents=True, exist_ok=True)
+        self.received.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging.sweep(self.received, staging.RECEIVED_RETENTION)  # the old go as new ones come
         stem, suffix = Path(name).stem or "file", Path(name).suffix
         for n in range(1, 10_000):
             target = self.received / (name if n == 1 else f"{stem} ({n}){suffix}")
@@ -183,7 +187,8 @@ class TerminalChat:
             for run in await self.store.runs(self.folder, limit=3):
                 if run.status not in ("ok", "running") and run.id not in reported:
                     reported.add(run.id)
-                    print(f"(run {run.id} {run.status}: {run.error}; retrying)", file=sys.stderr)
+                    note = f"(run {run.id} {run.status}: {run.error}; retrying)"
+                    print(printable(note), file=sys.stderr)
             await asyncio.sleep(0.05)
         return False
 
@@ -198,7 +203,7 @@ class TerminalChat:
                 shown = await self.command(*parsed)
                 if shown is None:
                     break
-                print(shown, flush=True)
+                print(printable(shown), flush=True)
                 group = await self.store.group(self.folder)
                 continue
             msg = await self.send(line)
@@ -247,4 +252,4 @@ class TerminalChat:
             shown = await self.command(*parsed)
             if shown is None:
                 return 0
-            print(shown, flush=True)
+            print(printable(shown), flush=True)  # /history holds the agent's words

@@ -21,6 +21,7 @@ from nanoclaw.errors import IpcRejected
 
 EXPORT_CAP = 10 * 1024 * 1024
 SEND_CAP = 50 * 1024 * 1024
+SPARSE_MIN = 1024 * 1024  # smaller files are sent whatever their holes
 MAX_PARTS = 32
 MAX_PATH_BYTES = 1024
 WORKSPACE = "/workspace"
@@ -203,10 +204,18 @@ def write_export(root: Path, rel: str, data: bytes, cap: int = EXPORT_CAP) -> Pa
     return root.joinpath(*parts)
 
 
+def sparse(size: int, blocks: int) -> bool:
+    """Whether a file has far fewer bytes on disk than it claims (holes a copy would fill)."""
+    return size > SPARSE_MIN and blocks * 512 < size // 2
+
+
 def copy_from_workspace(
-    workspace: Path, path: str, dest: Path, cap: int = SEND_CAP
+    workspace: Path, path: str, dest: Path, cap: int = SEND_CAP, room: int | None = None
 ) -> tuple[str, int]:
-    """Copy a regular file of the workspace into `dest` (created here); (file name, size)."""
+    """Copy a regular file of the workspace into `dest` (created here); (file name, size).
+
+    `room`: the bytes still free for this group's files waiting to be sent.
+    """
     parts = workspace_parts(path)
     name, shown = parts[-1], "/".join(parts)
     dfd = _descend(_open_root(workspace, "workspace"), parts[:-1], create=False)
@@ -225,7 +234,17 @@ def copy_from_workspace(
             raise IpcRejected(f"{shown} is not a regular file")
         if st.st_size > cap:
             raise IpcRejected(f"{shown} is {st.st_size} bytes, more than {cap}")
-        return name, copy_capped(src, dest, cap, shown)
+        if sparse(st.st_size, st.st_blocks):
+            raise IpcRejected(
+                f"{shown} is sparse ({st.st_blocks * 512} of its {st.st_size} bytes are on "
+                "disk); sparse files are not sent: write the data out, or compress it"
+            )
+        if room is not None and st.st_size > room:
+            raise IpcRejected(
+                f"{shown} is {st.st_size} bytes, but the group's files waiting to be sent "
+                f"leave room for {max(room, 0)}; send it once they are delivered"
+            )
+        return name, copy_capped(src, dest, cap if room is None else min(cap, room), shown)
     finally:
         os.close(src)
 

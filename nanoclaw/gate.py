@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 from dataclasses import dataclass
 
+from nanoclaw import ipcfs
 from nanoclaw.cgroup import RunCgroup
 from nanoclaw.errors import SandboxError
 from nanoclaw.sandbox import SandboxPlan
@@ -63,10 +62,9 @@ def parse_gate_output(stdout: str, exit_code: int) -> Gate:
 
 
 async def _start(plan: SandboxPlan, script: str, cgroup: RunCgroup) -> asyncio.subprocess.Process:
-    # bwrap binds llm.sock read-only, so its source must exist; the gate has no model
-    # proxy, and the proxy replaces this placeholder when a run starts.
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(plan.ipc / "llm.sock", os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    # bwrap binds llm.sock read-only, so its source must exist (a placeholder: the gate has
+    # no model proxy), and its mount points in /ipc must be fresh files, not planted links.
+    ipcfs.prepare_mounts(plan.ipc, plan.socket_dir)
     return await start_sandbox(
         plan, ["/bin/bash", "-c", script], cgroup.prefix(), stdin=asyncio.subprocess.DEVNULL
     )

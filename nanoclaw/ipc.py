@@ -1,24 +1,27 @@
 """The IPC handler (SPEC section 6): each outbound file validated, authorised, acted on once.
 
-`handle_file` is the step the watcher and the orchestrator call; the request types and the
-authorisation rules live in `requests`. A file name is recorded with its effect in one commit.
+`drain` is the step the watcher and the orchestrator call (within the group's quota, see
+`quota`), `handle_file` the step for one file; request types and authorisation rules live
+in `requests`. A file name is recorded with its effect in one commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from nanoclaw import exports, ipcfs, memory
+from nanoclaw import exports, ipcfs, memory, staging
 from nanoclaw.agent.conversation import strip_internal
 from nanoclaw.db import now_ms
 from nanoclaw.errors import IpcRejected
 from nanoclaw.models import Group, Reply
+from nanoclaw.quota import DEFAULT_LIMITS, FileLimits, FileQuota
 from nanoclaw.requests import (
     RegisterGroup,
     Request,
@@ -62,6 +65,8 @@ class IpcHandler:
         on_groups_changed: Callable[[], None] = lambda: None,
         on_tasks_changed: Callable[[str], None] = lambda folder: None,
         files_root: Path | None = None,
+        staged_cap: int = staging.STAGED_CAP,
+        limits: FileLimits = DEFAULT_LIMITS,
     ) -> None:
         self._store = store
         self._ipc_root = ipc_root
@@ -72,15 +77,67 @@ class IpcHandler:
         self._on_groups_changed = on_groups_changed
         self._on_tasks_changed = on_tasks_changed
         self._files_root = files_root or ipc_root.parent / "files"
+        self._staged_cap = staged_cap  # bytes of one group's files waiting for the router
         self._locks: dict[str, asyncio.Lock] = {}
+        self._quota = FileQuota(limits)  # what one group's files may cost per window
 
     async def drain(self, folder: str) -> int:
-        """Handle every file waiting in the group's outbound dir, oldest first."""
+        """Handle every file waiting in the group's outbound dir, oldest first, up to the
+        group's quota; the files past it are set aside unread."""
+        names = await asyncio.to_thread(ipcfs.list_names, self._ipc_root, folder)
         handled = 0
-        for name in ipcfs.list_names(self._ipc_root, folder):
+        for i, name in enumerate(names):
+            if not self._quota.left(folder):
+                await self._over_quota(folder, names[i:])
+                break
             if await self.handle_file(folder, name) != "gone":
+                self._quota.spend(folder)
                 handled += 1
+        if self._quota.prune_due(folder):
+            limits = self._quota.limits
+            try:
+                gone = await asyncio.to_thread(
+                    ipcfs.prune_errors, self._ipc_root, folder, limits, time.time()
+                )
+            except OSError as exc:
+                log.warning("ipc group=%s errors/ cannot be pruned: %s", folder, exc)
+            else:
+                if gone:
+                    log.info("ipc group=%s errors/: %d old entries removed", folder, gone)
         return handled
+
+    async def _over_quota(self, folder: str, names: list[str]) -> None:
+        """Past the cap: set the files aside without reading them (a flood costs a rename
+        per file), and tell the group once per run, in its chat, that replies may be missing.
+
+        The chat, not the agent: a looping or hostile agent would ignore (or feed on) a
+        notice, and each one sent to it would cost a model turn. The log says it once per
+        window.
+        """
+        limits = self._quota.limits
+        cap = f"{limits.files} files per {limits.window_s:g} s"
+        lock = self._locks.setdefault(folder, asyncio.Lock())
+        async with lock:  # not while a handle_file of this group holds one of these names
+            try:
+                moved = await asyncio.to_thread(
+                    ipcfs.set_aside_all, self._ipc_root, folder, names, f"over the cap of {cap}"
+                )
+            except OSError as exc:
+                log.error("ipc group=%s files over the cap cannot be set aside: %s", folder, exc)
+                return
+        if not moved:
+            return  # all handled meanwhile by a concurrent drain
+        self._quota.set_aside(folder, moved)
+        run = self._current_run(folder)
+        if self._quota.first_excess(folder):
+            log.warning("ipc group=%s run=%s over its cap of %s: %d files set aside unread",
+                        folder, run, cap, moved)  # fmt: skip
+        if self._quota.first_for_run(folder, run):
+            chat = await self._store.default_chat(folder)
+            if chat is not None:
+                text = f"(I wrote more than {cap}; the rest were set aside unread.)"
+                await self._store.enqueue_reply(folder, chat, text)
+                self._on_reply()
 
     async def handle_file(self, folder: str, name: str) -> str:
         """The step: 'done', 'duplicate', 'rejected: ...' or 'gone'."""
@@ -96,6 +153,7 @@ class IpcHandler:
             log.warning("ipc group=%s file=%s set aside: %s", folder, name, reason)
             try:
                 ipcfs.set_aside(self._ipc_root, folder, name, reason)
+                self._quota.set_aside(folder, 1)
                 if ipcfs.NAME_RE.match(name):
                     await self._store.record_ipc(folder, name, f"rejected: {reason}"[:500])
             except OSError as exc:
@@ -134,10 +192,12 @@ class IpcHandler:
             await self._reply(folder, name, req)
         elif isinstance(req, UpdateMemory):
             now = datetime.now(self._zone)
+            tainted = await self._store.writer_tainted(folder, self._current_run(folder))
             await asyncio.to_thread(
-                memory.append_memory, self._groups_root / folder, req.content, now
+                memory.append_memory, self._groups_root / folder, req.content, now, tainted
             )
-            await self._store.record_ipc(folder, name, "memory updated")
+            outcome = "memory updated" + (" (untrusted source)" if tainted else "")
+            await self._store.record_ipc(folder, name, outcome)
         elif isinstance(req, WriteFile):
             path = await self._export(folder, req)
             await self._store.record_ipc(folder, name, f"exported {req.target}:{path}"[:500])
@@ -168,9 +228,12 @@ class IpcHandler:
 
     def _copy_in(self, folder: str, path: str, copy: Path) -> str:
         """The router's own copy of a file to send: the agent may change /workspace meanwhile."""
-        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         copy.unlink(missing_ok=True)  # left by a crash before the name was recorded
-        file_name, _ = exports.copy_from_workspace(self._groups_root / folder, path, copy)
+        staging.sweep_groups(self._files_root, staging.STAGED_RETENTION)
+        room = self._staged_cap - staging.used_bytes(copy.parent)
+        workspace = self._groups_root / folder
+        file_name, _ = exports.copy_from_workspace(workspace, path, copy, room=room)
         return file_name
 
     async def _export(self, folder: str, req: WriteFile) -> Path:
@@ -193,13 +256,15 @@ class IpcHandler:
         recorded) leaves the same state.
         """
         now = now_ms()
+        # The text of a run that saw untrusted senders keeps that mark (Task.tainted).
+        tainted = await self._store.writer_tainted(folder, self._current_run(folder))
         if isinstance(req, ScheduleTask):
             schedule = to_schedule(req.schedule, now)
             task = Task(
                 id=name[TASK_ID_OF_NAME], folder=req.group or folder, source=AGENT,
                 prompt=req.prompt, schedule=schedule, context=req.context, script=req.script,
                 catch_up=req.catch_up, next_run_ms=first_run(schedule, self._zone, now),
-                created_ms=now,
+                created_ms=now, tainted=tainted,
             )  # fmt: skip
             if task.id.startswith(CLAUDE_MD_ID_PREFIX):
                 raise IpcRejected(f"task id {task.id}: '{CLAUDE_MD_ID_PREFIX}' is for CLAUDE.md")
@@ -221,6 +286,7 @@ class IpcHandler:
                 task, prompt=req.prompt or task.prompt, schedule=schedule,
                 context=req.context or task.context, script=req.script or task.script,
                 catch_up=req.catch_up or task.catch_up,
+                tainted=task.tainted or (tainted and bool(req.prompt or req.script)),
             )  # fmt: skip
             if req.schedule and task.status == "active":
                 changed = replace(changed, next_run_ms=first_run(schedule, self._zone, now))

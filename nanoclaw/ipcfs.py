@@ -6,6 +6,7 @@ every operation here goes through directory fds opened with O_NOFOLLOW.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,17 +14,25 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nanoclaw.agent.ipcfiles import CLOSE
+from nanoclaw.egress import EGRESS_SOCK
 from nanoclaw.errors import IpcRejected
+from nanoclaw.quota import NOTE_SUFFIX, FileLimits, stamp_s, to_prune
 
 # ASCII digits only (\d would take any script's) and \Z, not $ (which allows a final "\n").
 NAME_RE = re.compile(r"^[0-9]{13}-[A-Za-z0-9_-]{1,64}\.json\Z")
 FILE_CAP = 1024 * 1024
 SUBDIRS = ("outbound", "input", "errors")
 TASKS_FILE = "tasks.json"
+NOTE_NAMES = 20  # names listed in one set-aside note; a batch may hold thousands
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+LLM_SOCK = "llm.sock"
+SOCKETS = (LLM_SOCK, EGRESS_SOCK)  # served host-side, bound over these names in /ipc
 
 
 def ipc_dir(root: Path, folder: str) -> Path:
@@ -31,15 +40,67 @@ def ipc_dir(root: Path, folder: str) -> Path:
 
 
 def ensure_dirs(root: Path, folder: str) -> Path:
-    """Create store/ipc/<folder>/{outbound,input,errors}; replace anything that is not a dir."""
+    """Create store/ipc/<folder>/{outbound,input,errors}; replace anything that is not a dir.
+
+    Each check and its fix go through the directory's fd, so a link the agent plants
+    meanwhile is refused by the open that follows, never followed.
+    """
     base = ipc_dir(root, folder)
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for sub in SUBDIRS:
-        path = base / sub
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            path.unlink()
-        path.mkdir(exist_ok=True, mode=0o700)
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)  # store/ipc/ is the host's alone
+    dfd = os.open(base, DIR_FLAGS)
+    try:
+        for sub in SUBDIRS:
+            for _ in range(3):  # a racing agent can replace it again: give up after that
+                try:
+                    os.close(os.open(sub, DIR_FLAGS, dir_fd=dfd))
+                    break
+                except FileNotFoundError:
+                    pass
+                except OSError:  # a link, a file or a FIFO in its place
+                    _remove_entry(dfd, sub)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(sub, 0o700, dir_fd=dfd)
+            else:
+                raise OSError(f"{base / sub} keeps being replaced")
+    finally:
+        os.close(dfd)
     return base
+
+
+def _remove_entry(dfd: int, name: str) -> None:
+    """Remove whatever `name` is in the directory `dfd`, never following a link."""
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        shutil.rmtree(name, dir_fd=dfd, ignore_errors=True)
+
+
+def prepare_mounts(ipc: Path, sockets: Path, names: Iterable[str] = SOCKETS) -> None:
+    """Before a sandbox starts: the host-only socket dir, and fresh mount points in /ipc.
+
+    The sockets are served in `sockets` (0700, never mounted), so no unlink, bind or chmod
+    of theirs touches a name the agent controls. bwrap binds each over its name in /ipc and
+    would create a missing mount point through a link planted there (as the daemon's user),
+    so each name in `ipc` is made an empty regular file here, through the directory's fd.
+    """
+    dfd = os.open(ipc, DIR_FLAGS)
+    try:
+        for name in names:
+            try:
+                if stat.S_ISREG(os.lstat(name, dir_fd=dfd).st_mode):
+                    continue
+                _remove_entry(dfd, name)
+            except FileNotFoundError:
+                pass
+            os.close(os.open(name, NEW_FILE, 0o644, dir_fd=dfd))
+    finally:
+        os.close(dfd)
+    sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(sockets, 0o700)  # below store/: no agent reaches this path
+    with contextlib.suppress(FileExistsError):  # bwrap needs a source; the proxy replaces it
+        os.close(os.open(sockets / LLM_SOCK, NEW_FILE, 0o600))
 
 
 def list_names(root: Path, folder: str, sub: str = "outbound") -> list[str]:
@@ -127,48 +188,75 @@ def remove(root: Path, folder: str, name: str) -> None:
 
 
 def set_aside(root: Path, folder: str, name: str, reason: str) -> None:
-    """Move a refused file into errors/ (host-only) with a note of why.
+    """Move a refused file into errors/ (host-only) with a note of why."""
+    set_aside_all(root, folder, [name], reason)
+
+
+def set_aside_all(root: Path, folder: str, names: Sequence[str], reason: str) -> int:
+    """Move files into errors/ as they are (never opened), with one note of why; returns
+    how many moved.
 
     Each kept file gets a name of its own (two agent names may clean to the same one), and
     the note is created new, never opened over something already there (a FIFO would block).
     """
     base = ipc_dir(root, folder)
     src = os.open(base / "outbound", DIR_FLAGS)
-    dst = os.open(base / "errors", DIR_FLAGS)
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100] or "unnamed"
-    target = f"{int(time.time() * 1000)}-{secrets.token_hex(4)}-{safe}"
     try:
-        try:
-            os.rename(name, target, src_dir_fd=src, dst_dir_fd=dst)
-        except FileNotFoundError:
-            return  # gone meanwhile (handled by a concurrent step): nothing to keep or explain
-        except OSError:
-            remove(root, folder, name)
-        note = os.open(
-            f"{target}.reason.txt",
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dst,
-        )
+        dst = os.open(base / "errors", DIR_FLAGS)
+    except OSError:
+        os.close(src)
+        raise
+    stamp = int(time.time() * 1000)
+    moved: list[tuple[str, str]] = []
+    try:
+        for name in names:
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100] or "unnamed"
+            target = f"{stamp}-{secrets.token_hex(6)}-{safe}"
+            try:
+                os.rename(name, target, src_dir_fd=src, dst_dir_fd=dst)
+            except FileNotFoundError:
+                continue  # gone meanwhile (handled by a concurrent step): nothing to keep
+            except OSError:
+                _remove_entry(src, name)
+            moved.append((name, target))
+        if not moved:
+            return 0
+        shown = [f"{name}: {reason}" for name, _ in moved[:NOTE_NAMES]]
+        if len(moved) > NOTE_NAMES:
+            shown.append(f"... and {len(moved) - NOTE_NAMES} more files set aside with them")
+        note = os.open(f"{moved[0][1]}{NOTE_SUFFIX}", NEW_FILE, 0o600, dir_fd=dst)
         # backslashreplace: a name read from disk may hold undecodable bytes (surrogates)
         with os.fdopen(note, "w", encoding="utf-8", errors="backslashreplace") as fh:
-            fh.write(f"{name}: {reason}\n")
+            fh.write("".join(f"{line}\n" for line in shown))
+        return len(moved)
     finally:
         os.close(src)
         os.close(dst)
 
 
-def _write_json(directory: Path, name: str, payload: dict[str, Any]) -> None:
-    """Write to a hidden name, then rename over `name` (a planted symlink is replaced)."""
+def _write_file(directory: Path, name: str, data: bytes) -> None:
+    """Write to a hidden name, then rename over `name` (a planted link is replaced, a
+    planted directory removed: neither is followed), all through the directory's fd."""
     dfd = os.open(directory, DIR_FLAGS)
-    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, ensure_ascii=False)
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        with os.fdopen(os.open(tmp, NEW_FILE, 0o644, dir_fd=dfd), "wb") as fh:
+            fh.write(data)
+        try:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:  # a directory (or mount point) in the way
+            _remove_entry(dfd, name)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)
+        raise
     finally:
         os.close(dfd)
+
+
+def _write_json(directory: Path, name: str, payload: dict[str, Any]) -> None:
+    _write_file(directory, name, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
 
 
 def write_input(root: Path, folder: str, name: str, payload: dict[str, Any]) -> None:
@@ -181,6 +269,11 @@ def write_tasks(root: Path, folder: str, payload: dict[str, Any]) -> None:
     _write_json(ipc_dir(root, folder), TASKS_FILE, payload)
 
 
+def signal_close(root: Path, folder: str) -> None:
+    """input/_close: the agent finishes its turn and exits (it watches for the rename)."""
+    _write_file(ipc_dir(root, folder) / "input", CLOSE, b"")
+
+
 def clear_input(root: Path, folder: str) -> None:
     directory = ipc_dir(root, folder) / "input"
     dfd = os.open(directory, DIR_FLAGS)
@@ -190,5 +283,27 @@ def clear_input(root: Path, folder: str) -> None:
                 os.unlink(name, dir_fd=dfd)
             except IsADirectoryError:
                 shutil.rmtree(name, dir_fd=dfd, ignore_errors=True)
+    finally:
+        os.close(dfd)
+
+
+def prune_errors(root: Path, folder: str, limits: FileLimits, now_s: float) -> int:
+    """Keep the group's errors/ within `limits` (age, then count, oldest first); returns how
+    many entries went. One listing per call: callers prune every so many set-asides."""
+    dfd = os.open(ipc_dir(root, folder) / "errors", DIR_FLAGS)
+    try:
+        entries: list[tuple[str, float]] = []
+        for name in os.listdir(dfd):
+            made = stamp_s(name)
+            if made is None:  # not named by set_aside_all: its own time is what we have
+                try:
+                    made = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue
+            entries.append((name, made))
+        doomed = to_prune(entries, now_s, limits)
+        for name in doomed:
+            _remove_entry(dfd, name)
+        return len(doomed)
     finally:
         os.close(dfd)

@@ -3,7 +3,7 @@
 groups/<folder>/      the group's workspace and CLAUDE.md; groups/global/ shared
 skills/               mounted read-only into every sandbox
 store/                nanoclaw.db, daemon.lock, logs/, ipc/<folder>/, files/, received/,
-                      sandbox/etc/
+                      sandbox/etc/, sockets/<folder>/ (served sockets, never mounted)
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ class Layout:
     @property
     def ipc(self) -> Path:
         return self.store / "ipc"
+
+    @property
+    def sockets(self) -> Path:
+        """The sockets served to each group's sandbox (sockets/<folder>/), bound into /ipc."""
+        return self.store / "sockets"
 
     @property
     def logs(self) -> Path:

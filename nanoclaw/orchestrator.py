@@ -52,6 +52,7 @@ class Live:
     run: AgentRun | None = None
     kind: str = "message"  # "task": takes no follow-ups and exits after its turn
     idle_since: float | None = None  # done with every turn, waiting for a follow-up
+    stopped: str = ""  # why the host stopped the run (it broke its own /ipc/input)
 
 
 class Orchestrator:
@@ -81,6 +82,7 @@ class Orchestrator:
         self.queue = GroupQueue(max_concurrent, self.run_group)
         self._waker = Waker()
         self._seen = -1
+        self._failed: set[str] = set()  # groups whose last consider raised: tried again
         self._checked: dict[str, int] = {}
         self.live: dict[str, Live] = {}
 
@@ -135,12 +137,22 @@ class Orchestrator:
         if self._seen < 0:
             self._seen = await self._store.min_cursor()
         newest = await self._store.max_message_id()
-        if newest <= self._seen:
-            return
-        folders = await self._store.folders_with_messages_after(self._seen)
-        self._seen = newest
+        failed, self._failed = self._failed, set()
+        folders = dict.fromkeys(failed)
+        if newest > self._seen:
+            folders.update(await self._store.folders_with_messages_after(self._seen))
+            self._seen = newest
+        # One group's failure must not skip the others' messages: each group is considered
+        # on its own, and a failed one again on the next tick (logged in full once).
         for folder in folders:
-            await self.consider(folder)
+            try:
+                await self.consider(folder)
+            except Exception:
+                again = folder in failed
+                log.log(logging.DEBUG if again else logging.ERROR,
+                        "group=%s consider failed; tried again next tick", folder,
+                        exc_info=True)  # fmt: skip
+                self._failed.add(folder)
 
     async def consider(self, folder: str) -> None:
         group = await self._store.group(folder)
@@ -167,13 +179,25 @@ class Orchestrator:
         msgs = await self._store.messages_for_folder(group.folder, live.dispatched, BATCH_LIMIT)
         if not msgs or not self._triggered(group, msgs):
             return
-        prompt = build_prompt(msgs, self._rules.zone, self._trusted(group, msgs))
+        trusted = self._trusted(group, msgs)
+        if not all(trusted.values()):  # marked before the agent reads them: see writer_tainted
+            await self._store.taint_run(live.run_id)
+        prompt = build_prompt(msgs, self._rules.zone, trusted)
         name = ipc_name()
-        live.inputs[name] = msgs[-1].id
+        try:
+            live.run.follow_up(name, prompt)
+        except OSError as exc:
+            # The agent replaced or broke its /ipc/input: it can no longer be steered. Stop
+            # it; the messages stay past the cursor and go to the next run.
+            live.stopped = f"its /ipc/input cannot take a follow-up ({exc.strerror or exc})"
+            log.warning("group=%s run=%s stopped: %s", group.folder, live.run_id, live.stopped)
+            live.run.close()
+            live.run.kill()
+            return
+        live.inputs[name] = msgs[-1].id  # recorded only once the follow-up is on disk
         live.idle_since = None
         live.dispatched = msgs[-1].id
         live.chat_id = msgs[-1].chat_id
-        live.run.follow_up(name, prompt)
         log.info("group=%s run=%s follow-up of %d messages", group.folder, live.run_id, len(msgs))
         await self._typing(live.chat_id, True)
 
@@ -211,7 +235,10 @@ class Orchestrator:
             omitted_before=total - len(msgs),
             already_sent=await self._store.texts_sent_by_unfinished_runs(folder, cursor),
         )
-        run_id = await self._store.start_run(folder, "message", msgs[0].id, msgs[-1].id)
+        tainted = not all(self._trusted(group, msgs).values())  # untrusted senders in the prompt
+        run_id = await self._store.start_run(
+            folder, "message", msgs[0].id, msgs[-1].id, tainted=tainted
+        )
         live = Live(run_id, msgs[-1].chat_id, msgs[-1].id, {"initial": msgs[-1].id})
         log.info("group=%s run=%s starting with %d messages", folder, run_id, len(msgs))
         outcome = await self._agent(group, live, prompt, MESSAGE_RUN)
@@ -249,8 +276,8 @@ class Orchestrator:
                 return True
             data = gate.data
         due = datetime.fromtimestamp(pending.due_ms / 1000, self._rules.zone)
-        prompt = task_prompt(task.id, task.prompt, due, data)
-        run_id = await self._store.start_run(folder, "task", None, None)
+        prompt = task_prompt(task.id, task.prompt, due, data, untrusted=task.tainted)
+        run_id = await self._store.start_run(folder, "task", None, None, tainted=task.tainted)
         live = Live(run_id, "", 0, {"initial": 0}, kind="task")
         log.info("group=%s run=%s task=%s starting", folder, run_id, task.id)
         outcome = await self._agent(group, live, prompt, RunOptions(task.context, 0.0))
@@ -271,6 +298,8 @@ class Orchestrator:
                 group, run_id, prompt, lambda n: self._done(folder, live, n), options
             )
             outcome = await live.run.wait()
+            if live.stopped:
+                outcome = Outcome("killed", live.stopped, outcome.turns)
         except SandboxError as exc:
             outcome = Outcome("failed", str(exc))
         finally:

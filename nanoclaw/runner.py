@@ -87,11 +87,13 @@ class AgentRun:
     async def start(self) -> None:
         ipcfs.ensure_dirs(self._ipc_root, self.folder)
         ipcfs.clear_input(self._ipc_root, self.folder)
-        await self._proxy.start(self._plan.ipc / "llm.sock")
+        sockets = self._plan.socket_dir  # host-only: bwrap binds them over /ipc's names
+        ipcfs.prepare_mounts(self._plan.ipc, sockets)
+        await self._proxy.start(sockets / ipcfs.LLM_SOCK)
         label = f"{self.folder}-{self.run_id}"
         try:  # caps processes and memory as a whole; required when the daemon is root
             if self._egress is not None:
-                await self._egress.start(self._plan.ipc / EGRESS_SOCK)
+                await self._egress.start(sockets / EGRESS_SOCK)
             self._cgroup = await asyncio.to_thread(RunCgroup.create, self._plan.limits, label)
         except SandboxError:
             await self._stop_proxies()
@@ -123,8 +125,11 @@ class AgentRun:
         if self._closing or self._proc is None or self._proc.returncode is not None:
             return
         self._closing = True
-        with contextlib.suppress(OSError):
-            (self._ipc_root / self.folder / "input" / "_close").touch()
+        try:  # never Path.touch(): it would follow a link the agent planted at that name
+            ipcfs.signal_close(self._ipc_root, self.folder)
+        except OSError as exc:  # the agent broke its own input/: it cannot be asked, so stop it
+            log.warning("run=%s group=%s cannot ask to close: %s", self.run_id, self.folder, exc)
+            self.kill()
 
     def kill(self) -> None:
         kill_sandbox(self._proc)

@@ -1,13 +1,15 @@
 """The IPC watcher: watchfiles over every group's outbound dir, plus a full scan at start.
 
-The scan picks up files written while the daemon was down; after that, each new file is
-handed to `IpcHandler.handle_file` within milliseconds. New groups re-arm the watch.
+The scan picks up files written while the daemon was down; after that, a change in a
+group's dir wakes that group's own worker, which drains the dir with `IpcHandler.drain`.
+Groups are drained side by side, so one group's backlog never holds up another's reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from watchfiles import Change, awatch
@@ -31,6 +33,9 @@ class IpcWatcher:
         self._root = ipc_root
         self._rearm = asyncio.Event()
         self.ready = asyncio.Event()
+        self._dirty: set[str] = set()  # groups with changes no drain has started on yet
+        self._workers: dict[str, asyncio.Task[None]] = {}  # at most one per group
+        self._handled = 0
 
     def refresh(self) -> None:
         """The set of groups changed: rebuild the watch (and scan the new dirs)."""
@@ -39,18 +44,56 @@ class IpcWatcher:
     async def _folders(self) -> list[str]:
         return [g.folder for g in await self._store.groups()]
 
+    def poke(self, folders: Iterable[str]) -> None:
+        """The step: these groups' dirs changed; each one's worker drains it (again)."""
+        for folder in folders:
+            self._dirty.add(folder)
+            if folder not in self._workers:
+                self._workers[folder] = asyncio.create_task(
+                    self._work(folder), name=f"ipc-{folder}"
+                )
+
+    async def _work(self, folder: str) -> None:
+        try:
+            while folder in self._dirty:
+                self._dirty.discard(folder)  # a change from here on means one more drain
+                try:
+                    handled = await self._handler.drain(folder)
+                    self._handled += handled  # not `+= await`: it would read before awaiting
+                except Exception:  # one group's broken dir must not stop the others
+                    log.exception("ipc group=%s drain failed", folder)
+        finally:
+            self._workers.pop(folder, None)
+
+    async def settle(self) -> None:
+        """Return once every group's worker is done (burst mode, for the scan and tests)."""
+        while self._workers:
+            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+
     async def scan(self) -> int:
         """Handle whatever is already waiting in every group's outbound dir."""
-        handled = 0
+        folders = []
         for folder in await self._folders():
             try:
                 await asyncio.to_thread(ipcfs.ensure_dirs, self._root, folder)
-                handled += await self._handler.drain(folder)
+                folders.append(folder)
             except Exception:  # one group's broken dir must not stop the others or the watch
                 log.exception("ipc scan group=%s failed", folder)
-        return handled
+        before = self._handled
+        self.poke(folders)
+        await self.settle()
+        return self._handled - before
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            workers = list(self._workers.values())
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _run(self) -> None:
         while True:
             self._rearm.clear()
             handled = await self.scan()
@@ -84,13 +127,6 @@ class IpcWatcher:
             rust_timeout=1000,
             ignore_permission_denied=True,
         ):
-            # one call per path: a file written in place shows as added and modified
-            for path in sorted({path for _, path in changes}):
-                p = Path(path)
-                folder = dirs.get(str(p.parent))
-                if folder is None:
-                    continue
-                try:
-                    await self._handler.handle_file(folder, p.name)
-                except Exception:  # a bug on one file must not stop the watch for all
-                    log.exception("ipc group=%s file=%r failed", folder, p.name)
+            # No waiting here: each group's worker drains its own dir, side by side.
+            parents = {str(Path(path).parent) for _, path in changes}
+            self.poke(dirs[parent] for parent in parents if parent in dirs)

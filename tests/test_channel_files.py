@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from channels.terminal import TerminalChannel, file_size
 from channels.xmpp import XmppChannel
 from nanoclaw.channel import Ingest
 from nanoclaw.errors import DeliveryError, FilesUnsupported, PermanentDeliveryError
+from nanoclaw.staging import RECEIVED_RETENTION
 from nanoclaw.store import Store
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # one Synapse, one Matrix bot
@@ -319,3 +321,17 @@ async def test_terminal_keeps_its_own_copy_under_a_free_name(payload: Path, tmp_
 )
 def test_file_size(size: int, shown: str) -> None:
     assert file_size(size) == shown
+
+
+async def test_terminal_sweeps_kept_files_past_their_retention(
+    payload: Path, tmp_path: Path
+) -> None:
+    received = tmp_path / "received"
+    received.mkdir()
+    old = time.time() - RECEIVED_RETENTION.max_age_s - 60
+    (received / "last-month.pdf").write_bytes(b"old")
+    os.utime(received / "last-month.pdf", (old, old))
+    (received / "yesterday.pdf").write_bytes(b"recent")
+    channel = TerminalChannel("Andy", out=io.StringIO(), received=received)
+    await channel.send_file("term:main", payload, "report.pdf")
+    assert sorted(p.name for p in received.iterdir()) == ["report.pdf", "yesterday.pdf"]

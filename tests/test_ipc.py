@@ -19,6 +19,7 @@ from nanoclaw import ipcfs
 from nanoclaw.errors import IpcRejected
 from nanoclaw.ipc import IpcHandler
 from nanoclaw.models import Group
+from nanoclaw.quota import FileLimits
 from nanoclaw.requests import RegisterGroup, SendMessage, UpdateMemory, authorise, parse
 from nanoclaw.store import Store
 from nanoclaw.watcher import IpcWatcher
@@ -256,3 +257,41 @@ async def test_watcher_handles_files_written_while_down_then_live(env: Any) -> N
 
 async def _count(store: Store, n: int) -> bool:
     return len(await outbox(store)) >= n
+
+
+async def test_files_over_the_cap_are_moved_unread_and_pruned_without_following_links(
+    env: Any,
+) -> None:
+    store, _handler, root = env
+    handler = IpcHandler(store, root / "ipc", root / "groups", ZoneInfo("UTC"),
+                         limits=FileLimits(files=1))  # fmt: skip
+    secret = root / "host-secret.txt"
+    secret.write_text("host data")
+    (root / "host-dir").mkdir()
+    (root / "host-dir" / "keep.txt").write_text("keep")
+    out = root / "ipc" / "alpha" / "outbound"
+    drop(root, "alpha", {"type": "send_message", "text": "within the cap"}, "1000000000000-a.json")
+    (out / "1000000000001-link.json").symlink_to(secret)
+    (out / "1000000000002-dir.json").mkdir()
+    (out / "1000000000002-dir.json" / "inner").symlink_to(root / "host-dir")
+    os.mkfifo(out / "1000000000003-fifo.json")  # never opened: it would block a reader
+    assert await handler.drain("alpha") == 1
+    assert (await outbox(store))[0] == ("alpha", "tg:-1", "within the cap")
+    assert ipcfs.list_names(root / "ipc", "alpha") == []
+    kept = os.listdir(root / "ipc" / "alpha" / "errors")
+    assert len(kept) == 4 and sum(n.endswith(".reason.txt") for n in kept) == 1
+    assert "over the cap of 1 files per 10 s" in errors(root, "alpha")[0]
+    # errors/ pruned to nothing: links and a dir with a link inside go, their targets stay
+    gone = ipcfs.prune_errors(root / "ipc", "alpha", FileLimits(errors_kept=0), time.time())
+    assert gone == 4 and os.listdir(root / "ipc" / "alpha" / "errors") == []
+    assert secret.read_text() == "host data"
+    assert (root / "host-dir" / "keep.txt").read_text() == "keep"
+    # outbound swapped for a link after the listing: nothing is moved out of its target
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "1000000000004-x.json").write_text("{}")
+    out.rmdir()
+    out.symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        ipcfs.set_aside_all(root / "ipc", "alpha", ["1000000000004-x.json"], "over the cap")
+    assert (elsewhere / "1000000000004-x.json").exists()
