@@ -3,6 +3,7 @@
 Logs in once and keeps the token, device id and sync token under store/matrix/, so a
 restart neither logs in again nor replays old events; the first sync's backlog is skipped.
 Encrypted rooms are out of scope: the bot says so once per room instead of going quiet.
+Invitations are taken from allowed senders, and from anyone while a pairing code is live.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from channels.matrix_event import normalise, reply_target
 from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
+from nanoclaw.db import now_ms
 from nanoclaw.errors import DeliveryError, PermanentDeliveryError
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ SYNC_TIMEOUT_MS = 30_000
 TYPING_MS = 30_000
 UPLOAD_TIMEOUT_S = 300
 PERMANENT = ("M_FORBIDDEN", "M_NOT_FOUND", "M_TOO_LARGE")  # retrying cannot help
+MAX_PAIRING_ROOMS = 20  # strangers' rooms joined at once while a pairing code is live
 ENCRYPTED_NOTICE = (
     "I can't read encrypted messages: this room is end-to-end encrypted, and I only "
     "understand unencrypted rooms for now. Invite me to an unencrypted room instead."
@@ -143,6 +146,7 @@ class MatrixChannel:
             for room_id, joined in resp.rooms.join.items():
                 for event in joined.timeline.events:
                     await self._event(room_id, event.source)
+        await self.leave_unpaired(now_ms())
         self._state["next_batch"] = resp.next_batch
         await self._persist()
 
@@ -160,9 +164,31 @@ class MatrixChannel:
         if inviter in self._allowed:
             log.info("matrix: invited to %s by %s; joining", room_id, inviter)
             await self._client.join(room_id)
-        else:
-            log.warning("matrix: invitation to %s from %s declined (not allowed)", room_id, inviter)
-            await self._client.room_leave(room_id)
+            return
+        # A newcomer can only send a pairing code from a room the bot is in: while a code is
+        # live anyone's invitation is taken, and the room is left if no code paired it by
+        # the time the codes expire (`leave_unpaired`).
+        until = await self._inbound.pairing_open_until()
+        pairing = self._state.setdefault("pairing_rooms", {})
+        if until is not None and len(pairing) < MAX_PAIRING_ROOMS:
+            log.info("matrix: invited to %s by %s while pairing is open; joining", room_id, inviter)
+            pairing[room_id] = until
+            await self._client.join(room_id)
+            return
+        log.warning("matrix: invitation to %s from %s declined (not allowed)", room_id, inviter)
+        await self._client.room_leave(room_id)
+
+    async def leave_unpaired(self, now: int) -> None:
+        """Rooms joined for pairing whose time is up: stay if a group holds them, else leave."""
+        assert self._client is not None and self._inbound is not None
+        pairing: dict[str, int] = self._state.get("pairing_rooms", {})
+        for room_id, until in list(pairing.items()):
+            if until > now or pairing.pop(room_id, None) is None:  # not due, or done meanwhile
+                continue
+            if await self._inbound.folder_of(f"mx:{room_id}") is None:
+                log.info("matrix: no pairing code came from %s in time; leaving", room_id)
+                with contextlib.suppress(Exception):
+                    await self._client.room_leave(room_id)
 
     async def _event(self, room_id: str, event: dict[str, Any]) -> None:
         assert self._client is not None and self._inbound is not None

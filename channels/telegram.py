@@ -2,7 +2,8 @@
 
 Imported only when TELEGRAM_BOT_TOKEN is set. The update offset is saved after the
 updates are stored, so a restart neither loses nor re-handles one; forum replies go
-back to the topic the conversation came from.
+back to the topic the conversation came from. A chat is served when a group holds it or
+TELEGRAM_ALLOWED_CHAT_IDS lists it; from any other, only pairing codes and commands count.
 """
 
 from __future__ import annotations
@@ -150,36 +151,43 @@ class TelegramChannel:
     async def _handle_message(self, msg: Message) -> None:
         assert self._inbound is not None and self._me is not None
         chat_id = f"tg:{msg.chat.id}"
-        allowed = str(msg.chat.id) in self._allowed
-        cmd = command(msg, self._me.username) if allowed else None
-        normalised = normalise(msg, self._me) if allowed and cmd is None else None
+        # Registration is the allowlist of chats, asked of the store at every message so a
+        # `groups add` or a pairing made while the daemon runs counts at once; a chat listed
+        # in TELEGRAM_ALLOWED_CHAT_IDS is served (its messages stored) even before that.
+        served = str(msg.chat.id) in self._allowed or (
+            await self._inbound.folder_of(chat_id) is not None
+        )
+        cmd = command(msg, self._me.username)
+        normalised = normalise(msg, self._me) if cmd is None else None
         if normalised is None:  # a stored message records its chat; anything else must too
             name = msg.chat.title or msg.chat.full_name or str(msg.chat.id)
             await self._inbound.chat_seen(chat_id, name, msg.chat.type != "private")
-        if not allowed:
-            log.info("telegram: chat %s is not in TELEGRAM_ALLOWED_CHAT_IDS; ignored", chat_id)
-            return
         if msg.is_topic_message and msg.message_thread_id:
             self._state["threads"][chat_id] = msg.message_thread_id
-        if cmd is not None:
+        if cmd is not None:  # answered in any chat: how a newcomer learns what to do
             await self._answer_command(cmd, msg)
-        elif normalised is not None:
+        elif normalised is not None and served:
             await self._inbound.message(normalised)
+        elif normalised is not None:
+            log.debug("telegram: chat %s is not registered; only pairing is heard", chat_id)
+            await self._inbound.unserved(normalised)
 
     async def _answer_command(self, cmd: str, msg: Message) -> None:
         assert self._inbound is not None and self._bot is not None
         chat_id = f"tg:{msg.chat.id}"
+        folder = await self._inbound.folder_of(chat_id)
+        if folder:
+            where = f"registered as group {folder}"
+        else:
+            where = (
+                "not registered yet. Next: ask the owner to run `nanoclaw pair GROUP` and "
+                f"send me the code here, or to run `nanoclaw groups add GROUP --chat {chat_id}`"
+            )
         if cmd == "ping":
             text = "pong"
         elif cmd == "chatid":
-            text = f"This chat's id is {chat_id}"
+            text = f"This chat's id is {chat_id}: {where}."
         else:
-            folder = await self._inbound.folder_of(chat_id)
-            where = (
-                f"registered as group {folder}"
-                if folder
-                else f"not registered yet: nanoclaw groups add NAME --chat {chat_id}"
-            )
             you = f" You are tg:{msg.from_user.id}." if msg.from_user else ""
             text = f"Hi, I'm {self._assistant}. This chat is {chat_id}, {where}.{you}"
         with contextlib.suppress(DeliveryError):

@@ -1,4 +1,5 @@
-"""The seam every channel plugs into: the `Channel` protocol, the inbound sink, the loader.
+"""The seam every channel plugs into: the `Channel` protocol, the inbound sink (with its
+pairing step), the loader.
 
 The core never imports a channel module directly: `load_channels` imports the enabled
 ones by name, so a missing optional dependency disables that channel, not the program.
@@ -9,27 +10,41 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from nanoclaw import pairing
 from nanoclaw.config import Settings
 from nanoclaw.db import now_ms
-from nanoclaw.models import InboundMessage
+from nanoclaw.models import InboundMessage, channel_of, chat_id_problem
 from nanoclaw.store import Store
 
 log = logging.getLogger(__name__)
 MODULES = {"tg": "telegram", "xmpp": "xmpp", "mx": "matrix", "term": "terminal"}
+FOREVER_MS = 10**15
 
 
 class Inbound(Protocol):
     """Where a channel puts what it receives."""
 
-    async def message(self, msg: InboundMessage) -> int | None: ...
+    async def message(self, msg: InboundMessage) -> int | None:
+        """A message from a chat the channel serves: stored (a pairing code is not)."""
+        ...
+
+    async def unserved(self, msg: InboundMessage) -> None:
+        """A message from a chat the channel does not serve: never stored; only a pairing
+        code, or the first words of someone unknown in a private chat, are answered."""
+        ...
 
     async def chat_seen(self, chat_id: str, name: str, is_group: bool) -> None: ...
 
     async def folder_of(self, chat_id: str) -> str | None:
-        """The group a chat is registered to, if any (for /start-style answers)."""
+        """The group a chat is registered to, if any (served chats, /start-style answers)."""
+        ...
+
+    async def pairing_open_until(self) -> int | None:
+        """When the last live pairing code expires (unix ms), or None when none is live."""
         ...
 
 
@@ -63,24 +78,117 @@ class Channel(Protocol):
     async def set_typing(self, chat_id: str, typing: bool) -> None: ...
 
 
-class Ingest:
-    """The inbound sink: normalised messages into the store, then wake the orchestrator."""
+@dataclass(frozen=True)
+class Welcome:
+    """What the inbound step needs to pair a chat and to answer someone unknown."""
 
-    def __init__(self, store: Store, wake: Callable[[], None] = lambda: None) -> None:
+    assistant: str = "Andy"
+    default_trigger: str = "@Andy"
+    allowed_senders: tuple[str, ...] = ()
+
+
+def welcome_of(settings: Settings) -> Welcome:
+    return Welcome(settings.assistant_name, settings.trigger, tuple(settings.allowed_senders))
+
+
+class Ingest:
+    """The inbound sink: normalised messages into the store, then wake the orchestrator.
+
+    Before storing, the pairing step takes out a message that holds a pairing code (all
+    channels share it). Its answers go through the outbox, so they are retried like any
+    reply; a chat no group holds yet gets them under the folder ''.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        wake: Callable[[], None] = lambda: None,
+        welcome: Welcome = Welcome(),
+        reply: Callable[[], None] = lambda: None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self._store = store
         self._wake = wake
+        self._welcome = welcome
+        self._reply = reply
+        self._clock = clock
 
     async def message(self, msg: InboundMessage) -> int | None:
+        if await self._pair(msg, served=True):
+            return None
         msg_id = await self._store.add_message(msg)
         if msg_id is not None:
             self._wake()
+            await self._hint(msg)
         return msg_id
+
+    async def unserved(self, msg: InboundMessage) -> None:
+        await self.chat_seen(msg.chat_id, msg.chat_name, msg.is_group_chat)
+        if not await self._pair(msg, served=False):
+            await self._hint(msg)
 
     async def chat_seen(self, chat_id: str, name: str, is_group: bool) -> None:
         await self._store.record_chat(chat_id, name, is_group, now_ms())
 
     async def folder_of(self, chat_id: str) -> str | None:
         return await self._store.folder_of_chat(chat_id)
+
+    async def pairing_open_until(self) -> int | None:
+        return await self._store.pairing_open_until(self._clock())
+
+    async def _pair(self, msg: InboundMessage, served: bool) -> bool:
+        """The pairing step: True when the message was an attempt and is used up here."""
+        attempt = pairing.parse(msg.text)
+        if attempt is None or channel_of(msg.chat_id) == "term" or chat_id_problem(msg.chat_id):
+            return False
+        store, chat, now = self._store, msg.chat_id, self._clock()
+        live = await store.pairing_open_until(now) is not None
+        step = pairing.step(attempt, served, live, await store.pair_attempts(chat, now))
+        if step == "pass":
+            return False
+        if step == "check":
+            done = await store.redeem_pair_code(attempt.code, chat, msg.sender_id, now)
+            log.info("pairing chat=%s sender=%s: %s %s", chat, msg.sender_id, done.outcome,
+                     done.folder)  # fmt: skip
+            if done.outcome == "paired":
+                group = await store.group(done.folder)
+                trigger = None
+                if group is not None and group.requires_trigger:
+                    trigger = group.trigger or self._welcome.default_trigger
+                await self._answer(chat, pairing.paired_text(done.folder, msg.sender_id, trigger))
+                return True
+            if done.outcome == "held":
+                await self._answer(chat, pairing.held_text(done.folder))
+                return True
+            if done.outcome == "nobody":
+                await self._answer(chat, pairing.nobody_text(chat))
+                return True
+            if served and not attempt.explicit:
+                return False  # a bare word that only looked like a code: an ordinary message
+        else:
+            log.info("pairing chat=%s: too many attempts this hour; not checked", chat)
+        if await store.notice_due(chat, "wrong_code", now, pairing.HOUR_MS):
+            await self._answer(chat, pairing.WRONG)
+        return True
+
+    async def _hint(self, msg: InboundMessage) -> None:
+        """Someone the bot does not serve writes in a private chat: say how, once per sender."""
+        if msg.is_group_chat or channel_of(msg.chat_id) == "term":
+            return
+        folder = await self._store.folder_of_chat(msg.chat_id)
+        group = await self._store.group(folder) if folder else None
+        if group is not None and pairing.sender_allowed(
+            msg.sender_id, self._welcome.allowed_senders, group.allowed_senders
+        ):
+            return
+        if await self._store.notice_due(msg.sender_id, "hint", self._clock(), FOREVER_MS):
+            text = pairing.hint_text(self._welcome.assistant, msg.chat_id, msg.sender_id)
+            await self._answer(msg.chat_id, text)
+
+    async def _answer(self, chat_id: str, text: str) -> None:
+        folder = await self._store.folder_of_chat(chat_id) or ""
+        await self._store.enqueue_reply(folder, chat_id, text)
+        self._reply()
 
 
 def enabled_channels(settings: Settings) -> list[str]:

@@ -145,4 +145,28 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN tainted INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN tainted INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: pairing (issue 13): one-time codes `nanoclaw pair` writes and the daemon redeems,
+    # the attempts per chat (rate limit), and the notices a chat or sender got (told once)
+    """
+    CREATE TABLE pair_codes (
+        code_hash TEXT PRIMARY KEY,
+        folder TEXT NOT NULL REFERENCES groups (folder) ON DELETE CASCADE,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        used_ms INTEGER,
+        used_chat TEXT NOT NULL DEFAULT '',
+        used_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE pair_attempts (
+        chat_id TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL
+    );
+    CREATE INDEX pair_attempts_chat ON pair_attempts (chat_id, ts_ms);
+    CREATE TABLE notices (
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sent_ms INTEGER NOT NULL,
+        PRIMARY KEY (target, kind)
+    );
+    """,
 )

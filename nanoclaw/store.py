@@ -1,7 +1,8 @@
 """The SQLite store: chats seen, normalised messages, registered groups and their cursors.
 
-`Store` extends the `Ledger` (runs, IPC names, outbox) over one aiosqlite connection, so a
-component that takes a `Store` can commit a message, a cursor and a reply alike.
+`Store` extends the `Ledger` (runs, IPC names, outbox), the task book and the pairing book
+over one aiosqlite connection, so a component that takes a `Store` can commit a message, a
+cursor and a reply alike.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from nanoclaw.db import now_ms
 from nanoclaw.errors import StoreError
 from nanoclaw.ledger import Ledger
 from nanoclaw.models import ChatInfo, Group, InboundMessage, Message, channel_of
+from nanoclaw.pairbook import PairBook
 from nanoclaw.taskbook import TaskBook
 
 MSG_COLS = (
@@ -57,7 +59,7 @@ def _message(row: Sequence[Any]) -> Message:
     )
 
 
-class Store(Ledger, TaskBook):
+class Store(Ledger, TaskBook, PairBook):
     """Everything the orchestrator, channels and CLI read and write."""
 
     def __init__(self, db: Connection) -> None:

@@ -16,6 +16,9 @@ from synapse import Human, Synapse
 
 from channels.matrix import MatrixChannel
 from nanoclaw.config import Settings
+from nanoclaw.db import now_ms
+from nanoclaw.models import Group
+from nanoclaw.pairing import TTL_MS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PW = "pw-for-tests"
@@ -116,6 +119,45 @@ async def test_invites_from_allowed_accepted_others_declined(
             and e.source["content"].get("membership") == "leave", timeout=30,
         )  # fmt: skip
         assert not any(_joined(e, BOT) for e in mallory.events if e.room_id == other)
+    finally:
+        await mallory.close()
+
+
+async def test_pairing_a_newcomers_room(bot: Bot, server: Synapse, fake: FakeAnthropic) -> None:
+    """Issue 13, item 11: while a code is live anyone's invitation is taken; a room that
+    sent no code by the time the codes expire is left, a paired one is kept."""
+    store = bot.running.store
+    # as `nanoclaw pair lab` does it from another process, the daemon running
+    await store.save_group(Group(folder="lab", name="lab", requires_trigger=False))
+    (bot.running.settings.layout.groups / "lab").mkdir()
+    code = (await store.create_pair_code("lab", now_ms())).code
+    mallory = await Human.login(server, "mallory", PW)
+    try:
+        room = await mallory.create_room(invite=[BOT])
+        await mallory.wait_event(lambda e: e.room_id == room and _joined(e, BOT), timeout=30)
+        idle = await mallory.create_room(invite=[BOT])  # a second room sends no code
+        await mallory.wait_event(lambda e: e.room_id == idle and _joined(e, BOT), timeout=30)
+        await mallory.send_text(room, "hello?")
+        hint = await mallory.wait_event(from_bot(room, "pairing code"), timeout=30)
+        assert "you are mx:@mallory:localhost" in hint.body
+        await mallory.send_text(room, code)
+        paired = await mallory.wait_event(from_bot(room, "Paired"), timeout=30)
+        assert "group lab" in paired.body and "just write to me" in paired.body
+        await mallory.send_text(room, "[[say: hi mallory]]")
+        await mallory.wait_event(from_bot(room, "hi mallory"), timeout=60)
+        lab = await store.group("lab")
+        assert lab is not None and lab.chats == (f"mx:{room}",)
+        assert lab.allowed_senders == ("mx:@mallory:localhost",)
+        await bot.channel.leave_unpaired(now_ms() + TTL_MS + 1)  # the step, past the expiry
+        await mallory.wait_event(
+            lambda e: e.room_id == idle and e.source.get("state_key") == BOT
+            and e.source["content"].get("membership") == "leave", timeout=30,
+        )  # fmt: skip
+        assert not any(
+            e.room_id == room and e.source.get("state_key") == BOT
+            and e.source.get("content", {}).get("membership") == "leave"
+            for e in mallory.events
+        )  # fmt: skip
     finally:
         await mallory.close()
 

@@ -18,6 +18,8 @@ from slixmpp import JID
 
 from channels.xmpp import XmppChannel
 from nanoclaw.config import Settings
+from nanoclaw.db import now_ms
+from nanoclaw.models import Group
 
 PW = "pw-for-tests"
 ROOM = "team@conference.localhost"
@@ -115,6 +117,37 @@ async def test_sender_not_allowed_does_not_trigger(
         await bot.running.core.orchestrator.tick()
         await bot.running.core.orchestrator.queue.wait_idle()
         assert fake.requests == []
+    finally:
+        await mallory.disconnect()
+
+
+async def test_pairing_a_strangers_one_to_one_chat(
+    bot: Daemon, prosody: Prosody, fake: FakeAnthropic
+) -> None:
+    """Issue 13, item 11: anyone may write 1:1; a code makes that chat a group's."""
+    # as `nanoclaw pair lab` does it from another process, the daemon running
+    await bot.running.store.save_group(Group(folder="lab", name="lab", requires_trigger=False))
+    (bot.running.settings.layout.groups / "lab").mkdir()
+    code = (await bot.running.store.create_pair_code("lab", now_ms())).code
+    mallory = await Client.connect(prosody, "mallory", PW, nick="mallory")
+    jid = prosody.jid("mallory")
+    try:
+        mallory.send_chat(prosody.jid("andy"), "hello?")
+        hint = await mallory.wait_message(from_andy("chat", "pairing code"), 30)
+        assert f"you are xmpp:{jid}" in str(hint.body)
+        mallory.send_chat(prosody.jid("andy"), f"pair {code.lower()}")
+        paired = await mallory.wait_message(from_andy("chat", "Paired"), 30)
+        assert paired.body == (
+            f"Paired: this chat now talks to group lab, and you (xmpp:{jid}) may just write to me."
+        )
+        mallory.send_chat(prosody.jid("andy"), "[[say: hi mallory]]")
+        await mallory.wait_message(from_andy("chat", "hi mallory"), 60)
+        lab = await bot.running.store.group("lab")
+        assert lab is not None and f"xmpp:{jid}" in lab.chats
+        assert lab.allowed_senders == (f"xmpp:{jid}",)
+        prompt = fake.requests[-1].body["messages"][-1]["content"]
+        assert code.lower() not in prompt and "hello?" in prompt
+        assert sum("pairing code" in str(m.body) for m in mallory.messages) == 1  # told once
     finally:
         await mallory.disconnect()
 
