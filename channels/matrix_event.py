@@ -1,7 +1,8 @@
 """Matrix room events to nanoclaw's normalised form, as pure functions over event JSON.
 
 Reads the raw event (`event.source`), so it does not depend on matrix-nio's classes: the
-body with placeholders for media, the reply fallback split off, and the mention signals.
+body (a media caption first, then a placeholder for the media), the reply fallback split
+off, and the mention signals.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def body_of(content: dict[str, Any], sender_name: str) -> str | None:
     if msgtype == "m.emote":
         return f"* {sender_name} {body}"
     if msgtype in PLACEHOLDERS:
+        filename = content.get("filename")
+        if isinstance(filename, str) and filename and body and body != filename:
+            # Matrix 1.10: with a filename beside it, the body is a caption; it comes first,
+            # so a trigger word opens a caption as it opens a text message
+            return f"{body} {PLACEHOLDERS[msgtype].format(name=f': {filename}')}"
         name = f": {body}" if body and msgtype != "m.location" else ""
         return PLACEHOLDERS[msgtype].format(name=name)
     return None  # m.notice (by convention, bots do not answer bots) and unknown types

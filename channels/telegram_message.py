@@ -1,6 +1,6 @@
 """Telegram messages to nanoclaw's normalised form, as pure functions over aiogram types.
 
-Text or caption with a readable placeholder for media, the quoted message as reply
+Text or caption with a readable placeholder for media after it, the quoted message as reply
 context, and the two platform trigger signals: a mention of the bot and a reply to it.
 A forwarded message is marked with its origin and carries neither signal.
 """
@@ -58,7 +58,8 @@ def placeholder(msg: Message) -> str:
 def body(msg: Message) -> str:
     text = msg.text or msg.caption or ""
     mark = placeholder(msg)
-    return f"{mark} {text}".strip() if mark else text
+    # the caption first: a trigger word opens a caption as it opens a text message
+    return f"{text} {mark}".strip() if mark else text
 
 
 def display_name(user: User | None) -> str:

@@ -1,7 +1,7 @@
 """The `nanoclaw` command (SPEC section 9): run, chat, groups, chats, tasks, usage, doctor.
 
 Settings are built here, once, and passed down; a bad setting ends the command with one
-line naming it and exit code 2, never a traceback.
+line naming it and exit code 2, never a traceback, and a closed stdout ends it quietly.
 """
 
 from __future__ import annotations
@@ -9,28 +9,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
-from nanoclaw import doctor, exports, taskcmd, usagecmd
+from nanoclaw import doctor, groupcmd, paircmd, setupcmd, taskcmd, usagecmd
 from nanoclaw.app import Core, ensure_main, open_store, try_lock
 from nanoclaw.channel import Ingest, enabled_channels, load_channels
-from nanoclaw.config import SENDER_RE, Settings, load_settings, require_credential
+from nanoclaw.config import Settings, require_credential, startup_settings
 from nanoclaw.display import LogFormatter, printable, printable_line
-from nanoclaw.egress import parse_domains
 from nanoclaw.errors import ConfigError, NanoclawError
-from nanoclaw.models import CHAT_RE, Group, valid_folder
+from nanoclaw.groupcmd import apply_setting as apply_setting  # where tests found it
 from nanoclaw.router import Router
 
 log = logging.getLogger("nanoclaw")
-GROUP_KEYS = (
-    "name", "trigger", "requires_trigger", "network", "allowed_senders", "model", "chat", "exports",
-    "domains",
-)  # fmt: skip
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what `ls | head` reports for ls
+CHATS_HEADER = f"{'chat':<40} {'group':<18} {'last seen':<16}  name"
 
 
 def setup_logging(
@@ -66,15 +64,20 @@ async def cmd_run(settings: Settings) -> int:
     async with open_store(settings) as store:
         log.info("nanoclaw running: channels=%s home=%s", ",".join(channels) or "none",
                  settings.nanoclaw_home)  # fmt: skip
-        await Core(settings, store, channels).run()
+        await Core(settings, store, channels).serve()
     return 0
 
 
 async def cmd_chat(settings: Settings, folder: str) -> int:
-    from channels.terminal import TerminalChannel, TerminalChat
+    from channels.repl import TerminalChat
+    from channels.terminal import TerminalChannel, origin_of
 
-    channel = TerminalChannel(settings.assistant_name, received=settings.layout.received)
     async with open_store(settings) as store:
+        channel = TerminalChannel(
+            settings.assistant_name,
+            received=settings.layout.received,
+            origin=origin_of(store, settings.zone),  # marks replies of scheduled tasks
+        )
         await ensure_main(store)
         lock = try_lock(settings.layout.lock)
         if lock is not None:
@@ -84,106 +87,29 @@ async def cmd_chat(settings: Settings, folder: str) -> int:
             background = asyncio.create_task(core.run(started))
             await started.wait()
             inbound: Ingest = core.ingest
-        else:
+            stop = core.orchestrator.stop  # Ctrl+C while the agent works stops its run
+        else:  # beside a daemon: this process only stores lines and prints term: replies
             router = Router(store, {"term": channel}, 0.05)
             background = asyncio.create_task(router.run())
-            inbound = Ingest(store)
+            inbound, stop = Ingest(store), None
         await channel.start(inbound)
-        chat = TerminalChat(store, inbound, channel, settings, "main")
+        chat = TerminalChat(store, inbound, channel, settings, "main", stop)
         note = await chat.select(folder)
         if chat.folder != folder:
             print(note, file=sys.stderr)
             code = 2
-        elif sys.stdin.isatty():
-            code = await chat.repl()
         else:
-            code = await chat.piped(sys.stdin.read().splitlines())
+            code = await chat.run(sys.stdin)
         background.cancel()
         await asyncio.gather(background, return_exceptions=True)
     return code
 
 
-def _group_line(g: Group) -> str:
-    trig = "no trigger" if not g.requires_trigger else f"trigger {g.trigger or 'default'}"
-    line = f"{g.folder:<16} {trig:<20} net={g.network:<9} chats={','.join(g.chats) or '-'}"
-    line += f" domains={','.join(g.domains) or '-'}" if g.network == "allowlist" else ""
-    # names and chat ids may come from a platform or an agent: nothing reaches the terminal raw
-    return printable_line(line + (f" exports={','.join(g.exports)}" if g.exports else ""))
-
-
-def apply_setting(group: Group, key: str, value: str) -> Group:
-    """Pure: the group with one `key=value` applied; ValueError says what is wrong."""
-    if key == "requires_trigger":
-        if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
-            raise ValueError("requires_trigger is true or false")
-        return replace(group, requires_trigger=value.lower() in ("true", "yes", "1"))
-    if key == "network":
-        if value not in ("off", "allowlist", "full"):
-            raise ValueError("network is off, allowlist or full")
-        return replace(group, network=value)  # type: ignore[arg-type]
-    if key == "allowed_senders":
-        senders = tuple(v for v in (part.strip() for part in value.split(",")) if v)
-        bad = [s for s in senders if not SENDER_RE.match(s)]
-        if bad:
-            raise ValueError(f"{bad[0]!r} is not a sender id like tg:123 or xmpp:a@example.org")
-        return replace(group, allowed_senders=senders)
-    if key == "chat":
-        if not CHAT_RE.match(value):
-            raise ValueError(f"{value!r} is not a chat id like tg:-100123 or term:work")
-        return replace(group, chats=(*group.chats, value))
-    if key == "exports":
-        entries = [v.strip() for v in value.split(",") if v.strip()]
-        return replace(group, exports=exports.format_exports(exports.parse_exports(entries)))
-    if key == "domains":
-        return replace(group, domains=parse_domains(value.split(",")))
-    if key == "name":
-        return replace(group, name=value or group.folder)
-    if key == "trigger":
-        return replace(group, trigger=value or None)
-    if key == "model":
-        return replace(group, model=value or None)
-    raise ValueError(f"unknown key {key!r}; one of {', '.join(GROUP_KEYS)}")
-
-
-async def cmd_groups(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_store(settings) as store:
-        await ensure_main(store)
-        if args.action == "list":
-            for g in await store.groups():
-                print(_group_line(g))
-            return 0
-        if not valid_folder(args.folder):
-            raise ConfigError(f"group {args.folder!r}: use a-z, 0-9, _ and - (not 'global')")
-        group = await store.group(args.folder)
-        if args.action == "remove":
-            ok = await store.remove_group(args.folder)
-            print(f"removed {args.folder}" if ok else f"no group {args.folder}")
-            return 0 if ok else 1
-        if args.action == "add":
-            group = group or Group(folder=args.folder, name=args.folder)
-            pairs = [f"chat={c}" for c in args.chat] + list(args.set or [])
-        else:
-            if group is None:
-                print(f"no group {args.folder}; add it first", file=sys.stderr)
-                return 1
-            pairs = list(args.pairs)
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise ConfigError(f"{pair!r}: write key=value")
-            try:
-                group = apply_setting(group, key.strip(), value.strip())
-            except ValueError as exc:
-                raise ConfigError(f"group {args.folder}: {exc}") from exc
-        await store.save_group(group)
-        (settings.layout.groups / group.folder).mkdir(parents=True, exist_ok=True)
-        print(_group_line(group))
-    return 0
-
-
 async def cmd_chats(settings: Settings) -> int:
     async with open_store(settings) as store:
-        for c in await store.chats():
+        chats = await store.chats()
+        print(CHATS_HEADER if chats else "no chats seen yet")
+        for c in chats:
             seen = datetime.fromtimestamp(c.last_seen_ms / 1000, settings.zone)
             where = c.folder or "(not registered)"
             line = f"{c.chat_id:<40} {where:<18} {seen:%Y-%m-%d %H:%M}  {c.name}"
@@ -202,50 +128,63 @@ async def cmd_doctor(settings: Settings) -> int:
     return 0 if ok else 1
 
 
+def version() -> str:
+    try:
+        return metadata.version("nanoclaw")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanoclaw", description="self-hosted AI assistant for chat")
-    p.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (.env)")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"nanoclaw {version()}")
+    p.add_argument("--env-file", type=Path, help="settings file (default: ./.env if present)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="the daemon: channels, orchestrator, IPC watcher, router")
     chat = sub.add_parser("chat", help="terminal chat (REPL, or piped stdin)")
-    chat.add_argument("group", nargs="?", default="main")
-    groups = sub.add_parser("groups", help="registered groups and their settings")
-    gsub = groups.add_subparsers(dest="action", required=True)
-    gsub.add_parser("list")
-    add = gsub.add_parser("add", help="register a group: groups add work --chat tg:-100123")
-    add.add_argument("folder")
-    add.add_argument("--chat", action="append", default=[], help="chat id (repeatable)")
-    add.add_argument("--set", action="append", help="key=value, as for `groups set`")
-    rm = gsub.add_parser("remove")
-    rm.add_argument("folder")
-    st = gsub.add_parser("set", help=f"groups set FOLDER key=value ... ({', '.join(GROUP_KEYS)})")
-    st.add_argument("folder")
-    st.add_argument("pairs", nargs="+")
+    chat.add_argument("group", nargs="?", default="main", help="the group to talk to (main)")
+    groupcmd.add_parser(sub)
     sub.add_parser("chats", help="chats seen, registered or not")
     taskcmd.add_parser(sub)
     usagecmd.add_parser(sub)
+    paircmd.add_parser(sub)
+    setupcmd.add_parser(sub)
     sub.add_parser("doctor", help="check bwrap, namespaces, credential, store, channels")
     return p
 
 
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "setup":  # before the settings: it is how they get written
+        return setupcmd.run(args)
+    settings = startup_settings(args.env_file, sys.stderr)
+    setup_logging(settings, to_file=args.command == "chat")
+    if args.command == "run":
+        return asyncio.run(cmd_run(settings))
+    if args.command == "chat":
+        return asyncio.run(cmd_chat(settings, args.group))
+    if args.command == "groups":
+        return asyncio.run(groupcmd.cmd_groups(settings, args))
+    if args.command == "chats":
+        return asyncio.run(cmd_chats(settings))
+    if args.command == "tasks":
+        return asyncio.run(cmd_tasks(settings, args))
+    if args.command == "usage":
+        return asyncio.run(usagecmd.run(settings, args))
+    if args.command == "pair":
+        return asyncio.run(paircmd.run(settings, args))
+    return asyncio.run(cmd_doctor(settings))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
-        settings = load_settings(args.env_file if args.env_file.is_file() else None)
-        setup_logging(settings, to_file=args.command == "chat")
-        if args.command == "run":
-            return asyncio.run(cmd_run(settings))
-        if args.command == "chat":
-            return asyncio.run(cmd_chat(settings, args.group))
-        if args.command == "groups":
-            return asyncio.run(cmd_groups(settings, args))
-        if args.command == "chats":
-            return asyncio.run(cmd_chats(settings))
-        if args.command == "tasks":
-            return asyncio.run(cmd_tasks(settings, args))
-        if args.command == "usage":
-            return asyncio.run(usagecmd.run(settings, args))
-        return asyncio.run(cmd_doctor(settings))
+        try:
+            args = parser().parse_args(argv)
+        except SystemExit:  # --help, --version, a usage error: flush them here too
+            sys.stdout.flush()
+            raise
+        code = dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except ConfigError as exc:
         print(printable(f"nanoclaw: {exc}"), file=sys.stderr)
         return 2
@@ -254,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`nanoclaw usage | head -3`): stop quietly, as Unix tools do.
+        # Python flushes stdout again at exit; pointing it at /dev/null keeps that quiet too
+        # (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from nanoclaw import exports, ipcfs, memory, staging
 from nanoclaw.agent.conversation import strip_internal
 from nanoclaw.db import now_ms
 from nanoclaw.errors import IpcRejected
-from nanoclaw.models import Group, Reply
+from nanoclaw.models import Group, Reply, chat_problem
 from nanoclaw.quota import DEFAULT_LIMITS, FileLimits, FileQuota
 from nanoclaw.requests import (
     RegisterGroup,
@@ -300,6 +300,12 @@ class IpcHandler:
         return f"{verb.get(req.type, 'cancelled')} {task.id}", task.folder
 
     async def register(self, req: RegisterGroup) -> Group:
+        # the same rules as `nanoclaw groups add`: a chat that can exist, and never one taken
+        # silently from another group (only the user moves a chat, with --move)
+        holder = await self._store.folder_of_chat(req.chat)
+        if problem := chat_problem(req.chat, req.folder, holder):
+            move = "; only the user can move it (nanoclaw groups add --move)" if holder else ""
+            raise IpcRejected(problem + move)
         group = await self._store.group(req.folder) or Group(folder=req.folder, name=req.folder)
         group = replace(
             group,

@@ -2,6 +2,7 @@
 
 These are the normalised shapes of SPEC section 3: every channel turns its platform
 objects into `InboundMessage`, and the store hands back `Message`, `Group` and `OutboxItem`.
+Also the chat id each channel writes, which a registration must match.
 """
 
 from __future__ import annotations
@@ -12,12 +13,52 @@ from typing import Literal
 
 FOLDER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CHAT_RE = re.compile(r"^(tg|xmpp|mx|term):[^\s]{1,255}$")
+# What each channel writes as a chat id, so a registration can only name a chat that can
+# exist: a Telegram chat is a number (a group's is negative), an XMPP chat a lower-case JID
+# (a /resource only for a private chat through a room), a Matrix chat a room id (never an
+# alias: the channel sees room ids only), a terminal chat a group folder name.
+_JID_PART = r"[^\s\"&'/:<>@]"
+_LABEL = r"[^\s\"&'/:<>@.]+"
+CHAT_FORMS = {
+    "tg": (re.compile(r"^-?[1-9][0-9]{0,19}$"), "an integer, like tg:-1001234567890"),
+    "xmpp": (
+        re.compile(rf"^(?:{_JID_PART}{{1,64}}@)?{_LABEL}(?:\.{_LABEL})*(?:/\S{{1,64}})?$"),
+        "a JID, like xmpp:alice@example.org or xmpp:team@conference.example.org",
+    ),
+    "mx": (re.compile(r"^![!-~]{1,254}$"), "a room id, like mx:!abcdef:example.org"),
+    "term": (re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$"), "a group name, like term:main"),
+}
 NetworkPolicy = Literal["off", "allowlist", "full"]
 MAIN = "main"
 
 
 def valid_folder(name: str) -> bool:
     return bool(FOLDER_RE.match(name)) and name != "global"
+
+
+def chat_id_problem(chat_id: str) -> str | None:
+    """Pure: why `chat_id` cannot be a registered chat, or None when it can."""
+    channel, sep, rest = chat_id.partition(":")
+    form = CHAT_FORMS.get(channel)
+    if not sep or form is None:
+        return f"{chat_id!r} is not a chat id: tg:, xmpp:, mx: or term: and the chat's id"
+    pattern, like = form
+    if channel == "mx" and rest.startswith("#"):
+        return f"{chat_id!r} is a room alias: use the room id (mx:!...), as `nanoclaw chats` shows"
+    if channel == "xmpp" and rest.split("/", 1)[0] != rest.split("/", 1)[0].lower():
+        return f"{chat_id!r}: write the JID in lower case, as the channel does"
+    if not pattern.match(rest) or not CHAT_RE.match(chat_id):
+        return f"{chat_id!r} is not a chat id: {channel}: takes {like}"
+    return None
+
+
+def chat_problem(chat_id: str, folder: str, holder: str | None) -> str | None:
+    """Pure: why group `folder` cannot register `chat_id`, which group `holder` has now."""
+    if problem := chat_id_problem(chat_id):
+        return problem
+    if holder is not None and holder != folder:
+        return f"{chat_id} is held by group {holder}"
+    return None
 
 
 def channel_of(chat_id: str) -> str:

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from nanoclaw.config import Settings
 from nanoclaw.db import now_ms
 from nanoclaw.display import printable_line
+from nanoclaw.errors import ConfigError
 from nanoclaw.store import Store
 from nanoclaw.tasks import CLAUDE_MD, Task, TaskRun, apply_action
 
@@ -22,6 +23,15 @@ UNTRUSTED_NOTE = (
     "agent:untrusted = scheduled or changed by a run whose prompt held messages from senders "
     "not allowed to instruct the agent; it runs framed as the agent's note, not as your "
     "instruction (cancel it if you did not want it)"
+)
+
+
+TASK_HEADER = (
+    f"{'task':<16} {'group':<12} {'status':<9} {'schedule':<28} {'next run':<27} "
+    f"{'source':<16} prompt"
+)
+RUN_HEADER = (
+    f"{'task':<16} {'due':<26} {'started':<30} {'took':>7} {'status':<11} {'tokens':>11}  result"
 )
 
 
@@ -54,12 +64,14 @@ def run_line(run: TaskRun, zone: ZoneInfo) -> str:
 
 async def cmd_tasks(settings: Settings, store: Store, args: argparse.Namespace) -> int:
     zone = settings.zone
+    group = getattr(args, "group", None)
+    if group is not None and await store.group(group) is None:
+        raise ConfigError(f"no group {group}")
     if args.action == "list":
         tasks = await store.tasks(args.group, with_gone=args.all)
+        print(TASK_HEADER if tasks else "no tasks")
         for task in tasks:
             print(task_line(task, zone))
-        if not tasks:
-            print("no tasks")
         if any(task.tainted for task in tasks):
             print(UNTRUSTED_NOTE)
         for folder, line, message in await store.problems(args.group):
@@ -70,10 +82,9 @@ async def cmd_tasks(settings: Settings, store: Store, args: argparse.Namespace) 
             print(f"no task {args.task_id}", file=sys.stderr)
             return 1
         runs = await store.task_runs(args.task_id, args.group, args.limit)
+        print(RUN_HEADER if runs else "no runs")
         for run in runs:
             print(run_line(run, zone))
-        if not runs:
-            print("no runs")
         return 0
     found = await store.task(args.task_id)
     if found is None:
@@ -89,15 +100,31 @@ async def cmd_tasks(settings: Settings, store: Store, args: argparse.Namespace) 
     return 0
 
 
+def count(value: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return n
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tasks = sub.add_parser("tasks", help="scheduled tasks and their run log")
-    tsub = tasks.add_subparsers(dest="action", required=True)
+    tsub = tasks.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = tsub.add_parser("list", help="tasks (and CLAUDE.md lines that do not parse)")
-    ls.add_argument("group", nargs="?")
+    ls.add_argument("group", nargs="?", help="only this group's")
     ls.add_argument("--all", action="store_true", help="also done, cancelled and removed")
     runs = tsub.add_parser("runs", help="the run log, newest first")
-    runs.add_argument("task_id", nargs="?")
-    runs.add_argument("--group")
-    runs.add_argument("-n", "--limit", type=int, default=20)
+    runs.add_argument("task_id", nargs="?", help="only this task's")
+    runs.add_argument("--group", help="only this group's")
+    runs.add_argument("-n", "--limit", type=count, default=20, help="at most N runs (20)")
+    helps = {
+        "pause": "stop a task from running until resumed",
+        "resume": "run a paused task again, from its next due time",
+        "cancel": "stop a task for good (a CLAUDE.md task: delete its lines instead)",
+    }
     for action in ACTIONS:
-        tsub.add_parser(action).add_argument("task_id")
+        tsub.add_parser(action, help=helps[action]).add_argument("task_id")

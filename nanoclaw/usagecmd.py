@@ -17,6 +17,7 @@ from nanoclaw.app import open_store
 from nanoclaw.budget import Budget, add_usage, budget_tokens, day_start
 from nanoclaw.config import Settings
 from nanoclaw.display import printable_line
+from nanoclaw.errors import ConfigError
 from nanoclaw.models import RunRecord, Usage
 from nanoclaw.store import Store
 
@@ -82,8 +83,7 @@ async def cmd_usage(
     since = day_start(now, zone, 1 - args.days)
     runs = await store.runs_since(int(since.timestamp() * 1000), args.group)
     if args.group and not runs and await store.group(args.group) is None:
-        print(f"no group {args.group}")
-        return 1
+        raise ConfigError(f"no group {args.group}")  # a removed group's runs still show
     totals = day_totals(runs, zone)
     if not totals:
         print(f"no model usage since {since:%Y-%m-%d %H:%M %Z}")
@@ -123,7 +123,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "started. The last lines show today's budget (GROUP_DAILY_REQUESTS, GROUP_DAILY_TOKENS), "
         "whose tokens are input + cache write + output: cache reads do not count.",
     )
-    usage.add_argument("group", nargs="?")
+    usage.add_argument("group", nargs="?", help="only this group's")
     usage.add_argument(
         "--days", type=_days, default=7, help="today and the days before it (default 7)"
     )

@@ -1,15 +1,23 @@
-"""The `nanoclaw` command as a real subprocess on a store in tmp_path, and its pure setter."""
+"""The `nanoclaw` command as a real subprocess on a store in tmp_path, and its pure setter.
+
+More of `groups` (chats held by another group, show, remove) is in test_groupcmd.py.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from conftest import cli_env
 
-from nanoclaw.cli import apply_setting
+from nanoclaw.cli import CHATS_HEADER, SIGPIPE_EXIT, parser
+from nanoclaw.groupcmd import HEADER, apply_setting
 from nanoclaw.models import Group
 from nanoclaw.store import Store
 
@@ -20,7 +28,14 @@ SETTINGS = (
 )  # fmt: skip
 
 
+def settled(home: Path) -> Path:
+    """`home` as an installation that exists (a new one earns a warning line on stderr)."""
+    (home / "groups").mkdir(exist_ok=True)
+    return home
+
+
 def nanoclaw(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    settled(home)
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     env.update(NANOCLAW_HOME=str(home), TZ="UTC")
     return subprocess.run(
@@ -41,7 +56,9 @@ def ok(home: Path, *args: str) -> str:
 
 
 def listing(home: Path) -> dict[str, str]:
-    return {line.split()[0]: line for line in ok(home, "groups", "list").splitlines()}
+    header, *lines = ok(home, "groups", "list").splitlines()
+    assert header == HEADER and header.split() == ["group", "trigger", "network", "chats"]
+    return {line.split()[0]: line for line in lines}
 
 
 async def stored_group(home: Path, folder: str) -> Group | None:
@@ -55,21 +72,20 @@ async def stored_group(home: Path, folder: str) -> Group | None:
 def test_groups_list_shows_main_bound_to_terminal(tmp_path: Path) -> None:
     groups = listing(tmp_path)
     assert list(groups) == ["main"]
-    assert "chats=term:main" in groups["main"]
-    assert "no trigger" in groups["main"]
+    assert groups["main"].split() == ["main", "(not", "needed)", "off", "term:main"]
     assert (tmp_path / "store" / "nanoclaw.db").is_file()
 
 
 async def test_groups_add_set_list_remove(tmp_path: Path) -> None:
     out = ok(tmp_path, "groups", "add", "work", "--chat", "tg:-100123", "--set", "trigger=@bot")
-    assert out.startswith("work ") and "trigger @bot" in out
-    work = listing(tmp_path)["work"]
-    assert "trigger @bot" in work and "net=off" in work and "chats=tg:-100123" in work
+    assert out.splitlines()[0] == HEADER and out.splitlines()[1].split() == [
+        "work", "@bot", "off", "tg:-100123"
+    ]  # fmt: skip
+    assert listing(tmp_path)["work"].split() == ["work", "@bot", "off", "tg:-100123"]
     assert (tmp_path / "groups" / "work").is_dir()
 
     ok(tmp_path, "groups", "set", "work", "network=full", "requires_trigger=false")
-    work = listing(tmp_path)["work"]
-    assert "no trigger" in work and "net=full" in work and "chats=tg:-100123" in work
+    assert listing(tmp_path)["work"].split() == ["work", "(not", "needed)", "full", "tg:-100123"]
     group = await stored_group(tmp_path, "work")
     assert group is not None
     assert (group.trigger, group.requires_trigger, group.network) == ("@bot", False, "full")
@@ -81,11 +97,13 @@ async def test_groups_add_set_list_remove(tmp_path: Path) -> None:
     assert group.allowed_senders == ("tg:1", "tg:2")
     assert set(group.chats) == {"tg:-100123", "xmpp:a@example.org"}
 
-    assert ok(tmp_path, "groups", "remove", "work").strip() == "removed work"
+    out = ok(tmp_path, "groups", "remove", "work")
+    assert out.startswith("removed group work; its chats are no longer answered: tg:-100123, ")
+    assert "it had no tasks" in out
     assert list(listing(tmp_path)) == ["main"]
     assert await stored_group(tmp_path, "work") is None
     gone = nanoclaw(tmp_path, "groups", "remove", "work")
-    assert gone.returncode == 1 and "no group work" in gone.stdout
+    assert gone.returncode == 1 and gone.stderr == "no group work\n"
 
 
 @pytest.mark.parametrize("folder", ["Work", "global", "_x", "a b", "../etc", "x" * 65])
@@ -135,7 +153,8 @@ async def test_chats_lists_seen_chats(tmp_path: Path) -> None:
         await store.record_chat("tg:-100666", "Evil\x1b]52;c;aGk=\x07\nTitle", True, 0)
     finally:
         await store.close()
-    lines = ok(tmp_path, "chats").splitlines()
+    header, *lines = ok(tmp_path, "chats").splitlines()
+    assert header == CHATS_HEADER and header.split() == ["chat", "group", "last", "seen", "name"]
     by_chat = {line.split()[0]: line for line in lines}
     assert set(by_chat) == {"tg:-100999", "term:main", "tg:-100666"}
     assert by_chat["tg:-100666"].endswith("Evil Title")  # no OSC 52 clipboard write, one line
@@ -144,9 +163,73 @@ async def test_chats_lists_seen_chats(tmp_path: Path) -> None:
     assert "2023-11-14 22:13" in by_chat["tg:-100999"]  # last seen, in TZ=UTC
     ok(tmp_path, "groups", "list")  # creates main, bound to term:main
     ok(tmp_path, "groups", "add", "fam", "--chat", "tg:-100999")
-    by_chat = {line.split()[0]: line for line in ok(tmp_path, "chats").splitlines()}
+    by_chat = {line.split()[0]: line for line in ok(tmp_path, "chats").splitlines()[1:]}
     assert by_chat["tg:-100999"].split()[1] == "fam"
     assert by_chat["term:main"].split()[1] == "main"
+
+
+def test_version_and_a_help_line_for_every_command(tmp_path: Path) -> None:
+    assert ok(tmp_path, "--version") == f"nanoclaw {metadata.version('nanoclaw')}\n"
+    helped: list[str] = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, sub in action.choices.items():
+                    assert helps.get(name), f"`{path} {name}` has no help line"
+                    helped.append(f"{path} {name}")
+                    walk(sub, f"{path} {name}")
+
+    walk(parser(), "nanoclaw")
+    assert {"nanoclaw groups show", "nanoclaw tasks cancel", "nanoclaw usage"} <= set(helped)
+    top = ok(tmp_path, "--help")
+    for command in (c.split()[1] for c in helped if c.count(" ") == 1):
+        assert re.search(rf"^ +{command} +\w", top, re.MULTILINE), f"{command} in --help"
+    assert re.search(r"^ +show +every setting", ok(tmp_path, "groups", "--help"), re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        *((args, SIGPIPE_EXIT) for args in (["groups", "list"], ["groups", "show", "main"],
+          ["chats"], ["tasks", "list"], ["tasks", "runs"], ["usage"], ["doctor"])),
+        (["--version"], 0), (["--help"], 0),  # argparse drops what it cannot write, and exits
+    ],
+)  # fmt: skip
+def test_a_closed_stdout_ends_any_command_quietly(
+    tmp_path: Path, args: list[str], code: int
+) -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: `| head -0`
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "nanoclaw.cli", *args], env=cli_env(settled(tmp_path)),
+            cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.stderr == ""  # no BrokenPipeError traceback, no "Exception ignored"
+    assert proc.returncode == code
+
+
+async def test_output_cut_short_by_head_ends_quietly(tmp_path: Path) -> None:
+    store = await Store.open(settled(tmp_path) / "store" / "nanoclaw.db")
+    try:
+        for n in range(2000):  # far more than a pipe holds: the write fails mid-stream
+            await store.record_chat(f"tg:-{100_000 + n}", f"chat {n}", True, 1_700_000_000_000)
+    finally:
+        await store.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanoclaw.cli", "chats"], env=cli_env(tmp_path), cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == CHATS_HEADER + "\n"  # `| head -1`
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == SIGPIPE_EXIT
+    assert proc.stderr.read() == ""
+    proc.stderr.close()
 
 
 # the pure setter

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from channels.matrix_event import body_of, mentions_me, normalise, split_reply_fallback
+from nanoclaw.models import Group, stored
+from nanoclaw.trigger import triggers
 
 ME = "@andy:localhost"
 ROOM = "!room:localhost"
@@ -28,6 +30,12 @@ def norm(ev: dict[str, Any], replied: str | None = None) -> Any:
         ({"msgtype": "m.text", "body": "hi"}, "hi"),
         ({"msgtype": "m.emote", "body": "waves"}, "* Alice waves"),
         ({"msgtype": "m.image", "body": "cat.png"}, "[Image: cat.png]"),
+        ({"msgtype": "m.image", "body": "cat.png", "filename": "cat.png"}, "[Image: cat.png]"),
+        # Matrix 1.10: a body beside a different filename is a caption, and comes first
+        ({"msgtype": "m.image", "body": "a cat", "filename": "cat.png"}, "a cat [Image: cat.png]"),
+        ({"msgtype": "m.video", "body": "@Andy?", "filename": "v.mp4"}, "@Andy? [Video: v.mp4]"),
+        ({"msgtype": "m.file", "body": "", "filename": "r.pdf"}, "[File]"),
+        ({"msgtype": "m.file", "body": "x", "filename": ["r.pdf"]}, "[File: x]"),
         ({"msgtype": "m.file", "body": "report.pdf"}, "[File: report.pdf]"),
         ({"msgtype": "m.location", "body": "geo:1,2"}, "[Location]"),
         ({"msgtype": "m.notice", "body": "I am a bot"}, None),
@@ -86,3 +94,24 @@ def test_normalise_reply_to_bot_carries_the_quote() -> None:
 )
 def test_ignored(ev: dict[str, Any]) -> None:
     assert norm(ev) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "wakes"),
+    [
+        ({"msgtype": "m.image", "body": "@Andy what is this", "filename": "cat.png"}, True),
+        ({"msgtype": "m.file", "body": "@andy, read it", "filename": "r.pdf"}, True),
+        ({"msgtype": "m.image", "body": "look @Andy", "filename": "cat.png"}, False),
+        ({"msgtype": "m.image", "body": "@Andy.png"}, False),  # a file name is not a caption
+        (
+            {"msgtype": "m.image", "body": "> <@bob:localhost> earlier\n\n@Andy and this?",
+             "filename": "cat.png", "m.relates_to": {"m.in_reply_to": {"event_id": "$x"}}},
+            True,
+        ),
+    ],
+)  # fmt: skip
+def test_a_caption_opens_with_the_trigger(content: dict[str, Any], wakes: bool) -> None:
+    msg = norm(event(content))
+    assert msg is not None
+    group = Group(folder="team", name="team", chats=(f"mx:{ROOM}",))
+    assert triggers(stored(1, msg), group, ["mx:@alice:localhost"], "@Andy") is wakes

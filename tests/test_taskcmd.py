@@ -17,6 +17,7 @@ from conftest import run_cli
 from nanoclaw.db import now_ms
 from nanoclaw.models import Group
 from nanoclaw.store import Store
+from nanoclaw.taskcmd import RUN_HEADER, TASK_HEADER
 from nanoclaw.taskfile import TaskFile
 from nanoclaw.tasks import AGENT, Schedule, Task, claim
 
@@ -47,7 +48,9 @@ def ok(tasks_home: Path, *args: str) -> str:
 
 
 def by_id(output: str) -> dict[str, str]:
-    return {line.split()[0]: line for line in output.splitlines() if not line.startswith("groups/")}
+    lines = output.splitlines()
+    assert not lines or lines[0] in (TASK_HEADER, "no tasks")  # the columns are named
+    return {line.split()[0]: line for line in lines[1:] if not line.startswith("groups/")}
 
 
 async def open_store(tasks_home: Path) -> Store:
@@ -146,13 +149,15 @@ async def test_list_all_and_by_group(tasks_home: Path) -> None:
 
 
 async def test_runs(tasks_home: Path) -> None:
-    [line] = ok(tasks_home, "tasks", "runs").splitlines()
+    header, line = ok(tasks_home, "tasks", "runs").splitlines()
+    assert header == RUN_HEADER and header.split()[:3] == ["task", "due", "started"]
     assert line.startswith("poll ")
     assert "due 2030-01-01 00:00 UTC" in line
     assert " ok " in line and "0 tok" in line
     assert line.endswith("3 new alerts none of them P1")  # one line per run
-    assert ok(tasks_home, "tasks", "runs", "poll").splitlines() == [line]
-    assert ok(tasks_home, "tasks", "runs", "--group", "work").splitlines() == [line]
+    assert ok(tasks_home, "tasks", "runs", "poll").splitlines() == [header, line]
+    assert ok(tasks_home, "tasks", "runs", "--group", "work").splitlines() == [header, line]
+    assert ok(tasks_home, "tasks", "runs", "-n", "1").splitlines() == [header, line]
     assert ok(tasks_home, "tasks", "runs", "--group", "main").strip() == "no runs"
     assert ok(tasks_home, "tasks", "runs", "brief").strip() == "no runs"
 
@@ -219,3 +224,37 @@ def test_empty_store(tmp_path: Path) -> None:
     assert ok(tmp_path, "tasks", "list").strip() == "no tasks"
     assert ok(tmp_path, "tasks", "runs").strip() == "no runs"
     assert nanoclaw(tmp_path, "tasks", "pause").returncode == 2  # argparse: the id is needed
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["list", "nosuchgroup"], "nanoclaw: no group nosuchgroup"),
+        (["runs", "--group", "nosuchgroup"], "nanoclaw: no group nosuchgroup"),
+        (["runs", "-n", "-1"], "-1 is not 1 or more"),
+        (["runs", "--limit", "0"], "0 is not 1 or more"),
+        (["runs", "-n", "x"], "'x' is not a whole number"),
+    ],
+)
+def test_unknown_group_and_bad_count_are_errors(tmp_path: Path, args: list[str], says: str) -> None:
+    proc = nanoclaw(tmp_path, "tasks", *args)
+    assert proc.returncode == 2, proc.stdout
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+async def test_removing_a_group_stops_its_tasks_and_keeps_its_files(tasks_home: Path) -> None:
+    md = await md_id(tasks_home)
+    out = ok(tasks_home, "groups", "remove", "work")
+    assert "removed group work; its chats are no longer answered: tg:-100" in out
+    assert f"stopped its 2 tasks: poll, {md}" in out
+    workspace = tasks_home / "groups" / "work"
+    assert f"kept: {workspace} (its CLAUDE.md and files)" in out
+    assert f"rm -r {workspace}" in out
+    assert (workspace / "CLAUDE.md").read_text() == CLAUDE_MD
+    poll, from_md, brief = [await task_of(tasks_home, i) for i in ("poll", md, "brief")]
+    assert poll is not None and (poll.status, poll.next_run_ms) == ("cancelled", None)
+    # a CLAUDE.md task is marked gone, as when its lines are deleted from the file
+    assert from_md is not None and (from_md.status, from_md.next_run_ms) == ("removed", None)
+    assert brief is not None and brief.status == "active"  # main's task is not touched
+    assert by_id(ok(tasks_home, "tasks", "list")).keys() == {"brief"}

@@ -125,7 +125,7 @@ def test_usage_of_one_group_today_with_its_runs(home: Path, used: dict[str, int]
 
 def test_usage_of_an_unknown_group_or_no_days(home: Path) -> None:
     proc = nanoclaw(home, "nope")
-    assert (proc.returncode, proc.stdout.strip()) == (1, "no group nope")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", "nanoclaw: no group nope\n")
     proc = nanoclaw(home, "--days", "0")
     assert proc.returncode == 2 and "--days is 1 or more" in proc.stderr
     proc = nanoclaw(home, GROUP_DAILY_REQUESTS="-5")
