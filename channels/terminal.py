@@ -1,34 +1,33 @@
-"""The terminal channel: `nanoclaw chat`, a local REPL (or piped stdin) on the same store.
+"""The terminal channel: what `nanoclaw chat` shows of the agent's replies, files and work.
 
-It writes normalised messages to SQLite like any other channel and delivers the replies
-of `term:` chats. Beside a running daemon it only ingests and delivers; on its own it
-runs the core in-process.
+Replies of `term:` chats are printed above the owner's prompt, which is drawn again with
+what was typed; a reply a scheduled task wrote is marked with its time. The owner's side
+(the REPL, piped input, Ctrl+C) is `channels.repl`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import getpass
 import os
 import shutil
 import sys
 import time
-import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
+from zoneinfo import ZoneInfo
 
 from nanoclaw import staging
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
 from nanoclaw.display import printable
 from nanoclaw.errors import PermanentDeliveryError
-from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
+from nanoclaw.router import outbox_id
 from nanoclaw.store import Store
-from nanoclaw.trigger import LOCAL_SENDER, triggers
 
-HELP = "commands: /list  /switch GROUP  /history [N]  /add GROUP  /quit"
+ERASE_LINE = "\r\x1b[K"  # back to the line's start and clear it: where the prompt was
+Origin = Callable[[str], Awaitable[str]]  # a delivery key -> a mark for its line, or ""
 
 
 class TerminalChannel:
@@ -36,13 +35,21 @@ class TerminalChannel:
     max_message_len = 50_000
 
     def __init__(
-        self, assistant_name: str, out: TextIO = sys.stdout, received: Path | None = None
+        self,
+        assistant_name: str,
+        out: TextIO = sys.stdout,
+        received: Path | None = None,
+        origin: Origin | None = None,
     ) -> None:
         self.assistant_name = assistant_name
         self.received = received  # where files sent to the terminal are kept
         self.current = "term:main"
         self.out = out
         self.delivered = 0
+        self.prompt: str | None = None  # on screen while the owner types
+        self.typed: Callable[[], str] = lambda: ""  # what the owner typed so far (readline's line)
+        self._origin = origin
+        self._working = False  # "is working" shown since the prompt was last drawn
         self._inbound: Inbound | None = None
 
     async def start(self, inbound: Inbound) -> None:
@@ -51,10 +58,25 @@ class TerminalChannel:
     async def stop(self) -> None:
         self._inbound = None
 
+    def prompting(self, prompt: str | None) -> None:
+        """The REPL drew `prompt` (None: took the line); a new question may show work again."""
+        self.prompt = prompt
+        if prompt is not None:
+            self._working = False
+
+    def show(self, line: str) -> None:
+        """A line for the owner; over a prompt on screen, which is drawn again below it."""
+        if self.prompt is None or not self.out.isatty():
+            print(line, file=self.out, flush=True)
+            return
+        self.out.write(f"{ERASE_LINE}{line}\n{self.prompt}{self.typed()}")
+        self.out.flush()
+
     async def send(self, chat_id: str, text: str, key: str = "") -> None:
         where = "" if chat_id == self.current else f" [{chat_id.removeprefix('term:')}]"
+        mark = await self._origin(key) if self._origin is not None and key else ""
         # the agent's words (and a file's name and caption): no escape sequence reaches the tty
-        print(printable(f"{self.assistant_name}{where}: {text}"), file=self.out, flush=True)
+        self.show(printable(f"{self.assistant_name}{where}{mark}: {text}"))
         self.delivered += 1
 
     async def send_file(
@@ -88,8 +110,11 @@ class TerminalChannel:
         raise OSError(f"too many files named {name} in {self.received}")
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
-        if typing and self.out.isatty():
-            print(f"({self.assistant_name} is working...)", file=self.out, flush=True)
+        """Once per question, on a line of its own; the in-process router and the REPL's
+        look at the store (beside a daemon) both call it."""
+        if typing and not self._working and chat_id == self.current and self.out.isatty():
+            self._working = True
+            self.show(printable(f"{self.assistant_name} is working..."))
 
 
 def create(settings: Settings) -> TerminalChannel:
@@ -106,150 +131,22 @@ def file_size(size: int) -> str:
     return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
-def parse_command(line: str) -> tuple[str, str] | None:
-    """('switch', 'work') for '/switch work'; None for an ordinary message."""
-    if not line.startswith("/") or line.startswith("//"):
-        return None
-    head, _, arg = line[1:].partition(" ")
-    return head.lower(), arg.strip()
+def scheduled_mark(kind: str, created_ms: int, zone: ZoneInfo, now_ms: int) -> str:
+    """' [scheduled 08:00]' for a reply a scheduled task wrote (with its date when not
+    today); '' for a reply to the owner's own message."""
+    if kind != "task":
+        return ""
+    at = datetime.fromtimestamp(created_ms / 1000, zone)
+    today = datetime.fromtimestamp(now_ms / 1000, zone).date()
+    return f" [scheduled {at:%H:%M}]" if at.date() == today else f" [scheduled {at:%Y-%m-%d %H:%M}]"
 
 
-@dataclass
-class TerminalChat:
-    """The user's side: sends lines as `term:local`, runs the slash commands."""
+def origin_of(store: Store, zone: ZoneInfo) -> Origin:
+    """The mark of a delivered outbox row, looked up by its delivery key."""
 
-    store: Store
-    inbound: Inbound
-    channel: TerminalChannel
-    settings: Settings
-    folder: str
+    async def origin(key: str) -> str:
+        item = outbox_id(key)
+        found = None if item is None else await store.outbox_origin(item)
+        return "" if found is None else scheduled_mark(*found, zone, int(time.time() * 1000))
 
-    @property
-    def chat_id(self) -> str:
-        return f"term:{self.folder}"
-
-    async def select(self, folder: str, create: bool = False) -> str:
-        group = await self.store.group(folder)
-        if group is None:
-            if not create:
-                return f"no group {folder!r}; /add {folder} creates it"
-            if not valid_folder(folder):
-                return f"{folder!r} is not a valid group name (a-z, 0-9, _ and -)"
-            await self.store.save_group(
-                Group(folder=folder, name=folder, chats=(f"term:{folder}",), requires_trigger=False)
-            )
-        await self.store.bind_chat(folder, f"term:{folder}")
-        self.folder = folder
-        self.channel.current = self.chat_id
-        return f"now chatting in {folder}"
-
-    async def send(self, text: str) -> Message | None:
-        msg = InboundMessage(
-            chat_id=self.chat_id,
-            platform_id=uuid.uuid4().hex,
-            sender_id=LOCAL_SENDER,
-            sender_name=getpass.getuser(),
-            text=text,
-            ts_ms=int(time.time() * 1000),
-            chat_name=f"terminal ({self.folder})",
-            is_group_chat=False,
-        )
-        msg_id = await self.inbound.message(msg)
-        return None if msg_id is None else stored(msg_id, msg)
-
-    async def command(self, name: str, arg: str) -> str | None:
-        """Run a slash command; returns the text to show, or None to quit."""
-        if name in ("quit", "exit", "q"):
-            return None
-        if name == "list":
-            lines = []
-            for g in await self.store.groups():
-                mark = "*" if g.folder == self.folder else " "
-                lines.append(f"{mark} {g.folder:<16} {', '.join(g.chats)}")
-            return "\n".join(lines) or "no groups"
-        if name in ("switch", "add") and arg:
-            return await self.select(arg, create=name == "add")
-        if name == "history":
-            count = int(arg) if arg.isdigit() else 20
-            said = await self.store.transcript(self.chat_id, count)
-            name = self.settings.assistant_name
-            return "\n".join(f"{who or name}: {text}" for who, text in said) or "no messages yet"
-        return HELP
-
-    async def wait_for_replies(self, last_trigger: int, timeout: float) -> bool:
-        """True once the group's cursor passed `last_trigger` and its replies were delivered."""
-        deadline = time.monotonic() + timeout
-        reported = {run.id for run in await self.store.runs(self.folder, limit=3)}
-        while time.monotonic() < deadline:
-            cursor = await self.store.cursor(self.folder)
-            if cursor >= last_trigger and await self.store.pending_outbox(self.chat_id) == 0:
-                return True
-            for run in await self.store.runs(self.folder, limit=3):
-                if run.status not in ("ok", "running") and run.id not in reported:
-                    reported.add(run.id)
-                    note = f"(run {run.id} {run.status}: {run.error}; retrying)"
-                    print(printable(note), file=sys.stderr)
-            await asyncio.sleep(0.05)
-        return False
-
-    async def piped(self, lines: list[str]) -> int:
-        group = await self.store.group(self.folder)
-        last = 0
-        for line in (raw.strip() for raw in lines):
-            if not line:
-                continue
-            parsed = parse_command(line)
-            if parsed is not None:
-                shown = await self.command(*parsed)
-                if shown is None:
-                    break
-                print(printable(shown), flush=True)
-                group = await self.store.group(self.folder)
-                continue
-            msg = await self.send(line)
-            if msg is not None and group is not None:
-                allowed = self.settings.allowed_senders
-                if triggers(msg, group, allowed, self.settings.trigger):
-                    last = msg.id
-        if not last:
-            return 0
-        if await self.wait_for_replies(last, self.settings.agent_timeout_s + 30):
-            return 0
-        print("no reply arrived in time; see `nanoclaw doctor` and store/logs/", file=sys.stderr)
-        return 1
-
-    async def repl(self) -> int:
-        history = self.settings.layout.store / "chat_history"
-        try:
-            import readline  # line editing and history for input()
-
-            readline.set_history_length(1000)
-            if history.exists():
-                readline.read_history_file(history)
-        except (ImportError, OSError):
-            readline = None  # type: ignore[assignment]
-        try:
-            return await self._loop()
-        finally:
-            if readline is not None:
-                with contextlib.suppress(OSError):
-                    readline.write_history_file(history)
-
-    async def _loop(self) -> int:
-        print(f"nanoclaw chat: group {self.folder}. {HELP}", flush=True)
-        while True:
-            try:
-                line = await asyncio.to_thread(input, f"[{self.folder}] > ")
-            except EOFError:
-                return 0
-            line = line.strip()
-            if not line:
-                continue
-            parsed = parse_command(line)
-            if parsed is None:
-                await self.send(line)
-                continue
-            shown = await self.command(*parsed)
-            if shown is None:
-                return 0
-            print(printable(shown), flush=True)  # /history holds the agent's words
+    return origin

@@ -114,7 +114,8 @@ class XmppChannel:
         await self._background.close()
         if self._client is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._client.disconnect(), 5)
+                async with asyncio.timeout(5):
+                    await self._client.disconnect()
 
     async def _session_start(self, _: Any) -> None:
         assert self._client is not None

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import IO
@@ -19,7 +20,7 @@ from aiohttp import ClientSession
 from pydantic import SecretStr
 
 from nanoclaw.budget import Budget
-from nanoclaw.channel import Channel, Ingest
+from nanoclaw.channel import Channel, Ingest, welcome_of
 from nanoclaw.config import Settings
 from nanoclaw.errors import SandboxError
 from nanoclaw.gate import Gate, run_gate
@@ -86,6 +87,7 @@ class Core:
         # retries carry their due time, so the router's own poll is only a safety net.
         self.router = Router(store, channels, max(settings.poll_interval_ms / 1000, 2.0))
         self.launcher: Launcher | None = None
+        self._stopping_on = ""  # the signal that stopped `serve`
         rules = Rules(
             allowed_senders=tuple(settings.allowed_senders),
             default_trigger=settings.trigger,
@@ -118,7 +120,7 @@ class Core:
             files_root=self.layout.files,
         )
         self.watcher = IpcWatcher(self.ipc, store, self.layout.ipc)
-        self.ingest = Ingest(store, self.orchestrator.wake)
+        self.ingest = Ingest(store, self.orchestrator.wake, welcome_of(settings), self.router.wake)
 
     def _groups_changed(self) -> None:
         self.watcher.refresh()
@@ -148,6 +150,29 @@ class Core:
     async def _drain(self, folder: str) -> int:
         return await self.ipc.drain(folder)
 
+    async def serve(self) -> None:
+        """`nanoclaw run`: run until SIGTERM or SIGINT, then shut down as on a cancel."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        signals = (signal.SIGTERM, signal.SIGINT)
+
+        def stop(sig: signal.Signals) -> None:
+            if not self._stopping_on:  # a second signal changes nothing: the grace is short
+                self._stopping_on = sig.name
+                task.cancel()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, stop, sig)
+        try:
+            await self.run()
+        except asyncio.CancelledError:
+            if not self._stopping_on or task.uncancel() > 0:
+                raise  # cancelled by someone else, not by a signal: theirs to handle
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
     async def run(self, started: asyncio.Event | None = None) -> None:
         """Run until cancelled; on the way out live agents are closed, then killed."""
         await self.store.interrupt_stale_runs()
@@ -173,9 +198,12 @@ class Core:
                 await self._shutdown()
 
     async def _shutdown(self) -> None:
+        why = f" ({self._stopping_on})" if self._stopping_on else ""
+        log.info("stopping: %d runs in flight%s", len(self.orchestrator.live), why)
         self.orchestrator.close_live()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.orchestrator.queue.wait_idle(), CLOSE_GRACE_S)
+        with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can drop a cancel
+            async with asyncio.timeout(CLOSE_GRACE_S):
+                await self.orchestrator.queue.wait_idle()
         await self.orchestrator.queue.shutdown()
         for channel in self.channels.values():
             try:

@@ -248,8 +248,9 @@ class EgressProxy:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> Refusal | None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+        try:  # asyncio.timeout: wait_for on 3.11 can drop a cancel (see Waker)
+            async with asyncio.timeout(HEAD_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.LimitOverrunError, ValueError):
             return 431, "", "request head too large"
         except (asyncio.IncompleteReadError, TimeoutError):
@@ -284,9 +285,8 @@ class EgressProxy:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         for address in addresses:
             try:
-                return await asyncio.wait_for(
-                    asyncio.open_connection(address, port), CONNECT_TIMEOUT_S
-                )
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    return await asyncio.open_connection(address, port)
             except (OSError, TimeoutError):
                 continue
         return None

@@ -54,8 +54,9 @@ class BodyPool:
         deadline = loop.time() + timeout_s
         while self.free < size:
             self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+            try:  # asyncio.timeout: wait_for on 3.11 can drop a cancel (see Waker)
+                async with asyncio.timeout_at(deadline):
+                    await self._changed.wait()
             except TimeoutError:
                 return False
         self.free -= size
@@ -82,7 +83,8 @@ async def read_body(content: StreamReader, size: int, limits: Limits) -> bytearr
     while len(body) < size:
         wait = min(limits.chunk_timeout_s, deadline - loop.time())
         try:
-            chunk = await asyncio.wait_for(content.readany(), max(wait, 0))
+            async with asyncio.timeout(max(wait, 0)):
+                chunk = await content.readany()
         except TimeoutError:
             message = f"the request body came too slowly: {len(body)} of {size} bytes in time"
             raise BodyError(408, message) from None

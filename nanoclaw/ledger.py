@@ -228,6 +228,15 @@ class Ledger(Database):
             (error[:500], item_id),
         )
 
+    async def outbox_origin(self, item_id: int) -> tuple[str, int] | None:
+        """The kind of run that wrote an outbox row ('message', 'task'; '' for none), and when."""
+        row = await self._one(
+            "SELECT coalesce(r.kind, ''), o.created_ms FROM outbox o "
+            "LEFT JOIN runs r ON r.id = o.run_id WHERE o.id = ?",
+            (item_id,),
+        )
+        return (str(row[0]), int(row[1])) if row else None
+
     async def pending_outbox(self, chat_id: str) -> int:
         row = await self._one(
             "SELECT count(*) FROM outbox WHERE chat_id = ? AND status = 'pending'", (chat_id,)

@@ -22,7 +22,7 @@ from nanoclaw.launcher import MESSAGE_RUN, RunOptions
 from nanoclaw.models import Group, Message
 from nanoclaw.prompt import build_prompt, task_prompt
 from nanoclaw.queue import GroupQueue
-from nanoclaw.runner import AgentRun, Outcome
+from nanoclaw.runner import KEY_REFUSED, AgentRun, Outcome, RunStatus
 from nanoclaw.store import Store
 from nanoclaw.tasks import TaskRun
 from nanoclaw.trigger import any_trigger, sender_allowed
@@ -30,6 +30,7 @@ from nanoclaw.waker import Waker
 
 log = logging.getLogger(__name__)
 BATCH_LIMIT = 300
+OWNER_STOP = "stopped by the owner"
 
 Launch = Callable[
     [Group, int, str, Callable[[str], Awaitable[None]], RunOptions], Awaitable[AgentRun]
@@ -52,7 +53,16 @@ class Live:
     run: AgentRun | None = None
     kind: str = "message"  # "task": takes no follow-ups and exits after its turn
     idle_since: float | None = None  # done with every turn, waiting for a follow-up
-    stopped: str = ""  # why the host stopped the run (it broke its own /ipc/input)
+    stopped: str = ""  # why the host stopped the run (it broke its own /ipc/input, OWNER_STOP)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What the owner's stop ended: the run, how long it had worked, the turns it finished."""
+
+    run_id: int
+    seconds: float
+    turns: int
 
 
 class Orchestrator:
@@ -78,7 +88,8 @@ class Orchestrator:
         self._gate = gate
         self._tasks_changed = tasks_changed
         self._tasks_waiting: set[str] = set()
-        self._budget_notes: dict[str, str] = {}  # folder -> the budget verdict last told
+        self._budget_notes: dict[str, str] = {}  # folder -> the verdict (budget, key) last told
+        self._held: dict[str, int] = {}  # folder -> the batch a refused key left pending
         self.queue = GroupQueue(max_concurrent, self.run_group)
         self._waker = Waker()
         self._seen = -1
@@ -166,7 +177,7 @@ class Orchestrator:
             await self._follow_up(group, live)
             return
         cursor = await self._store.cursor(folder)
-        since = max(cursor, self._checked.get(folder, 0))
+        since = max(cursor, self._checked.get(folder, 0), self._held.get(folder, 0))
         msgs = await self._store.messages_for_folder(folder, since, BATCH_LIMIT)
         if not msgs:
             return
@@ -242,9 +253,20 @@ class Orchestrator:
         live = Live(run_id, msgs[-1].chat_id, msgs[-1].id, {"initial": msgs[-1].id})
         log.info("group=%s run=%s starting with %d messages", folder, run_id, len(msgs))
         outcome = await self._agent(group, live, prompt, MESSAGE_RUN)
+        if outcome.status == "stopped":
+            return True  # the owner's stop: the batch counts as handled, never retried
         if outcome.status == "over_budget":
             await self._over_budget(group, live, outcome.error)
             return True
+        if outcome.status == "auth":  # no retry: the batch waits for the next message to run
+            self._held[folder] = live.dispatched
+            if self._budget_notes.get(folder) != KEY_REFUSED:  # told once, not per message
+                self._budget_notes[folder] = KEY_REFUSED
+                text = f"(I cannot answer now: {KEY_REFUSED}.)"
+                await self._store.enqueue_reply(folder, live.chat_id, text)  # not the run's text
+            return True
+        if outcome.ok:
+            self._budget_notes.pop(folder, None)  # a later refusal is a new verdict, told again
         return outcome.ok
 
     async def _over_budget(self, group: Group, live: Live, why: str) -> None:
@@ -297,9 +319,12 @@ class Orchestrator:
             live.run = await self._launch(
                 group, run_id, prompt, lambda n: self._done(folder, live, n), options
             )
+            if live.stopped == OWNER_STOP:
+                live.run.kill()  # stopped while it was starting
             outcome = await live.run.wait()
             if live.stopped:
-                outcome = Outcome("killed", live.stopped, outcome.turns)
+                halt: RunStatus = "stopped" if live.stopped == OWNER_STOP else "killed"
+                outcome = Outcome(halt, live.stopped, outcome.turns)
         except SandboxError as exc:
             outcome = Outcome("failed", str(exc))
         finally:
@@ -329,6 +354,24 @@ class Orchestrator:
             live.idle_since = time.monotonic()
             await self._typing(live.chat_id, False)
             self._make_room()
+
+    async def stop(self, folder: str, upto: int = 0) -> Stopped | None:
+        """The owner stops the group's message run: its sandbox is killed now and its batch
+        counts as handled (the cursor passes what it was given, and `upto`), so no later run
+        asks it again. None when none was live; a batch still waiting is dropped all the same.
+        """
+        live = self.live.get(folder)
+        if live is None or live.kind != "message":
+            await self._store.advance_cursor(folder, upto)
+            return None
+        live.stopped = OWNER_STOP
+        if live.run is not None:
+            live.run.kill()
+        await self._store.advance_cursor(folder, max(live.dispatched, upto))
+        run = live.run
+        seconds, turns = (time.monotonic() - run.started, run.turns) if run else (0.0, 0)
+        log.info("group=%s run=%s %s after %.0fs", folder, live.run_id, OWNER_STOP, seconds)
+        return Stopped(live.run_id, seconds, turns)
 
     def close_live(self) -> None:
         """Ask every live agent to finish its turn and exit (shutdown)."""

@@ -51,6 +51,13 @@ def backoff_s(attempts: int, retry_after: float | None = None) -> float:
     return min(2.0**attempts, MAX_BACKOFF_S)
 
 
+def outbox_id(key: str) -> int | None:
+    """The outbox row a delivery key names (`nanoclaw-ID-...`, as `_deliver` builds them)."""
+    head, _, rest = key.partition("-")
+    number = rest.split("-", 1)[0]
+    return int(number) if head == "nanoclaw" and number.isdigit() else None
+
+
 class Router:
     def __init__(self, store: Store, channels: Mapping[str, Channel], poll_s: float) -> None:
         self._store = store

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nanoclaw import ipcfs
 from nanoclaw.cgroup import RunCgroup
@@ -28,11 +28,15 @@ log = logging.getLogger(__name__)
 STDERR_CAP = 1024 * 1024
 LINE_CAP = 1024 * 1024
 EVENTS_CAP = 100_000
+KEY_REFUSED = "the model refused the key: check ANTHROPIC_API_KEY"
+
+# stopped: by the owner (/stop); auth: the model endpoint refused the key (401/403 upstream).
+RunStatus = Literal["ok", "failed", "timeout", "killed", "stopped", "over_budget", "auth"]
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # ok | failed | timeout | killed | over_budget
+    status: RunStatus
     error: str = ""
     turns: int = 0
 
@@ -75,6 +79,11 @@ class AgentRun:
         self._last_error = ""
         self.started = time.monotonic()
         self.ready_at: float | None = None
+
+    @property
+    def turns(self) -> int:
+        """Turns the agent reported done so far."""
+        return self._turns
 
     @property
     def accepting(self) -> bool:
@@ -132,6 +141,7 @@ class AgentRun:
             self.kill()
 
     def kill(self) -> None:
+        self._closing = True  # a killed run takes no follow-up while it is being reaped
         kill_sandbox(self._proc)
 
     async def wait(self) -> Outcome:
@@ -142,9 +152,11 @@ class AgentRun:
             asyncio.create_task(self._read_events()),
             asyncio.create_task(self._read_stderr()),
         ]
-        status, error = "ok", ""
-        try:
-            await asyncio.wait_for(proc.wait(), self._timeout_s)
+        status: RunStatus = "ok"
+        error = ""
+        try:  # asyncio.timeout, not wait_for: on 3.11 that can drop a cancel (see Waker)
+            async with asyncio.timeout(self._timeout_s):
+                await proc.wait()
         except TimeoutError:
             status, error = "timeout", f"killed after {self._timeout_s:.0f}s"
             self.kill()
@@ -155,7 +167,8 @@ class AgentRun:
             raise
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*readers), 5)
+                async with asyncio.timeout(5):
+                    await asyncio.gather(*readers)
             for task in readers:
                 task.cancel()
             await self._stop_proxies()
@@ -163,9 +176,22 @@ class AgentRun:
         if status == "ok" and proc.returncode != 0:
             status = "failed"
             error = self._last_error or f"agent exited with code {proc.returncode}"
-        if status == "failed" and self._proxy.refusal is not None:
-            status, error = "over_budget", self._proxy.refusal  # a retry would be refused too
+        if status == "failed":
+            status, error = self._failure(error)
         return Outcome(status, error, self._turns)
+
+    def _failure(self, error: str) -> tuple[RunStatus, str]:
+        """What a failed run means, from what the host's proxy saw (the agent's own report is
+        written inside the sandbox: it only gives the words). Over budget or with a refused
+        key, a retry would be refused too."""
+        proxy = self._proxy
+        if proxy.refusal is not None:
+            return "over_budget", proxy.refusal
+        if proxy.key_refused is not None:
+            return "auth", f"{KEY_REFUSED} (the model endpoint answered {proxy.key_refused})"
+        if proxy.unreachable:
+            return "failed", f"cannot reach the model endpoint: {proxy.unreachable}"
+        return "failed", error
 
     async def _read_events(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -200,18 +226,23 @@ class AgentRun:
                 log.exception("run=%s group=%s turn_done handling failed", self.run_id, self.folder)
         elif kind == "error":
             self._last_error = str(ev.get("error", ""))[:1000]
-            log.warning(
-                "run=%s group=%s agent error: %s", self.run_id, self.folder, self._last_error
-            )
+            # The run's outcome line (orchestrator) carries it: one line per failure.
+            log.debug("run=%s group=%s agent error: %s", self.run_id, self.folder, self._last_error)
 
     async def _read_stderr(self) -> None:
+        """The sandbox's stderr into the run's log, created at its first byte: a run that
+        wrote nothing leaves no empty file behind."""
         assert self._proc is not None and self._proc.stderr is not None
+        chunk = await self._proc.stderr.read(65536)
+        if not chunk:
+            return
         written = 0
         await asyncio.to_thread(self._log_path.parent.mkdir, parents=True, exist_ok=True)
         with open(self._log_path, "ab") as fh:  # noqa: ASYNC230 (small appends)
-            while chunk := await self._proc.stderr.read(65536):
+            while chunk:
                 if written < STDERR_CAP:
                     fh.write(chunk[: STDERR_CAP - written])
                     written += len(chunk)
+                chunk = await self._proc.stderr.read(65536)
             if written >= STDERR_CAP:
                 fh.write(b"\n[stderr cut at 1 MiB]\n")

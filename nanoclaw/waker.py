@@ -1,7 +1,8 @@
 """A wake-up signal for loops that poll: `set()` from anywhere, `wait(timeout)` in the loop.
 
 It lets an in-process producer (a channel, the IPC handler) cut a poll interval short
-without the loop missing a wake-up that arrived while it was busy.
+without the loop missing a wake-up that arrived while it was busy. A cancellation always
+wins over a wake-up that comes in the same step (`asyncio.wait_for` on 3.11 dropped it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ class Waker:
     async def wait(self, timeout: float) -> bool:
         """True when woken, False on timeout; a wake-up during the last step counts."""
         try:
-            await asyncio.wait_for(self._event.wait(), max(timeout, 0.0))
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await self._event.wait()
         except TimeoutError:
             return False
         finally:

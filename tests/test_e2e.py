@@ -9,13 +9,18 @@ from pathlib import Path
 from conftest import SECRET_KEY, Running, cli_env, wait_for
 from fake_anthropic import FakeAnthropic
 
+from nanoclaw.models import Group
+from nanoclaw.store import Store
 
-def piped_chat(home: Path, fake: FakeAnthropic, text: str) -> subprocess.CompletedProcess[str]:
-    """`nanoclaw chat` with `text` on stdin, run in `home` (so it reads home/.env)."""
+
+def piped_chat(
+    home: Path, fake: FakeAnthropic, text: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`nanoclaw chat ARGS` with `text` on stdin, run in `home` (so it reads home/.env)."""
     env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, AGENT_IDLE_TIMEOUT_S="5",
                   POLL_INTERVAL_MS="50")  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "chat"],
+        [sys.executable, "-m", "nanoclaw.cli", "chat", *args],
         input=text, env=env, cwd=home, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
@@ -43,6 +48,20 @@ def test_chat_without_credential_exits_2_with_one_line(home: Path, fake: FakeAnt
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "ANTHROPIC_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_piped_line_that_triggers_nothing_ends_the_chat(
+    home: Path, fake: FakeAnthropic, store: Store
+) -> None:
+    """It hung for good: the orchestrator's wake-up and the shutdown's cancel came in one
+    step, and `asyncio.wait_for` in the Waker dropped the cancel."""
+    group = Group(folder="team", name="team", chats=("term:team",), requires_trigger=True)
+    await store.save_group(group)
+    for _ in range(3):  # it hung 4 times in 4; every try must end
+        proc = piped_chat(home, fake, "hello\n", "team")
+        assert proc.returncode == 0, proc.stderr
+    assert fake.requests == []
+    assert len(await store.messages_for_folder("team", 0, 10)) == 3  # kept, as context
 
 
 async def test_line_without_trigger_is_context_for_next_prompt(

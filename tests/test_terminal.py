@@ -1,21 +1,28 @@
-"""The terminal channel: a real REPL on a pty, commands, and the pure command parser."""
+"""The terminal chat: a real REPL on a pty (replies, Ctrl+C), the channel's drawing over the
+prompt, and the pure parts (commands, marks, delivery keys)."""
 
 from __future__ import annotations
 
 import io
-import os
-import pty
-import select
-import subprocess
+import re
 import sys
-import time
+import termios
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import cli_env
-from fake_anthropic import FakeAnthropic
+from fake_anthropic import FakeAnthropic, text_reply
+from pty_terminal import Pty, alive, descendants, until
 
-from channels.terminal import TerminalChannel, parse_command
+from channels.repl import parse_command, stopped_line
+from channels.terminal import TerminalChannel, scheduled_mark
+from nanoclaw.app import ensure_main
+from nanoclaw.orchestrator import Stopped
+from nanoclaw.router import outbox_id
+from nanoclaw.store import Store
 
 
 @pytest.mark.parametrize(
@@ -47,33 +54,6 @@ async def test_agent_text_reaches_the_terminal_without_escape_sequences(tmp_path
     assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown
 
 
-class Pty:
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
-        self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen(
-            argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env
-        )
-        os.close(slave)
-        self.buffer = ""
-
-    def expect(self, needle: str, timeout: float = 60, start: int = 0) -> str:
-        deadline = time.monotonic() + timeout
-        while needle not in self.buffer[start:]:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{needle!r} not seen; got:\n{self.buffer[-2000:]}")
-            ready, _, _ = select.select([self.master], [], [], left)
-            if ready:
-                try:
-                    self.buffer += os.read(self.master, 65536).decode(errors="replace")
-                except OSError:
-                    break
-        return self.buffer
-
-    def send(self, line: str) -> None:
-        os.write(self.master, (line + "\n").encode())
-
-
 def test_repl_commands_and_a_reply(home: Path, fake: FakeAnthropic) -> None:
     env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
                   AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
@@ -96,6 +76,129 @@ def test_repl_commands_and_a_reply(home: Path, fake: FakeAnthropic) -> None:
         term.send("/quit")
         assert term.proc.wait(timeout=30) == 0
     finally:
-        term.proc.kill()
-        os.close(term.master)
+        term.close()
     assert (home / "store" / "chat_history").read_text().count("/add work") == 1
+
+
+async def test_ctrl_c_stops_the_run_at_once_and_the_batch_is_not_asked_again(
+    home: Path, fake: FakeAnthropic, store: Store
+) -> None:
+    """Ctrl+C while the agent works kills its sandbox and marks the batch handled; at the
+    prompt it ends the chat at once. A scheduled task's reply that waited for a chat is
+    marked; the prompt comes back after a reply, "is working" on its own line."""
+    await ensure_main(store)
+    task_run = await store.start_run("main", "task", None, None)
+    await store.enqueue_reply("main", "term:main", "morning report", task_run)
+    await store.finish_run(task_run, "ok")
+    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
+                  AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
+    argv = [sys.executable, "-m", "nanoclaw.cli", "chat"]
+    fake.script(replace(text_reply("too late"), delay=120))
+    term = Pty(argv, home, env)
+    try:
+        out = term.expect("morning report\n")
+        assert re.search(r"Andy \[scheduled \d\d:\d\d\]: morning report\n", out)
+        term.expect("[main] > ")
+        start = len(term.buffer)
+        term.send("a slow question")
+        term.expect("\nAndy is working...\n", start=start)
+        await fake.await_requests(1, timeout=60)  # the agent waits for the model
+        sandboxes = descendants(term.proc.pid)
+        assert alive(sandboxes)
+        term.ctrl_c()
+        out = term.expect("[main] > ", start=term.buffer.index("is working"))
+        assert re.search(r"\nstopped run \d+ after \d+ s \(0 turns done\)\n", out)
+        until(lambda: not alive(sandboxes))  # the whole sandbox, killed as a group
+        term.send("[[say: still here]]")  # the chat goes on, with a new run
+        term.expect("Andy: still here\n[main] > ", start=start)
+        term.ctrl_c()  # at the prompt: the chat ends
+        assert term.proc.wait(timeout=30) == 130
+        lflag = termios.tcgetattr(term.master)[3]
+        assert lflag & termios.ECHO and lflag & termios.ICANON  # readline's mode undone
+    finally:
+        term.close()
+    runs = {r.id: r for r in await store.runs("main")}
+    stopped = [r for r in runs.values() if r.status == "stopped"]
+    assert len(stopped) == 1 and stopped[0].error == "stopped by the owner"
+
+    fake.reset()  # the next start: the stopped question is not asked again
+    term = Pty(argv, home, env)
+    try:
+        term.expect("[main] > ")
+        term.send("[[say: fresh start]]")
+        term.expect("Andy: fresh start")
+        term.send("/quit")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.close()
+    prompts = [str(r.body["messages"]) for r in fake.requests]
+    assert len(prompts) == 1 and "a slow question" not in prompts[0]
+    assert "morning report" not in term.buffer  # delivered once, in the first chat
+
+
+class Tty(io.StringIO):
+    """A terminal's output as a string: what the channel writes when a person watches."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_a_reply_over_the_prompt_draws_it_again_and_work_shows_once() -> None:
+    out = Tty()
+    channel = TerminalChannel("Andy", out=out)
+    channel.typed = lambda: "half a que"
+    channel.prompting("[main] > ")
+    await channel.set_typing("term:main", True)
+    await channel.set_typing("term:main", True)  # the router and the REPL both tell
+    await channel.set_typing("term:work", True)  # another group's chat: not this prompt
+    await channel.send("term:main", "hello")
+    assert out.getvalue() == (
+        "\r\x1b[KAndy is working...\n[main] > half a que\r\x1b[KAndy: hello\n[main] > half a que"
+    )
+    channel.prompting(None)  # the owner pressed Enter: plain lines again
+    await channel.send("term:work", "there")
+    channel.prompting("[main] > ")  # the next question may show work again
+    await channel.set_typing("term:main", True)
+    assert out.getvalue().endswith(
+        "Andy [work]: there\n\r\x1b[KAndy is working...\n[main] > half a que"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "created", "now", "mark"),
+    [
+        ("task", "2026-03-02T08:00:00+00:00", "2026-03-02T12:00:00+00:00", " [scheduled 13:30]"),
+        ("task", "2026-03-01T08:00:00+00:00", "2026-03-02T12:00:00+00:00",
+         " [scheduled 2026-03-01 13:30]"),
+        ("task", "2026-03-02T17:00:00+00:00", "2026-03-02T20:00:00+00:00",
+         " [scheduled 2026-03-02 22:30]"),  # one day in UTC, two in the owner's zone
+        ("message", "2026-03-02T08:00:00+00:00", "2026-03-02T12:00:00+00:00", ""),
+        ("", "2026-03-02T08:00:00+00:00", "2026-03-02T12:00:00+00:00", ""),
+    ],
+)  # fmt: skip
+def test_scheduled_mark(kind: str, created: str, now: str, mark: str) -> None:
+    def ms(iso: str) -> int:
+        return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+    assert scheduled_mark(kind, ms(created), ZoneInfo("Asia/Kolkata"), ms(now)) == mark
+
+
+@pytest.mark.parametrize(
+    ("key", "item"),
+    [("nanoclaw-42-0-0badf00d", 42), ("nanoclaw-7-file", 7), ("nanoclaw-x-1", None),
+     ("other-42-0", None), ("", None)],
+)  # fmt: skip
+def test_outbox_id_of_a_delivery_key(key: str, item: int | None) -> None:
+    assert outbox_id(key) == item
+
+
+@pytest.mark.parametrize(
+    ("stopped", "line"),
+    [
+        (Stopped(3, 12.4, 1), "stopped run 3 after 12 s (1 turn done)"),
+        (Stopped(4, 0.2, 0), "stopped run 4 after 0 s (0 turns done)"),
+        (None, "stopped before the agent started; it will not be asked again"),
+    ],
+)
+def test_stopped_line(stopped: Stopped | None, line: str) -> None:
+    assert stopped_line(stopped) == line

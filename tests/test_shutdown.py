@@ -1,0 +1,60 @@
+"""Stopping: the daemon on SIGTERM, and Ctrl+C in a chat that runs beside a daemon."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from conftest import cli_env
+from fake_anthropic import FakeAnthropic, text_reply
+from pty_terminal import Pty, alive, descendants, until
+
+from nanoclaw.app import ensure_main
+from nanoclaw.store import Store
+
+
+async def test_sigterm_logs_runs_in_flight_and_a_chat_beside_shows_work(
+    home: Path, fake: FakeAnthropic, store: Store
+) -> None:
+    """The daemon's agent works for a chat beside it: the chat shows it working (from the
+    store: no typing reaches it), its Ctrl+C says the run goes on; SIGTERM then ends the
+    daemon cleanly with one line saying how many runs were in flight."""
+    await ensure_main(store)
+    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
+                  AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
+    fake.script(replace(text_reply("too late"), delay=120))
+    with (home / "daemon.log").open("ab") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "nanoclaw.cli", "run"],
+            cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    until(lambda: "nanoclaw running" in (home / "daemon.log").read_text())  # holds the lock
+    term = Pty([sys.executable, "-m", "nanoclaw.cli", "chat"], home, env)
+    try:
+        term.expect("[main] > ")
+        term.send("a slow question")
+        await fake.await_requests(1, timeout=60)
+        term.expect("\nAndy is working...\n")
+        sandboxes = descendants(daemon.pid)
+        assert alive(sandboxes) and not descendants(term.proc.pid)
+        term.ctrl_c()
+        out = term.expect("[main] > ", start=term.buffer.index("is working"))
+        assert "not stopped: the daemon runs this group's agent" in out
+        assert alive(sandboxes)  # the daemon's run goes on
+        term.send("/quit")
+        assert term.proc.wait(timeout=30) == 0
+
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+        assert not alive(sandboxes)
+    finally:
+        term.close()
+        daemon.kill()
+        daemon.wait()
+    lines = (home / "daemon.log").read_text().splitlines()
+    said = [ln[ln.index("stopping:") :] for ln in lines if "stopping:" in ln]
+    assert said == ["stopping: 1 runs in flight (SIGTERM)"]  # once
+    assert not any("Traceback" in ln for ln in lines)
