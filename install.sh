@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what nanoclaw needs on Debian/Ubuntu (bubblewrap, uv, the Python deps),
 # then starts the terminal chat. Safe to run again.
-#   ./install.sh            install, ask for the Anthropic key once, start `nanoclaw chat`
+#   ./install.sh            install; without a .env, run `nanoclaw setup` (key and channels,
+#                           checked live); then start `nanoclaw chat`
 #   ./install.sh --no-chat  install only
 #   ./install.sh --test     install, plus the servers the tests run against, and run the tests
 set -euo pipefail
@@ -47,17 +48,32 @@ if [ "$mode" = "--test" ]; then
   exec uv run --frozen pytest -q
 fi
 
-if [ ! -f .env ]; then
-  cp .env.example .env
+if [ ! -f .env ] && [ -t 0 ]; then
+  # A new installation with someone at the terminal: the guided setup asks for the key and
+  # each channel's credentials, checks each with a live call and writes .env (mode 0600).
+  uv run --frozen nanoclaw setup
+elif [ ! -f .env ]; then
+  (umask 077 && cp .env.example .env)
   echo "created .env from .env.example"
 fi
 if ! grep -qE '^ANTHROPIC_API_KEY=.+' .env && [ -z "${ANTHROPIC_API_KEY:-}" ]; then
   if [ -t 0 ]; then
-    read -r -s -p "Anthropic API key (stays on this host, never enters the sandbox): " key
-    echo
-    sed -i "s|^ANTHROPIC_API_KEY=.*|ANTHROPIC_API_KEY=${key}|" .env
+    key=""
+    while [ -z "$key" ]; do
+      read -r -s -p "Anthropic API key (stays on this host, never enters the sandbox): " key
+      echo
+      case "$key" in
+        *[[:space:]\"\'\\\$#]*) echo "a key has no spaces, quotes, \\, \$ or #; try again" >&2; key="" ;;
+      esac
+    done
+    # No sed: the key is data, whatever it holds (a '|' in it broke `sed s|...|`). mktemp
+    # makes the new file 0600; the rename replaces .env at once.
+    tmp="$(mktemp .env.XXXXXX)"
+    grep -v '^ANTHROPIC_API_KEY=' .env >"$tmp" || true
+    printf 'ANTHROPIC_API_KEY=%s\n' "$key" >>"$tmp"
+    mv "$tmp" .env
   else
-    echo "set ANTHROPIC_API_KEY in .env, then run: uv run nanoclaw chat" >&2
+    echo "set ANTHROPIC_API_KEY in .env (or run: uv run nanoclaw setup), then run: uv run nanoclaw chat" >&2
     exit 1
   fi
 fi

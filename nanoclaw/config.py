@@ -1,24 +1,31 @@
 """Settings (SPEC section 4), read once by the CLI from the environment and `.env`.
 
 Nothing here runs at import time: `load_settings()` builds a `Settings` and turns
-pydantic's errors into one `ConfigError` line that names the setting and the fix.
+pydantic's errors into one `ConfigError` line that names the setting and the fix;
+`startup_warnings()` says what is legal but likely a mistake (a typo in .env, half a channel).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nanoclaw.display import printable
+from nanoclaw.envfile import env_keys
 from nanoclaw.errors import ConfigError
 from nanoclaw.layout import Layout
 
 SENDER_RE = re.compile(r"^(tg|xmpp|mx|term):\S+$")
+TELEGRAM_CHAT_RE = re.compile(r"^(tg:)?-?\d{1,20}$")
+MATRIX_USER_RE = re.compile(r"^@[^:\s]+:\S+$")
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
 FIXES = {
@@ -29,13 +36,33 @@ FIXES = {
     "LOG_LEVEL": "use debug, info, warning or error",
     "GROUP_DAILY_REQUESTS": "use a whole number of requests per group and day, 0 for no limit",
     "GROUP_DAILY_TOKENS": "use a whole number of tokens per group and day, 0 for no limit",
+    "TELEGRAM_ALLOWED_CHAT_IDS": "use numeric chat ids like -1001234567890, comma-separated",
+    "MATRIX_USER_ID": "use the bot's full id, like @andy:example.org",
+    "MATRIX_HOMESERVER": "use the homeserver's URL, like https://matrix.example.org",
 }
+
+
+# A setting that does nothing without its partner: (set, needs, what happens without it).
+PARTNERS = (
+    ("XMPP_JID", "XMPP_PASSWORD", "XMPP stays off"),
+    ("XMPP_PASSWORD", "XMPP_JID", "XMPP stays off"),
+    ("XMPP_ROOMS", "XMPP_JID", "no room is joined"),
+    ("MATRIX_HOMESERVER", "MATRIX_USER_ID", "Matrix stays off"),
+    ("MATRIX_USER_ID", "MATRIX_HOMESERVER", "Matrix stays off"),
+    ("TELEGRAM_ALLOWED_CHAT_IDS", "TELEGRAM_BOT_TOKEN", "Telegram stays off"),
+)
 
 
 def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError(f"{value[:64]!r} is not an http(s) URL")
+    return value.rstrip("/")
 
 
 def _host_tz() -> str:
@@ -117,6 +144,26 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("telegram_allowed_chat_ids")
+    @classmethod
+    def _chat_ids(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not TELEGRAM_CHAT_RE.match(v)]
+        if bad:
+            raise ValueError(f"{bad[0][:64]!r} is not a Telegram chat id")
+        return value
+
+    @field_validator("matrix_user_id")
+    @classmethod
+    def _matrix_user(cls, value: str | None) -> str | None:
+        if value and not MATRIX_USER_RE.match(value):
+            raise ValueError(f"{value[:64]!r} has no server part")
+        return value
+
+    @field_validator("matrix_homeserver")
+    @classmethod
+    def _homeserver(cls, value: str | None) -> str | None:
+        return _http_url(value) if value else value
+
     @field_validator("tz")
     @classmethod
     def _zone(cls, value: str) -> str:
@@ -132,9 +179,7 @@ class Settings(BaseSettings):
     @field_validator("anthropic_base_url", "telegram_api_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/")
+        return _http_url(value)
 
     @property
     def trigger(self) -> str:
@@ -176,6 +221,71 @@ def load_settings(env_file: Path | None = Path(".env"), **overrides: Any) -> Set
         raise ConfigError(f"{env_file}: not UTF-8 (byte {exc.start}); save it as UTF-8") from exc
     except OSError as exc:
         raise ConfigError(f"{env_file}: cannot be read: {exc.strerror}") from exc
+
+
+def setting_names() -> frozenset[str]:
+    """Every name Settings reads, aliases included (ALLOWED_JIDS)."""
+    names: set[str] = set()
+    for info in Settings.model_fields.values():
+        if isinstance(info.alias, str):
+            names.add(info.alias)
+        choices = getattr(info.validation_alias, "choices", ())
+        names.update(c for c in choices if isinstance(c, str))
+    return frozenset(names)
+
+
+def unknown_keys(keys: Iterable[str], env_file: Path) -> list[str]:
+    """Pure: a warning per key Settings does not read (a typo is otherwise silently ignored)."""
+    known = setting_names()
+    out = []
+    for key in keys:
+        if key.upper() in known:
+            continue
+        close = difflib.get_close_matches(key.upper(), sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{env_file}: unknown setting {key[:64]} is ignored{hint}")
+    return out
+
+
+def half_configured(settings: Settings) -> list[str]:
+    """Pure: a warning per channel that is only partly configured, so stays off or fails."""
+    value = {_alias(name): getattr(settings, name) for name in Settings.model_fields}
+    out = [
+        f"{have} is set but {need} is not: {effect}"
+        for have, need, effect in PARTNERS
+        if value[have] and not value[need]
+    ]
+    login = value["MATRIX_PASSWORD"] or value["MATRIX_ACCESS_TOKEN"]
+    if value["MATRIX_HOMESERVER"] and value["MATRIX_USER_ID"] and not login:
+        out.append("Matrix has neither MATRIX_PASSWORD nor MATRIX_ACCESS_TOKEN: its login fails")
+    return out
+
+
+def is_new_home(home: Path) -> bool:
+    """No store and no groups yet: this run starts a new installation there."""
+    return not (home / "store" / "nanoclaw.db").exists() and not (home / "groups").is_dir()
+
+
+def startup_warnings(settings: Settings, env_file: Path | None) -> list[str]:
+    out = unknown_keys(env_keys(env_file), env_file) if env_file is not None else []
+    out += half_configured(settings)
+    if is_new_home(settings.nanoclaw_home):
+        home = settings.nanoclaw_home
+        out.append(f"NANOCLAW_HOME {home} has no store or groups yet: creating a new one there")
+    return out
+
+
+def startup_settings(env_arg: Path | None, stream: TextIO) -> Settings:
+    """The command line's settings. An --env-file that was named must exist (a typo would
+    otherwise run on defaults); without one, ./.env is read if present. Each warning is one
+    line on `stream`, once."""
+    if env_arg is not None and not env_arg.is_file():
+        raise ConfigError(f"--env-file {env_arg}: no such file")
+    env_file = env_arg or (Path(".env") if Path(".env").is_file() else None)
+    settings = load_settings(env_file)
+    for line in startup_warnings(settings, env_file):
+        print(printable(f"nanoclaw: warning: {line}"), file=stream)
+    return settings
 
 
 def require_credential(settings: Settings) -> None:

@@ -1,7 +1,8 @@
 """`nanoclaw doctor`: checks what a run needs and says how to fix each failure.
 
 Each check is a function returning (ok, what, fix); the command prints them all and
-exits non-zero if any failed, so it doubles as a deployment smoke test.
+exits non-zero if any failed, so it doubles as a deployment smoke test. Credentials are
+checked with one live call each (`credcheck`): "ok" means the call worked.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from pydantic import SecretStr
+
+from nanoclaw import credcheck
 from nanoclaw.cgroup import RunCgroup
 from nanoclaw.channel import enabled_channels, load_channels
 from nanoclaw.config import Settings
@@ -132,13 +136,55 @@ def check_cgroup() -> Check:
     return Check(True, "a cgroup per run caps its processes and memory")
 
 
-def check_credential(settings: Settings) -> Check:
-    key = settings.anthropic_api_key
-    if key is None or not key.get_secret_value().strip():
+def _check(verdict: credcheck.Verdict) -> Check:
+    return Check(verdict.ok, verdict.what, verdict.fix)
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value().strip() if value is not None else ""
+
+
+async def check_credential(settings: Settings) -> Check:
+    """The key works at the endpoint the proxy forwards to: one free count_tokens call."""
+    key = _secret(settings.anthropic_api_key)
+    if not key:
         return Check(
-            False, "ANTHROPIC_API_KEY is not set", "add ANTHROPIC_API_KEY=sk-ant-... to .env"
+            False,
+            "ANTHROPIC_API_KEY is not set",
+            "add ANTHROPIC_API_KEY=sk-ant-... to .env, or run `nanoclaw setup`",
         )
-    return Check(True, f"model credential present; proxy forwards to {settings.anthropic_base_url}")
+    base, model = settings.anthropic_base_url, settings.nanoclaw_model
+    return _check(await credcheck.model_key(base, key, model))
+
+
+async def channel_login(settings: Settings, name: str) -> Check:
+    """The channel's own credentials, tried with one real login (Telegram getMe, XMPP
+    session, Matrix whoami or login)."""
+    s = settings
+    if name == "tg":
+        return _check(
+            await credcheck.telegram_token(s.telegram_api_url, _secret(s.telegram_bot_token))
+        )
+    if name == "xmpp":
+        return _check(
+            await credcheck.xmpp_login(
+                s.xmpp_jid or "",
+                _secret(s.xmpp_password),
+                server=s.xmpp_server,
+                tls=s.xmpp_tls,
+                ca_file=s.xmpp_ca_file,
+            )
+        )
+    if name == "mx":
+        return _check(
+            await credcheck.matrix_login(
+                s.matrix_homeserver or "",
+                s.matrix_user_id or "",
+                password=_secret(s.matrix_password),
+                token=_secret(s.matrix_access_token),
+            )
+        )
+    return Check(True, f"channel {name}: no login to check")
 
 
 async def check_store(settings: Settings) -> Check:
@@ -151,16 +197,15 @@ async def check_store(settings: Settings) -> Check:
     return Check(True, f"store {settings.layout.db} ({len(groups)} groups)")
 
 
-def check_channels(settings: Settings) -> list[Check]:
+async def check_channels(settings: Settings) -> list[Check]:
     names = enabled_channels(settings)
     loaded = load_channels(settings, names) if names else {}
     out = [Check(True, "terminal channel (nanoclaw chat)")]
+    logins = [channel_login(settings, name) for name in names if name in loaded]
     for name in names:
-        if name in loaded:
-            out.append(Check(True, f"channel {name} loads"))
-        else:
+        if name not in loaded:
             out.append(Check(False, f"channel {name} cannot load", "uv sync (install its extra)"))
-    return out
+    return out + list(await asyncio.gather(*logins))
 
 
 async def run_checks(settings: Settings) -> list[Check]:
@@ -172,10 +217,9 @@ async def run_checks(settings: Settings) -> list[Check]:
     if checks[0].ok:
         for fn in sync:
             checks.append(await asyncio.to_thread(fn))
-    checks.append(check_credential(settings))
-    later: list[Awaitable[Check]] = [check_store(settings)]
+    later: list[Awaitable[Check]] = [check_credential(settings), check_store(settings)]
     checks += [await c for c in later]
-    checks += check_channels(settings)
+    checks += await check_channels(settings)
     return checks
 
 

@@ -134,6 +134,8 @@ class ModelProxy:
         self._budget = RunBudget(guard, record)
         self._in_flight = 0
         self._logged: set[str] = set()
+        self.key_refused: int | None = None  # upstream answered 401/403: the key is wrong
+        self.unreachable = ""  # why the endpoint could not be reached, if the last try failed
         self._runner: web.BaseRunner | None = None
 
     @property
@@ -258,10 +260,15 @@ class ModelProxy:
                     if k in upstream.headers
                 }
         except (ClientError, TimeoutError) as exc:
-            log.warning("proxy %s upstream error: %s", self._label, exc)
+            # The run's outcome line says it, once: not one warning per retry of the SDK.
+            self.unreachable = str(exc)[:300] or exc.__class__.__name__
+            log.debug("proxy %s upstream error: %s", self._label, exc)
             if budget is not None and isinstance(exc, ClientConnectorError):
                 await budget.refund()  # never reached upstream
             return _error(502, "api_error", f"model endpoint unreachable: {exc.__class__.__name__}")
+        self.unreachable = ""
+        if status in (401, 403):  # the key itself, not a policy of ours (those never get here)
+            self.key_refused = status
         if budget is not None:
             kind = out_headers.get("content-type", "")
             await budget.settle(response_usage(status, kind, data))

@@ -1,6 +1,6 @@
 """Scripted fake of the Anthropic Messages API (POST /v1/messages) for tests.
-Owns the aiohttp server thread, request recording, and reply scripting
-(FIFO script -> custom responder -> default [[directive]] responder)."""
+Owns the aiohttp server thread, request recording, reply scripting (FIFO script -> custom
+responder -> default [[directive]] responder), count_tokens, and an optional key check."""
 
 from __future__ import annotations
 
@@ -204,6 +204,8 @@ class FakeAnthropic:
         self._script: deque[Reply] = deque()
         self._served = Served("fake-anthropic")
         self._delayed: set[asyncio.Task[Any]] = set()  # answers waiting out their delay
+        # When set, a request carrying another key is answered 401, as the real API does.
+        self.api_key: str | None = None
 
     @property
     def requests(self) -> list[Recorded]:
@@ -252,6 +254,7 @@ class FakeAnthropic:
     def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 
@@ -273,8 +276,27 @@ class FakeAnthropic:
         msg = f"fake Anthropic: no route {request.method} {request.path}"
         return web.json_response(_error_json("not_found_error", msg), status=404)
 
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """401 for a wrong key, with the real API's body; None when the key is fine."""
+        key = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        key = key or (auth[7:] if auth.lower().startswith("bearer ") else None)
+        if self.api_key is None or key == self.api_key:
+            return None
+        error = _error_json("authentication_error", "invalid x-api-key")
+        return web.json_response(error, status=401, headers={"request-id": _rid("req_")})
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        return self._refused(request) or web.json_response(
+            {"input_tokens": len(json.dumps(body)) // 4}
+        )
+
     async def _messages(self, request: web.Request) -> web.Response:
         body = await self._record(request)
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         with self._cond:
             reply = self._script.popleft() if self._script else None
         try:

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from pydantic import AliasChoices
 
-from nanoclaw.config import DEFAULT_MODEL, Settings, load_settings, require_credential
+from nanoclaw.config import (
+    DEFAULT_MODEL,
+    Settings,
+    half_configured,
+    load_settings,
+    require_credential,
+    unknown_keys,
+)
 from nanoclaw.errors import ConfigError
 
 
@@ -39,7 +46,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
 
 def clean_environ(tmp_path: Path, **extra: str) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if k not in setting_names()}
-    out.update(NANOCLAW_HOME=str(tmp_path), **extra)
+    out.update({"NANOCLAW_HOME": str(tmp_path), **extra})
     return out
 
 
@@ -147,6 +154,11 @@ def test_env_file_none_ignores_dot_env(env: pytest.MonkeyPatch, tmp_path: Path) 
         ("XMPP_TLS", "maybe"),
         ("ANTHROPIC_BASE_URL", "ftp://example.org"),
         ("ASSISTANT_NAME", ""),
+        ("TELEGRAM_ALLOWED_CHAT_IDS", "abc"),
+        ("TELEGRAM_ALLOWED_CHAT_IDS", "-1001,tg:@chan"),
+        ("MATRIX_USER_ID", "andy"),
+        ("MATRIX_USER_ID", "@andy"),
+        ("MATRIX_HOMESERVER", "matrix.example.org"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_setting(
@@ -260,3 +272,81 @@ def test_env_example_documents_every_setting() -> None:
         if (f.alias or name.upper()) not in doc
     ]
     assert missing == []
+
+
+def test_telegram_chat_ids_take_the_prefix(env: pytest.MonkeyPatch) -> None:
+    env.setenv("TELEGRAM_ALLOWED_CHAT_IDS", "tg:-1001, 42")
+    assert load_settings(env_file=None).telegram_allowed_chat_ids == ["tg:-1001", "42"]
+
+
+def test_unknown_keys_are_named_with_a_guess() -> None:
+    keys = ["TELEGRAM_TOKEN", "ALLOWED_JIDS", "telegram_bot_token", "ANTHROPIC_API_KEY", "ZZZ"]
+    assert unknown_keys(keys, Path("/x/.env")) == [
+        "/x/.env: unknown setting TELEGRAM_TOKEN is ignored (did you mean TELEGRAM_BOT_TOKEN?)",
+        "/x/.env: unknown setting ZZZ is ignored",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "warning"),
+    [
+        ({"XMPP_JID": "a@b.org"}, "XMPP_JID is set but XMPP_PASSWORD is not: XMPP stays off"),
+        ({"XMPP_PASSWORD": "pw"}, "XMPP_PASSWORD is set but XMPP_JID is not"),
+        ({"XMPP_ROOMS": "r@muc.b.org"}, "XMPP_ROOMS is set but XMPP_JID is not"),
+        ({"MATRIX_USER_ID": "@a:b.org"}, "MATRIX_USER_ID is set but MATRIX_HOMESERVER is not"),
+        ({"MATRIX_HOMESERVER": "https://b.org"}, "MATRIX_HOMESERVER is set but MATRIX_USER_ID"),
+        (
+            {"MATRIX_HOMESERVER": "https://b.org", "MATRIX_USER_ID": "@a:b.org"},
+            "Matrix has neither MATRIX_PASSWORD nor MATRIX_ACCESS_TOKEN",
+        ),
+        ({"TELEGRAM_ALLOWED_CHAT_IDS": "-100"}, "but TELEGRAM_BOT_TOKEN is not"),
+        ({"XMPP_JID": "a@b.org", "XMPP_PASSWORD": "pw", "TELEGRAM_BOT_TOKEN": "1:x"}, None),
+    ],
+)
+def test_half_configured_channels(
+    env: pytest.MonkeyPatch, values: dict[str, str], warning: str | None
+) -> None:
+    warnings = half_configured(load_settings(env_file=None, **values))
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warning in warnings[0]
+
+
+def run_cli(cwd: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nanoclaw.cli", *args],
+        env=clean_environ(cwd, **extra),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_warns_once_per_line_about_typos_and_a_new_home(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TELEGRAM_TOKEN=123:abc\nXMPP_JID=andy@example.org\n")
+    home = tmp_path / "new-home"
+    proc = run_cli(tmp_path, "chats", NANOCLAW_HOME=str(home))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "nanoclaw: warning: .env: unknown setting TELEGRAM_TOKEN is ignored "
+        "(did you mean TELEGRAM_BOT_TOKEN?)",
+        "nanoclaw: warning: XMPP_JID is set but XMPP_PASSWORD is not: XMPP stays off",
+        f"nanoclaw: warning: NANOCLAW_HOME {home} has no store or groups yet: "
+        "creating a new one there",
+    ]
+    again = run_cli(tmp_path, "chats", NANOCLAW_HOME=str(home))  # the store exists now
+    assert "NANOCLAW_HOME" not in again.stderr
+    assert "123:abc" not in proc.stderr + again.stderr
+
+
+def test_cli_named_env_file_must_exist(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "--env-file", "prod.env", "chats")
+    assert proc.returncode == 2
+    assert proc.stderr == "nanoclaw: --env-file prod.env: no such file\n"
+    assert not (tmp_path / "store").exists()
+    (tmp_path / "prod.env").write_text("LOG_LEVEL=loud\n")  # and it is the file read
+    proc = run_cli(tmp_path, "--env-file", "prod.env", "chats")
+    assert proc.returncode == 2 and "LOG_LEVEL" in proc.stderr

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from conftest import cli_env, settings_for
+from fake_anthropic import FakeAnthropic
+from fake_telegram import FakeTelegram
 
 from nanoclaw.doctor import check_seccomp
 
@@ -19,9 +21,20 @@ def doctor(home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_doctor_passes_with_credential(tmp_path: Path) -> None:
-    proc = doctor(tmp_path, ANTHROPIC_API_KEY="sk-ant-x")
+def test_doctor_passes_with_credential(tmp_path: Path, fake: FakeAnthropic) -> None:
+    fake.api_key = "sk-ant-x"
+    with FakeTelegram() as tg:
+        proc = doctor(
+            tmp_path,
+            ANTHROPIC_API_KEY="sk-ant-x",
+            ANTHROPIC_BASE_URL=fake.base_url,
+            TELEGRAM_BOT_TOKEN=tg.token,
+            TELEGRAM_API_URL=tg.base_url,
+        )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ok    the model endpoint {fake.base_url} accepts the key" in proc.stdout
+    assert "ok    Telegram bot @andy_bot" in proc.stdout
+    assert [r.path for r in fake.requests] == ["/v1/messages/count_tokens"]
     assert "ok    user, pid and network namespaces work" in proc.stdout
     assert "starts inside the sandbox" in proc.stdout
     assert "ok    a cgroup per run caps its processes and memory" in proc.stdout  # root here
@@ -43,3 +56,25 @@ def test_doctor_names_the_fix_when_libseccomp_is_missing(tmp_path: Path) -> None
     assert not check.ok
     assert "no sandbox may start" in check.what and "libseccomp-gone.so.2" in check.what
     assert check.fix.startswith("sudo apt-get install -y libseccomp2")
+
+
+def test_doctor_says_which_credential_is_refused(tmp_path: Path, fake: FakeAnthropic) -> None:
+    """A key or token the server refuses is a failure naming it, not "ok" (it was, before)."""
+    fake.api_key = "sk-ant-the-right-one"
+    with FakeTelegram() as tg:
+        proc = doctor(
+            tmp_path,
+            ANTHROPIC_API_KEY="sk-ant-wrong-5e1",
+            ANTHROPIC_BASE_URL=fake.base_url,
+            TELEGRAM_BOT_TOKEN="123:wrong-token-0c4",
+            TELEGRAM_API_URL=tg.base_url,
+        )
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    model = lines.index(next(line for line in lines if "refused the key" in line))
+    assert lines[model].startswith("FAIL") and "authentication_error" in lines[model]
+    assert "check ANTHROPIC_API_KEY" in lines[model + 1]
+    bot = lines.index(next(line for line in lines if "Telegram refused" in line))
+    assert lines[bot].startswith("FAIL") and "TELEGRAM_BOT_TOKEN" in lines[bot + 1]
+    assert "wrong-5e1" not in proc.stdout + proc.stderr
+    assert "wrong-token-0c4" not in proc.stdout + proc.stderr

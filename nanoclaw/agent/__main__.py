@@ -38,6 +38,26 @@ def _block(block: Any) -> dict[str, Any]:
     return data
 
 
+def describe_error(exc: anthropic.APIError) -> str:
+    """One short line for the host's log: the status, the API's error type and message, never
+    the SDK's dump of the whole body. The host decides what an error means (it saw the
+    upstream answer in its proxy); this line only says it in words."""
+    if isinstance(exc, anthropic.APIConnectionError):  # the proxy socket itself: timeouts too
+        return f"model: cannot reach the model proxy ({exc.__class__.__name__})"
+    status = exc.status_code if isinstance(exc, anthropic.APIStatusError) else "?"
+    err = exc.body.get("error") if isinstance(exc.body, dict) else None
+    kind = str(err.get("type", "")) if isinstance(err, dict) else ""
+    text = str(err.get("message", "")) if isinstance(err, dict) else exc.__class__.__name__
+    text = " ".join(text.split())[:300]  # one line, bounded
+    if text.startswith("nanoclaw:"):  # the host's own refusal (policy, size, budget)
+        return f"model: {text}"
+    if status == 502:
+        return f"model: cannot reach the model endpoint ({text})"
+    if status in (401, 403):
+        return f"model: the model refused the key ({status} {kind}: {text})"
+    return f"model: {status} {kind}: {text}"
+
+
 def proxy_client(ipc: Path, max_retries: int) -> anthropic.Anthropic:
     """The model, reached only through the host's proxy on /ipc/llm.sock."""
     # Plain HTTP over a unix socket: no TLS context to build (saves ~30 ms at start).
@@ -137,7 +157,7 @@ def main() -> int:
     try:
         agent.serve(str(cfg.get("prompt", "")), float(cfg.get("idle_timeout_s", 600)))
     except anthropic.APIError as exc:
-        event("error", error=f"model: {exc.__class__.__name__}: {exc}"[:1000])
+        event("error", error=describe_error(exc))
         return 1
     return 0
 
