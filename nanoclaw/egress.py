@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 WEB_PORTS = frozenset({80, 443})
 MAX_HEAD = 16 * 1024
 MAX_TUNNELS = 32
-EGRESS_SOCK = "egress.sock"  # in the group's IPC dir: /ipc/egress.sock inside
 HEAD_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")

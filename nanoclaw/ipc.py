@@ -11,13 +11,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from nanoclaw import exports, ipcfs, memory, staging
 from nanoclaw.agent.conversation import strip_internal
+from nanoclaw.agent.protocol import NAME_RE, task_id_of
 from nanoclaw.db import now_ms
 from nanoclaw.errors import IpcRejected
 from nanoclaw.models import Group, Reply, chat_problem
@@ -41,7 +43,6 @@ from nanoclaw.store import Store
 from nanoclaw.tasks import AGENT, CLAUDE_MD, Task, apply_action, first_run
 
 log = logging.getLogger(__name__)
-TASK_ID_OF_NAME = slice(14, -5)  # "<13 digits>-<id>.json" -> "<id>"
 CLAUDE_MD_ID_PREFIX = "md-"  # tasks.claude_md_id: an agent must not squat a future one
 
 
@@ -49,6 +50,23 @@ def _request_part(task: Task) -> tuple[object, ...]:
     """What a schedule_task file decides about its task (not times or state)."""
     return (task.folder, task.source, task.prompt, task.schedule, task.context, task.script,
             task.catch_up)  # fmt: skip
+
+
+# done: acted on; duplicate: acted on before (only removed); rejected: set aside in errors/;
+# gone: removed by someone else between listing and reading.
+FileStatus = Literal["done", "duplicate", "rejected", "gone"]
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What `handle_file` did with one file, and for a rejected one why."""
+
+    status: FileStatus
+    reason: str = ""
+
+    def __str__(self) -> str:
+        """As recorded for the file's name: "done", or "rejected: <why>"."""
+        return f"{self.status}: {self.reason}" if self.reason else self.status
 
 
 class IpcHandler:
@@ -90,7 +108,7 @@ class IpcHandler:
             if not self._quota.left(folder):
                 await self._over_quota(folder, names[i:])
                 break
-            if await self.handle_file(folder, name) != "gone":
+            if (await self.handle_file(folder, name)).status != "gone":
                 self._quota.spend(folder)
                 handled += 1
         if self._quota.prune_due(folder):
@@ -139,8 +157,8 @@ class IpcHandler:
                 await self._store.enqueue_reply(folder, chat, text)
                 self._on_reply()
 
-    async def handle_file(self, folder: str, name: str) -> str:
-        """The step: 'done', 'duplicate', 'rejected: ...' or 'gone'."""
+    async def handle_file(self, folder: str, name: str) -> Handled:
+        """The step: one file acted on once, or set aside with the reason."""
         lock = self._locks.setdefault(folder, asyncio.Lock())
         async with lock:
             try:
@@ -151,30 +169,31 @@ class IpcHandler:
                 log.exception("ipc group=%s file=%s failed", folder, name)
                 reason = f"internal error: {exc.__class__.__name__}: {exc}"
             log.warning("ipc group=%s file=%s set aside: %s", folder, name, reason)
+            handled = Handled("rejected", reason)
             try:
                 ipcfs.set_aside(self._ipc_root, folder, name, reason)
                 self._quota.set_aside(folder, 1)
-                if ipcfs.NAME_RE.match(name):
-                    await self._store.record_ipc(folder, name, f"rejected: {reason}"[:500])
+                if NAME_RE.match(name):
+                    await self._store.record_ipc(folder, name, str(handled)[:500])
             except OSError as exc:
                 log.error("ipc group=%s file=%s cannot be set aside: %s", folder, name, exc)
-            return f"rejected: {reason}"
+            return handled
 
-    async def _handle(self, folder: str, name: str) -> str:
-        if ipcfs.NAME_RE.match(name) and await self._store.ipc_done(folder, name):
+    async def _handle(self, folder: str, name: str) -> Handled:
+        if NAME_RE.match(name) and await self._store.ipc_done(folder, name):
             ipcfs.remove(self._ipc_root, folder, name)
-            return "duplicate"
+            return Handled("duplicate")
         try:
             data = ipcfs.read_request(self._ipc_root, folder, name)
         except FileNotFoundError:
-            return "gone"
+            return Handled("gone")
         req = parse(data)
         refusal = authorise(req, folder, await self._owner(req))
         if refusal:
             raise IpcRejected(refusal)
         await self._act(folder, name, req)
         ipcfs.remove(self._ipc_root, folder, name)
-        return "done"
+        return Handled("done")
 
     async def _owner(self, req: Request) -> str | None:
         """The group owning what `req` names (its chat, target group or task), if any."""
@@ -261,7 +280,7 @@ class IpcHandler:
         if isinstance(req, ScheduleTask):
             schedule = to_schedule(req.schedule, now)
             task = Task(
-                id=name[TASK_ID_OF_NAME], folder=req.group or folder, source=AGENT,
+                id=task_id_of(name), folder=req.group or folder, source=AGENT,
                 prompt=req.prompt, schedule=schedule, context=req.context, script=req.script,
                 catch_up=req.catch_up, next_run_ms=first_run(schedule, self._zone, now),
                 created_ms=now, tainted=tainted,

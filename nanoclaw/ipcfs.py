@@ -18,20 +18,24 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nanoclaw.agent.ipcfiles import CLOSE
-from nanoclaw.egress import EGRESS_SOCK
+from nanoclaw.agent.protocol import (
+    CLOSE,
+    EGRESS_SOCK,
+    ERRORS,
+    INPUT,
+    LLM_SOCK,
+    NAME_RE,
+    OUTBOUND,
+    TASKS_FILE,
+)
 from nanoclaw.errors import IpcRejected
 from nanoclaw.quota import NOTE_SUFFIX, FileLimits, stamp_s, to_prune
 
-# ASCII digits only (\d would take any script's) and \Z, not $ (which allows a final "\n").
-NAME_RE = re.compile(r"^[0-9]{13}-[A-Za-z0-9_-]{1,64}\.json\Z")
 FILE_CAP = 1024 * 1024
-SUBDIRS = ("outbound", "input", "errors")
-TASKS_FILE = "tasks.json"
+SUBDIRS = (OUTBOUND, INPUT, ERRORS)
 NOTE_NAMES = 20  # names listed in one set-aside note; a batch may hold thousands
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-LLM_SOCK = "llm.sock"
 SOCKETS = (LLM_SOCK, EGRESS_SOCK)  # served host-side, bound over these names in /ipc
 
 
@@ -103,7 +107,7 @@ def prepare_mounts(ipc: Path, sockets: Path, names: Iterable[str] = SOCKETS) -> 
         os.close(os.open(sockets / LLM_SOCK, NEW_FILE, 0o600))
 
 
-def list_names(root: Path, folder: str, sub: str = "outbound") -> list[str]:
+def list_names(root: Path, folder: str, sub: str = OUTBOUND) -> list[str]:
     try:
         fd = os.open(ipc_dir(root, folder) / sub, DIR_FLAGS)
     except OSError:
@@ -122,7 +126,7 @@ def read_request(root: Path, folder: str, name: str) -> Any:
     if not NAME_RE.match(name):
         raise IpcRejected("file name is not <unix-ms>-<random>.json")
     try:
-        dfd = os.open(ipc_dir(root, folder) / "outbound", DIR_FLAGS)
+        dfd = os.open(ipc_dir(root, folder) / OUTBOUND, DIR_FLAGS)
     except OSError as exc:  # the agent swapped the directory for a link, a file or a FIFO
         raise IpcRejected(f"outbound/ cannot be opened safely: {exc.strerror}") from exc
     try:
@@ -176,7 +180,7 @@ def _require_unicode(value: Any) -> None:
 
 
 def remove(root: Path, folder: str, name: str) -> None:
-    dfd = os.open(ipc_dir(root, folder) / "outbound", DIR_FLAGS)
+    dfd = os.open(ipc_dir(root, folder) / OUTBOUND, DIR_FLAGS)
     try:
         os.unlink(name, dir_fd=dfd)
     except FileNotFoundError:
@@ -200,9 +204,9 @@ def set_aside_all(root: Path, folder: str, names: Sequence[str], reason: str) ->
     the note is created new, never opened over something already there (a FIFO would block).
     """
     base = ipc_dir(root, folder)
-    src = os.open(base / "outbound", DIR_FLAGS)
+    src = os.open(base / OUTBOUND, DIR_FLAGS)
     try:
-        dst = os.open(base / "errors", DIR_FLAGS)
+        dst = os.open(base / ERRORS, DIR_FLAGS)
     except OSError:
         os.close(src)
         raise
@@ -261,7 +265,7 @@ def _write_json(directory: Path, name: str, payload: dict[str, Any]) -> None:
 
 def write_input(root: Path, folder: str, name: str, payload: dict[str, Any]) -> None:
     """Host -> agent: a follow-up, written like the agent writes its own files."""
-    _write_json(ipc_dir(root, folder) / "input", name, payload)
+    _write_json(ipc_dir(root, folder) / INPUT, name, payload)
 
 
 def write_tasks(root: Path, folder: str, payload: dict[str, Any]) -> None:
@@ -271,11 +275,11 @@ def write_tasks(root: Path, folder: str, payload: dict[str, Any]) -> None:
 
 def signal_close(root: Path, folder: str) -> None:
     """input/_close: the agent finishes its turn and exits (it watches for the rename)."""
-    _write_file(ipc_dir(root, folder) / "input", CLOSE, b"")
+    _write_file(ipc_dir(root, folder) / INPUT, CLOSE, b"")
 
 
 def clear_input(root: Path, folder: str) -> None:
-    directory = ipc_dir(root, folder) / "input"
+    directory = ipc_dir(root, folder) / INPUT
     dfd = os.open(directory, DIR_FLAGS)
     try:
         for name in os.listdir(dfd):
@@ -290,7 +294,7 @@ def clear_input(root: Path, folder: str) -> None:
 def prune_errors(root: Path, folder: str, limits: FileLimits, now_s: float) -> int:
     """Keep the group's errors/ within `limits` (age, then count, oldest first); returns how
     many entries went. One listing per call: callers prune every so many set-asides."""
-    dfd = os.open(ipc_dir(root, folder) / "errors", DIR_FLAGS)
+    dfd = os.open(ipc_dir(root, folder) / ERRORS, DIR_FLAGS)
     try:
         entries: list[tuple[str, float]] = []
         for name in os.listdir(dfd):

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 import nanoclaw.agent
 from nanoclaw.admission import Policy
+from nanoclaw.agent.protocol import Context, RunConfig
 from nanoclaw.agent.relay import RELAY_PORT, proxy_env
 from nanoclaw.budget import Budget, BudgetBook, BudgetGuard
 from nanoclaw.egress import EgressProxy
@@ -49,7 +50,7 @@ class AgentSettings:
 class RunOptions:
     """How one run differs from a message run: a scheduled task's context, no idling."""
 
-    context: str = "group"  # "isolated": a fresh conversation, the group's history untouched
+    context: Context = "group"  # "isolated": a fresh conversation, the group's history untouched
     idle_timeout_s: float | None = None  # None: the setting; 0: exit after the first turn
 
 
@@ -152,21 +153,18 @@ class Launcher:
 
         proxy = self.model_proxy(group, run_id)
         a = self._agent
-        config = {
-            "assistant_name": a.assistant_name,
-            "model": group.model or a.model,
-            "tz": a.tz,
-            "is_main": group.is_main,
-            "folder": group.folder,
-            "prompt": prompt,
-            "idle_timeout_s": a.idle_timeout_s
-            if options.idle_timeout_s is None
-            else options.idle_timeout_s,
-            "context": options.context,
-        }
         allowlist = group.network == "allowlist"
-        if allowlist:
-            config["egress_port"] = RELAY_PORT
+        idle_s = a.idle_timeout_s if options.idle_timeout_s is None else options.idle_timeout_s
+        config = RunConfig(
+            model=group.model or a.model,
+            prompt=prompt,
+            assistant_name=a.assistant_name,
+            tz=a.tz,
+            is_main=group.is_main,
+            context=options.context,
+            idle_timeout_s=idle_s,
+            egress_port=RELAY_PORT if allowlist else None,
+        )
         run = AgentRun(
             egress=self._egress(group, f"run={run_id}") if allowlist else None,
             folder=group.folder,

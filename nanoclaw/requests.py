@@ -7,7 +7,7 @@ holds every rule, decided from the directory a file came from, never from its co
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -20,10 +20,23 @@ from pydantic import (
 )
 
 from nanoclaw import memory
+from nanoclaw.agent.protocol import (
+    MIN_EVERY_S,
+    Context,
+    Encoding,
+    RegisterGroupType,
+    ScheduleTaskType,
+    SendFileType,
+    SendMessageType,
+    TaskActionType,
+    UpdateMemoryType,
+    UpdateTaskType,
+    WriteFileType,
+)
 from nanoclaw.errors import IpcRejected
 from nanoclaw.models import CHAT_RE, FOLDER_RE, MAIN
 from nanoclaw.schedule import PROMPT_CAP, valid_cron, valid_zone
-from nanoclaw.tasks import MIN_EVERY_S, Schedule
+from nanoclaw.tasks import CatchUp, Schedule
 
 TASK_ID = r"^[A-Za-z0-9_-]{1,64}$"
 SCRIPT_CAP = 16_000
@@ -35,33 +48,33 @@ class _Request(BaseModel):
 
 
 class SendMessage(_Request):
-    type: Literal["send_message"]
+    type: SendMessageType
     text: str = Field(min_length=1, max_length=100_000)
     chat: str | None = Field(None, pattern=CHAT_RE.pattern)
 
 
 class SendFile(_Request):
-    type: Literal["send_file"]
+    type: SendFileType
     path: str = Field(min_length=1, max_length=PATH_CAP)
     caption: str | None = Field(None, max_length=4_000)
     chat: str | None = Field(None, pattern=CHAT_RE.pattern)
 
 
 class UpdateMemory(_Request):
-    type: Literal["update_memory"]
+    type: UpdateMemoryType
     content: str = Field(min_length=1, max_length=memory.ENTRY_CAP)
 
 
 class WriteFile(_Request):
-    type: Literal["write_file"]
+    type: WriteFileType
     target: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     path: str = Field(min_length=1, max_length=PATH_CAP)
     content: str
-    encoding: Literal["utf-8", "base64"] = "utf-8"
+    encoding: Encoding = "utf-8"
 
 
 class RegisterGroup(_Request):
-    type: Literal["register_group"]
+    type: RegisterGroupType
     chat: str = Field(pattern=CHAT_RE.pattern)
     folder: str = Field(pattern=FOLDER_RE.pattern)
     trigger: str | None = Field(None, min_length=1, max_length=64)
@@ -106,27 +119,27 @@ TaskId = Annotated[str, Field(pattern=TASK_ID)]
 
 
 class ScheduleTask(_Request):
-    type: Literal["schedule_task"]
+    type: ScheduleTaskType
     prompt: Prompt
     schedule: ScheduleSpec
-    context: Literal["group", "isolated"] = "isolated"
+    context: Context = "isolated"
     script: Script | None = None
-    catch_up: Literal["once", "skip"] = "once"
+    catch_up: CatchUp = "once"
     group: str | None = Field(None, pattern=FOLDER_RE.pattern)
 
 
 class UpdateTask(_Request):
-    type: Literal["update_task"]
+    type: UpdateTaskType
     task_id: TaskId
     prompt: Prompt | None = None
     schedule: ScheduleSpec | None = None
-    context: Literal["group", "isolated"] | None = None
+    context: Context | None = None
     script: Script | None = None
-    catch_up: Literal["once", "skip"] | None = None
+    catch_up: CatchUp | None = None
 
 
 class TaskAction(_Request):
-    type: Literal["pause_task", "resume_task", "cancel_task"]
+    type: TaskActionType
     task_id: TaskId
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,8 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nanoclaw import ipcfs
+from nanoclaw.agent.protocol import EGRESS_SOCK, LLM_SOCK, Event, RunConfig, follow_up, parse_event
 from nanoclaw.cgroup import RunCgroup
-from nanoclaw.egress import EGRESS_SOCK, EgressProxy
+from nanoclaw.egress import EgressProxy
 from nanoclaw.errors import SandboxError
 from nanoclaw.proxy import ModelProxy
 from nanoclaw.sandbox import SandboxPlan, agent_command
@@ -55,7 +55,7 @@ class AgentRun:
         run_id: int,
         plan: SandboxPlan,
         ipc_root: Path,
-        config: dict[str, Any],
+        config: RunConfig,
         proxy: ModelProxy,
         timeout_s: float,
         log_path: Path,
@@ -98,7 +98,7 @@ class AgentRun:
         ipcfs.clear_input(self._ipc_root, self.folder)
         sockets = self._plan.socket_dir  # host-only: bwrap binds them over /ipc's names
         ipcfs.prepare_mounts(self._plan.ipc, sockets)
-        await self._proxy.start(sockets / ipcfs.LLM_SOCK)
+        await self._proxy.start(sockets / LLM_SOCK)
         label = f"{self.folder}-{self.run_id}"
         try:  # caps processes and memory as a whole; required when the daemon is root
             if self._egress is not None:
@@ -117,7 +117,7 @@ class AgentRun:
             await asyncio.to_thread(self._cgroup.remove)
             raise SandboxError(f"cannot start bwrap: {exc}") from exc
         assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(self._config).encode())
+        self._proc.stdin.write(self._config.to_json().encode())
         await self._proc.stdin.drain()
         self._proc.stdin.close()
 
@@ -127,7 +127,7 @@ class AgentRun:
             await self._egress.stop()
 
     def follow_up(self, name: str, prompt: str) -> None:
-        ipcfs.write_input(self._ipc_root, self.folder, name, {"type": "messages", "prompt": prompt})
+        ipcfs.write_input(self._ipc_root, self.folder, name, follow_up(prompt))
 
     def close(self) -> None:
         """Ask the agent to finish its current turn and exit."""
@@ -204,18 +204,11 @@ class AgentRun:
             if not line:
                 return
             seen += 1
-            if seen > EVENTS_CAP:
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(ev, dict):
-                continue
-            await self._event(ev)
+            event = parse_event(line) if seen <= EVENTS_CAP else None
+            if event is not None:
+                await self._event(*event)
 
-    async def _event(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("event")
+    async def _event(self, kind: Event, ev: dict[str, Any]) -> None:
         if kind == "ready":
             self.ready_at = time.monotonic()
         elif kind == "turn_done":

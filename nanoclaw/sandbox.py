@@ -1,7 +1,9 @@
 """The bwrap command line for one agent run (SPEC section 5), built by a pure function.
 
-`plan_for()` gathers the host paths; `bwrap_argv()` turns a plan into argv with exactly
-the mounts of the SPEC, so tests can read the plan and probes can try to break it.
+`detect_runtime()` reads the host once (the interpreter, the layout of its root, the /proc
+files to mask) into a `Runtime`; the launcher puts it with the group's paths into a
+`SandboxPlan`; `bwrap_argv()` turns a plan into argv with exactly the mounts of the SPEC and
+reads nothing else, so tests can read the plan and probes can try to break it.
 
 Limits: the rlimits are set by prlimit *inside* the sandbox, after bwrap made its user
 namespace. RLIMIT_NPROC is then counted per sandbox (the kernel counts per namespace and
@@ -23,6 +25,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanoclaw.agent.protocol import EGRESS_SOCK, ERRORS, LLM_SOCK
 from nanoclaw.models import NetworkPolicy
 
 RUNTIME = "/runtime"
@@ -52,15 +55,29 @@ DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
 NET_ETC_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/gai.conf")
 ETC_PASSWD = "root:x:0:0:root:/root:/bin/false\nagent:x:1000:1000:agent:/workspace:/bin/bash\n"  # noqa: S105 (no secret: the sandbox user list)
 ETC_GROUP = "root:x:0:\nagent:x:1000:\n"
+TOP_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # mirrored beside /usr
+NIX_STORE = "/nix/store"
+
+
+@dataclass(frozen=True)
+class Host:
+    """What a sandbox mirrors of the host's root and kernel, as `detect_host()` found it."""
+
+    # ("/bin", "usr/bin") for a merged-/usr symlink, ("/lib64", None) for a real directory
+    top_dirs: tuple[tuple[str, str | None], ...]
+    nix_store: bool  # the host has /nix/store (a group's Nix environment lives there)
+    proc_masked: tuple[str, ...]  # the files of PROC_MASKED this kernel has
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where the interpreter and packages come from on the host, and how they appear inside."""
+    """Where the interpreter and packages come from on the host, and how they appear inside;
+    with the host's own layout, so that building the argv reads nothing."""
 
     mounts: tuple[tuple[str, str], ...]
     python: str
     site_dirs: tuple[str, ...]
+    host: Host
     env: tuple[tuple[str, str], ...] = ()
     prlimit: str = "/usr/bin/prlimit"  # the host's, run inside: under /usr or /nix/store
 
@@ -126,6 +143,20 @@ def write_etc(directory: Path) -> Path:
     return directory
 
 
+def detect_host() -> Host:
+    """The host's root and kernel as a sandbox mirrors them, read now (once per daemon)."""
+    top: list[tuple[str, str | None]] = []
+    for name in TOP_DIRS:
+        path = f"/{name}"
+        if os.path.islink(path):
+            top.append((path, os.readlink(path)))
+        elif os.path.isdir(path):
+            top.append((path, None))
+    # only those this kernel has: bwrap cannot create a file in /proc to mount over
+    masked = tuple(name for name in PROC_MASKED if os.path.exists(f"/proc/{name}"))
+    return Host(tuple(top), Path(NIX_STORE).is_dir(), masked)
+
+
 def detect_runtime() -> Runtime:
     """The running interpreter, seen read-only at /runtime inside; /usr and /nix as they are."""
     base = Path(sys.base_prefix).resolve()
@@ -150,24 +181,15 @@ def detect_runtime() -> Runtime:
         sites.append(dst)
     found = shutil.which("prlimit")
     prlimit = os.path.realpath(found) if found else Runtime.prlimit
-    return Runtime(tuple(mounts), python, tuple(sites), env, prlimit)
-
-
-def _top_level_dirs() -> list[tuple[str, str | None]]:
-    """(/bin, 'usr/bin') for merged-/usr symlinks, (/opt, None) for a real directory."""
-    out: list[tuple[str, str | None]] = []
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = f"/{name}"
-        if os.path.islink(path):
-            out.append((path, os.readlink(path)))
-        elif os.path.isdir(path):
-            out.append((path, None))
-    return out
+    return Runtime(tuple(mounts), python, tuple(sites), detect_host(), env, prlimit)
 
 
 def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = None) -> list[str]:
     """The full bwrap argv; every mount is listed here and nowhere else. `seccomp_fd`: a
-    descriptor bwrap reads the filter's BPF program from (spawn.py always gives one)."""
+    descriptor bwrap reads the filter's BPF program from (spawn.py always gives one).
+
+    Pure: what it knows of the host comes from `plan.runtime.host`."""
+    host = plan.runtime.host
     a = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     a += ["--unshare-cgroup-try"]
     if plan.network != "full":
@@ -176,23 +198,22 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = N
     a += ["--cap-drop", "ALL"]
     a += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "nanoclaw"]
     a += ["--ro-bind", "/usr", "/usr"]
-    for path, target in _top_level_dirs():
+    for path, target in host.top_dirs:
         a += ["--symlink", target, path] if target else ["--ro-bind", path, path]
     a += ["--ro-bind", str(plan.etc), "/etc"]
     if plan.network == "full":
         for path in NET_ETC_FILES:
             a += ["--ro-bind-try", path, path]
-    if Path("/nix/store").is_dir():
-        a += ["--ro-bind", "/nix/store", "/nix/store"]
+    if host.nix_store:
+        a += ["--ro-bind", NIX_STORE, NIX_STORE]
     for src, dst in plan.runtime.mounts:
         a += ["--ro-bind", src, dst]
     a += ["--ro-bind", str(plan.agent_code), f"{RUNTIME}/lib/agent"]
     a += ["--proc", "/proc"]
     for name in PROC_RO:
         a += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
-    for name in PROC_MASKED:  # only those this kernel has: bwrap cannot create a file there
-        if os.path.exists(f"/proc/{name}"):
-            a += ["--ro-bind", "/dev/null", f"/proc/{name}"]
+    for name in host.proc_masked:
+        a += ["--ro-bind", "/dev/null", f"/proc/{name}"]
     a += ["--tmpfs", "/dev"]  # read-only once its nodes and links are in
     for node in DEV_NODES:
         a += ["--dev-bind", f"/dev/{node}", f"/dev/{node}"]
@@ -203,12 +224,12 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = N
     a += ["--bind", str(plan.workspace), "/workspace"]
     a += ["--bind", str(plan.ipc), "/ipc"]
     # errors/ is the host's; llm.sock is pinned so the agent cannot swap it for its own.
-    a += ["--tmpfs", "/ipc/errors", "--remount-ro", "/ipc/errors"]
+    a += ["--tmpfs", f"/ipc/{ERRORS}", "--remount-ro", f"/ipc/{ERRORS}"]
     # The sockets are served outside /ipc (no bind or chmod of the host's follows a link
     # planted there); a gate script has no egress proxy, hence -try.
-    a += ["--ro-bind", str(plan.socket_dir / "llm.sock"), "/ipc/llm.sock"]
+    a += ["--ro-bind", str(plan.socket_dir / LLM_SOCK), f"/ipc/{LLM_SOCK}"]
     if plan.network == "allowlist":
-        a += ["--ro-bind-try", str(plan.socket_dir / "egress.sock"), "/ipc/egress.sock"]
+        a += ["--ro-bind-try", str(plan.socket_dir / EGRESS_SOCK), f"/ipc/{EGRESS_SOCK}"]
     a += ["--bind" if plan.global_writable else "--ro-bind", str(plan.global_dir), "/global"]
     a += ["--ro-bind", str(plan.skills), "/skills"]
     for src, dst in plan.extra_ro:

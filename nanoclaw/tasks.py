@@ -16,16 +16,14 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from nanoclaw.agent.tasklist import QUOTED, Origin
+from nanoclaw.agent.protocol import QUOTED, Context, Origin
 from nanoclaw.schedule import CronTask, next_run
 
 Kind = Literal["cron", "every", "at"]
-Context = Literal["group", "isolated"]
 CatchUp = Literal["once", "skip"]
 CLAUDE_MD = "claude_md"
 AGENT = "agent"
 LATE_MS = 60_000  # a run this late or later counts as missed for catch_up = skip
-MIN_EVERY_S = 60
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
 FOLD_WINDOW = timedelta(hours=3)  # longer than any clock change

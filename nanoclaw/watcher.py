@@ -15,6 +15,7 @@ from pathlib import Path
 from watchfiles import Change, awatch
 
 from nanoclaw import ipcfs
+from nanoclaw.agent.protocol import OUTBOUND
 from nanoclaw.ipc import IpcHandler
 from nanoclaw.store import Store
 
@@ -99,9 +100,7 @@ class IpcWatcher:
             handled = await self.scan()
             if handled:
                 log.info("ipc scan handled %d waiting files", handled)
-            dirs = {
-                str(self._root / folder / "outbound"): folder for folder in await self._folders()
-            }
+            dirs = {str(self._root / folder / OUTBOUND): folder for folder in await self._folders()}
             if not dirs:
                 self.ready.set()
                 await self._rearm.wait()

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from nanoclaw.cgroup import RunCgroup
-from nanoclaw.sandbox import Limits, Runtime, SandboxPlan, write_etc
+from nanoclaw.sandbox import Limits, Runtime, SandboxPlan, detect_host, write_etc
 from nanoclaw.seccomp import sandbox_filter
 from nanoclaw.spawn import CWD, bwrap_launch
 
 NOBODY = 65534
-SYSTEM_RUNTIME = Runtime(mounts=(), python="/usr/bin/python3", site_dirs=())
+SYSTEM_RUNTIME = Runtime(mounts=(), python="/usr/bin/python3", site_dirs=(), host=detect_host())
 MODES = ("root", "user")  # the daemon as root (RLIMIT_NPROC void: a cgroup), or not
 
 

@@ -23,7 +23,8 @@ from nanoclaw.agent.conversation import (
     system_prompt,
     trim_history,
 )
-from nanoclaw.agent.ipcfiles import CLOSE, Inbox, ipc_name, write_json
+from nanoclaw.agent.ipcfiles import Inbox, write_json
+from nanoclaw.agent.protocol import CLOSE, RunConfig, ipc_name
 from nanoclaw.agent.tools import OUTPUT_CAP, TOOL_SPECS, Toolbox, cap
 
 IPC_NAME = re.compile(r"^\d{13}-[0-9a-f]{12}\.json$")
@@ -163,22 +164,23 @@ def test_system_prompt_includes_memories_and_skills(tmp_path: Path) -> None:
     (workspace / "CLAUDE.md").write_text("Group rule: answer in German.")
     (global_dir / "CLAUDE.md").write_text("Global rule: the owner is Sam.")
     write_skill(skills, "wx", "---\nname: weather\ndescription: forecasts\n---\n")
-    prompt = system_prompt({"assistant_name": "Bob"}, workspace, global_dir, skills)
+    prompt = system_prompt(RunConfig("m", assistant_name="Bob"), workspace, global_dir, skills)
     assert prompt.startswith("You are Bob,")
     assert "Group rule: answer in German." in prompt
     assert "Global rule: the owner is Sam." in prompt
     assert prompt.index("Group rule") < prompt.index("Global rule")
     assert "- weather: forecasts (read /skills/weather/SKILL.md)" in prompt
     assert "main (admin) group" not in prompt
-    main = system_prompt({"is_main": True}, workspace, global_dir, skills)
+    main = system_prompt(RunConfig("m", is_main=True), workspace, global_dir, skills)
     assert main.startswith("You are Andy,") and "main (admin) group" in main
 
 
 def test_system_prompt_reads_memory_fresh_and_caps_it(tmp_path: Path) -> None:
     (tmp_path / "CLAUDE.md").write_text("first version")
-    assert "first version" in system_prompt({}, tmp_path, tmp_path / "g", tmp_path / "s")
+    cfg = RunConfig("m")
+    assert "first version" in system_prompt(cfg, tmp_path, tmp_path / "g", tmp_path / "s")
     (tmp_path / "CLAUDE.md").write_text("m" * (MEMORY_CAP + 5000))
-    prompt = system_prompt({}, tmp_path, tmp_path / "g", tmp_path / "s")
+    prompt = system_prompt(cfg, tmp_path, tmp_path / "g", tmp_path / "s")
     assert "first version" not in prompt
     assert prompt.count("m" * 100) <= MEMORY_CAP // 100 + 1
     assert "[... memory cut ...]" in prompt
@@ -382,7 +384,7 @@ def test_edit_file(box: Toolbox) -> None:
     assert target.read_text() == "A beta A\ndelta\n"
 
 
-def test_send_message_and_update_memory_call_send(box: Toolbox, sent: list[dict]) -> None:
+def test_send_message_and_update_memory_call_send(box: Toolbox, sent: list[dict[str, Any]]) -> None:
     assert box.run("send_message", {"text": "working on it"}) == "sent"
     assert box.run("update_memory", {"content": "likes tea"}) == "saved to memory"
     assert sent == [
@@ -391,7 +393,9 @@ def test_send_message_and_update_memory_call_send(box: Toolbox, sent: list[dict]
     ]
 
 
-def test_unknown_tool_and_bad_input_are_error_texts(box: Toolbox, sent: list[dict]) -> None:
+def test_unknown_tool_and_bad_input_are_error_texts(
+    box: Toolbox, sent: list[dict[str, Any]]
+) -> None:
     assert box.run("rm_rf", {}) == "error: unknown tool 'rm_rf'"
     assert box.run("send_message", {"txt": "typo"}).startswith("error: bad input for send_message")
     assert sent == []

@@ -24,6 +24,7 @@ from fake_anthropic import FakeAnthropic
 from nanoclaw.agent.__main__ import Agent
 from nanoclaw.agent.conversation import History, history_for
 from nanoclaw.agent.ipcfiles import write_json
+from nanoclaw.agent.protocol import RunConfig
 from nanoclaw.agent.tools import TOOL_SPECS, Toolbox
 
 HOST_DELAY_S = 0.2
@@ -572,9 +573,9 @@ def assistant(text: str) -> dict[str, Any]:
 
 def test_history_for_decides_by_context(tmp_path: Path) -> None:
     kept = tmp_path / ".nanoclaw" / "conversation.json"
-    assert history_for({}, tmp_path).path == kept
-    assert history_for({"context": "group"}, tmp_path).path == kept
-    assert history_for({"context": "isolated", "scheduled": True}, tmp_path).path is None
+    assert history_for(RunConfig("m"), tmp_path).path == kept
+    assert history_for(RunConfig("m", context="group"), tmp_path).path == kept
+    assert history_for(RunConfig("m", context="isolated"), tmp_path).path is None
 
 
 def test_history_without_a_path_lives_in_memory(tmp_path: Path) -> None:
@@ -602,7 +603,7 @@ def agent_root(tmp_path: Path) -> Path:
 
 def make_agent(root: Path, fake: FakeAnthropic, **cfg: Any) -> Agent:
     client = anthropic.Anthropic(api_key="test", base_url=fake.base_url, max_retries=0)
-    return Agent({"model": "claude-test", **cfg}, root, client)
+    return Agent(RunConfig("claude-test", **cfg), root, client)
 
 
 def test_isolated_run_neither_loads_nor_saves_the_group_history(
@@ -610,7 +611,7 @@ def test_isolated_run_neither_loads_nor_saves_the_group_history(
 ) -> None:
     kept = agent_root / "workspace" / ".nanoclaw" / "conversation.json"
     before = kept.read_bytes()
-    agent = make_agent(agent_root, fake, context="isolated", scheduled=True)
+    agent = make_agent(agent_root, fake, context="isolated")
     assert agent.turn("first") == "echo: first"
     assert agent.turn("second") == "echo: second"
     assert kept.read_bytes() == before

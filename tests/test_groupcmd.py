@@ -173,7 +173,7 @@ async def test_an_agent_cannot_register_a_held_or_impossible_chat(tmp_path: Path
             name = f"{1_700_000_000_000 + n}-{os.urandom(4).hex()}.json"
             request = {"type": "register_group", "chat": chat, "folder": "grab"}
             (tmp_path / "ipc" / "main" / "outbound" / name).write_text(json.dumps(request))
-            assert (await handler.handle_file("main", name)).startswith("rejected")
+            assert (await handler.handle_file("main", name)).status == "rejected"
             [reason] = (tmp_path / "ipc" / "main" / "errors").glob(f"*{name}.reason.txt")
             assert says in reason.read_text()
         assert {g.folder: g.chats for g in await store.groups()} == {

@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from nanoclaw import ipcfs
 from nanoclaw.db import now_ms
-from nanoclaw.ipc import IpcHandler
+from nanoclaw.ipc import Handled, IpcHandler
 from nanoclaw.memory import ENTRY_CAP, FILE_CAP, MARKER
 from nanoclaw.models import Group
 from nanoclaw.scheduler import Scheduler
@@ -60,7 +60,7 @@ class Env:
         (self.root / "ipc" / folder / "outbound" / name).write_bytes(data)
         return name
 
-    async def send(self, folder: str, payload: Any, rand: str | None = None) -> str:
+    async def send(self, folder: str, payload: Any, rand: str | None = None) -> Handled:
         """Drop a file and run the handler's step on it."""
         return await self.handler.handle_file(folder, self.drop(folder, payload, rand))
 
@@ -164,12 +164,12 @@ async def test_task_action_matrix(
     assert after is not None
     assert env.outbound(actor) == []
     if allowed:
-        assert result == "done", result
+        assert result == Handled("done"), result
         expect_done(action, before, after)
         assert env.changed == [owner]  # the owner's tasks.json is republished
         assert env.reasons(actor) == []
     else:
-        assert result == "rejected: only main may change another group's task"
+        assert result == Handled("rejected", "only main may change another group's task")
         assert after == before
         assert env.changed == []
         [reason] = env.reasons(actor)
@@ -181,7 +181,7 @@ async def test_task_action_matrix(
 async def test_unknown_task_id_is_refused(env: Env, action: str) -> None:
     payload = {"type": action, "task_id": "nosuch", **ACTIONS[action]}
     name = env.drop("alpha", payload)
-    assert await env.handler.handle_file("alpha", name) == "rejected: no task nosuch"
+    assert await env.handler.handle_file("alpha", name) == Handled("rejected", "no task nosuch")
     assert env.reasons("alpha") == [f"{name}: no task nosuch\n"]
     assert await env.store.tasks(with_gone=True) == [] and env.changed == []
 
@@ -202,18 +202,18 @@ async def test_schedule_for_a_group(env: Env, actor: str, target: str, refusal: 
     result = await env.send(actor, schedule({"every_s": 600}, group=target), rand="t1")
     task = await env.store.task("t1")
     if refusal:
-        assert result == f"rejected: {refusal}"
+        assert result == Handled("rejected", f"{refusal}")
         assert task is None and await env.store.tasks(with_gone=True) == []
         assert refusal in env.reasons(actor)[0]
         assert env.changed == []
     else:
-        assert result == "done"
+        assert result == Handled("done")
         assert task is not None and task.folder == target and task.source == AGENT
         assert env.changed == [target]
 
 
 async def test_schedule_without_group_is_for_the_own_group(env: Env) -> None:
-    assert await env.send("beta", schedule({"every_s": 600}), rand="own") == "done"
+    assert await env.send("beta", schedule({"every_s": 600}), rand="own") == Handled("done")
     task = await env.store.task("own")
     assert task is not None and task.folder == "beta"
     assert env.changed == ["beta"]
@@ -241,9 +241,13 @@ async def test_claude_md_task_cannot_be_cancelled_or_updated(
     cancel = {"type": "cancel_task", "task_id": md_task.id}
     update = {"type": "update_task", "task_id": md_task.id, "prompt": "pwned"}
     update_schedule = {"type": "update_task", "task_id": md_task.id, "schedule": {"every_s": 60}}
-    assert (await env.send(actor, cancel)).endswith("comes from CLAUDE.md: delete it from the file")
-    assert (await env.send(actor, update)).endswith("comes from CLAUDE.md: edit the file instead")
-    assert (await env.send(actor, update_schedule)).endswith("edit the file instead")
+    assert (await env.send(actor, cancel)).reason.endswith(
+        "comes from CLAUDE.md: delete it from the file"
+    )
+    assert (await env.send(actor, update)).reason.endswith(
+        "comes from CLAUDE.md: edit the file instead"
+    )
+    assert (await env.send(actor, update_schedule)).reason.endswith("edit the file instead")
     assert await env.store.task(md_task.id) == md_task
     assert len(env.reasons(actor)) == 3 and env.changed == []
 
@@ -251,17 +255,18 @@ async def test_claude_md_task_cannot_be_cancelled_or_updated(
 async def test_claude_md_task_can_be_paused_and_resumed_by_its_group(
     env: Env, md_task: Task
 ) -> None:
-    assert await env.send("alpha", {"type": "pause_task", "task_id": md_task.id}) == "done"
+    assert await env.send("alpha", {"type": "pause_task", "task_id": md_task.id}) == Handled("done")
     assert await env.store.task(md_task.id) == replace(md_task, status="paused")
-    assert await env.send("alpha", {"type": "resume_task", "task_id": md_task.id}) == "done"
+    assert await env.send("alpha", {"type": "resume_task", "task_id": md_task.id}) == Handled(
+        "done"
+    )
     resumed = await env.store.task(md_task.id)
     assert resumed is not None and resumed.status == "active"
     assert resumed.next_run_ms == md_task.next_run_ms  # next 08:00 UTC either way
     assert env.changed == ["alpha", "alpha"]
     # ...but not by another non-main group
-    assert (await env.send("beta", {"type": "pause_task", "task_id": md_task.id})).startswith(
-        "rejected: only main"
-    )
+    refused = await env.send("beta", {"type": "pause_task", "task_id": md_task.id})
+    assert refused.status == "rejected" and refused.reason.startswith("only main")
 
 
 # schedule_task: what a schedule may be
@@ -274,7 +279,7 @@ def utc(ms: int | None) -> datetime:
 
 async def test_cron_with_timezone(env: Env) -> None:
     spec = {"cron": "0 8 * * 1-5", "tz": "Asia/Kolkata"}
-    assert await env.send("alpha", schedule(spec), rand="brief") == "done"
+    assert await env.send("alpha", schedule(spec), rand="brief") == Handled("done")
     task = await env.store.task("brief")
     assert task is not None
     assert task.schedule == Schedule("cron", cron="0 8 * * 1-5", tz="Asia/Kolkata")
@@ -292,7 +297,7 @@ async def test_every_and_options(env: Env) -> None:
     payload = schedule(
         {"every_s": 60}, context="group", catch_up="skip", script="test -s /workspace/x"
     )
-    assert await env.send("alpha", payload, rand="minutely") == "done"
+    assert await env.send("alpha", payload, rand="minutely") == Handled("done")
     task = await env.store.task("minutely")
     assert task is not None and task.next_run_ms is not None
     assert task.schedule == Schedule("every", every_s=60)
@@ -304,7 +309,7 @@ async def test_valid_at_with_offset(env: Env) -> None:
     when = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
     spec = {"at": when.astimezone(ZoneInfo("Asia/Kolkata")).isoformat()}
     assert "+05:30" in spec["at"]
-    assert await env.send("alpha", schedule(spec), rand="once") == "done"
+    assert await env.send("alpha", schedule(spec), rand="once") == Handled("done")
     task = await env.store.task("once")
     assert task is not None
     assert task.schedule == Schedule("at", at_ms=int(when.timestamp() * 1000))
@@ -333,7 +338,7 @@ async def test_valid_at_with_offset(env: Env) -> None:
 )
 async def test_bad_schedules_are_refused(env: Env, spec: dict[str, Any], reason: str) -> None:
     result = await env.send("alpha", schedule(spec), rand="bad")
-    assert result.startswith("rejected: ") and reason in result, result
+    assert result.status == "rejected" and reason in result.reason, result
     assert reason in env.reasons("alpha")[0]
     assert await env.store.tasks(with_gone=True) == []
     assert env.changed == [] and env.outbound("alpha") == []
@@ -343,14 +348,14 @@ async def test_at_in_the_past_refused_for_update_too(env: Env) -> None:
     task = agent_task("keep", "alpha")
     await env.store.add_task(task)
     payload = {"type": "update_task", "task_id": "keep", "schedule": {"at": "2001-01-01T00:00Z"}}
-    assert (await env.send("alpha", payload)).endswith("is in the past")
+    assert (await env.send("alpha", payload)).reason.endswith("is in the past")
     assert await env.store.task("keep") == task
 
 
 async def test_update_schedule_moves_next_run(env: Env) -> None:
     await env.store.add_task(agent_task("t", "alpha"))
     update = {"type": "update_task", "task_id": "t", "schedule": {"cron": "30 6 * * *"}}
-    assert await env.send("alpha", update) == "done"
+    assert await env.send("alpha", update) == Handled("done")
     task = await env.store.task("t")
     assert task is not None and task.schedule == Schedule("cron", cron="30 6 * * *")
     assert (utc(task.next_run_ms).hour, utc(task.next_run_ms).minute) == (6, 30)
@@ -365,19 +370,19 @@ async def test_task_id_is_the_random_part_of_the_file_name(env: Env) -> None:
     (env.root / "ipc" / "alpha" / "outbound" / name).write_text(
         json.dumps(schedule({"every_s": 600}))
     )
-    assert await env.handler.handle_file("alpha", name) == "done"
+    assert await env.handler.handle_file("alpha", name) == Handled("done")
     assert [t.id for t in await env.store.tasks()] == ["Daily_brief-2"]
 
 
 async def test_same_file_name_twice_has_one_effect(env: Env) -> None:
     name = env.drop("alpha", schedule({"every_s": 600}), rand="once")
-    assert await env.handler.handle_file("alpha", name) == "done"
+    assert await env.handler.handle_file("alpha", name) == Handled("done")
     first = await env.store.task("once")
     assert first is not None and env.outbound("alpha") == []
     # the agent (or a replay) writes the same name again, even with other content
     again = schedule({"every_s": 60}, prompt="other")
     (env.root / "ipc" / "alpha" / "outbound" / name).write_text(json.dumps(again))
-    assert await env.handler.handle_file("alpha", name) == "duplicate"
+    assert await env.handler.handle_file("alpha", name) == Handled("duplicate")
     assert await env.store.tasks() == [first]
     assert env.changed == ["alpha"]
     assert env.outbound("alpha") == [] and env.reasons("alpha") == []
@@ -391,7 +396,7 @@ async def test_a_crash_before_the_name_was_recorded_replays_cleanly(env: Env) ->
     await env.store.add_task(
         replace(task, prompt="daily digest", schedule=Schedule("every", every_s=600))
     )
-    assert await env.handler.handle_file("alpha", name) == "done"
+    assert await env.handler.handle_file("alpha", name) == Handled("done")
     assert len(await env.store.tasks()) == 1
     assert env.reasons("alpha") == []
 
@@ -403,19 +408,18 @@ async def test_a_taken_task_id_is_refused(env: Env, actor: str) -> None:
     taken = agent_task("taken", "alpha")
     await env.store.add_task(taken)
     result = await env.send(actor, schedule({"every_s": 60}, prompt="takeover"), rand="taken")
-    assert result == "rejected: task id taken is taken"
+    assert result == Handled("rejected", "task id taken is taken")
     assert await env.store.task("taken") == taken
     assert env.changed == []
 
 
 async def test_a_claude_md_task_id_cannot_be_claimed(env: Env, md_task: Task) -> None:
     result = await env.send("beta", schedule({"every_s": 600}), rand=md_task.id)
-    assert result.startswith("rejected: ")
+    assert result.status == "rejected"
     assert await env.store.task(md_task.id) == md_task
     # nor squatted before the owner writes it: an agent id never looks like a CLAUDE.md id
-    assert (await env.send("beta", schedule({"every_s": 600}), rand="md-0123456789ab")).startswith(
-        "rejected: "
-    )
+    squat = await env.send("beta", schedule({"every_s": 600}), rand="md-0123456789ab")
+    assert squat.status == "rejected"
     assert await env.store.task("md-0123456789ab") is None
 
 
@@ -426,7 +430,7 @@ async def test_tasks_json_is_republished_for_the_group_and_main(env: Env) -> Non
         on_tasks_changed=scheduler.changed,
     )  # fmt: skip
     name = env.drop("main", schedule({"every_s": 600}, group="alpha"), rand="for-alpha")
-    assert await handler.handle_file("main", name) == "done"
+    assert await handler.handle_file("main", name) == Handled("done")
     await scheduler.publish()
 
     def published(folder: str) -> list[str]:
@@ -437,7 +441,7 @@ async def test_tasks_json_is_republished_for_the_group_and_main(env: Env) -> Non
     assert published("main") == ["for-alpha"]
     assert published("beta") == []
     name = env.drop("alpha", {"type": "cancel_task", "task_id": "for-alpha"})
-    assert await handler.handle_file("alpha", name) == "done"
+    assert await handler.handle_file("alpha", name) == Handled("done")
     await scheduler.publish()
     assert published("alpha") == published("main") == []
 
@@ -450,11 +454,11 @@ def write(path: str, content: str = "report\n", **extra: Any) -> dict[str, Any]:
 
 
 async def test_write_file_lands_in_the_export_target(env: Env) -> None:
-    assert await env.send("alpha", write("2024/03/report.md", "# March\n")) == "done"
+    assert await env.send("alpha", write("2024/03/report.md", "# March\n")) == Handled("done")
     assert (env.export / "2024" / "03" / "report.md").read_text() == "# March\n"
     data = bytes(range(256))
     payload = write("bin/blob", base64.b64encode(data).decode(), encoding="base64")
-    assert await env.send("alpha", payload) == "done"
+    assert await env.send("alpha", payload) == Handled("done")
     assert (env.export / "bin" / "blob").read_bytes() == data
     assert env.outbound("alpha") == [] and env.reasons("alpha") == []
 
@@ -463,7 +467,7 @@ async def test_write_file_replaces_atomically_and_leaves_no_temp_files(env: Env)
     await env.send("alpha", write("f.txt", "first version, longer than the second\n"))
     inode = (env.export / "f.txt").stat().st_ino
     for i in range(3):
-        assert await env.send("alpha", write("f.txt", f"v{i}\n")) == "done"
+        assert await env.send("alpha", write("f.txt", f"v{i}\n")) == Handled("done")
     assert (env.export / "f.txt").read_text() == "v2\n"
     assert (env.export / "f.txt").stat().st_ino != inode  # renamed over, never rewritten
     await env.send("alpha", write("../escape.txt"))
@@ -487,15 +491,15 @@ async def test_write_file_replaces_atomically_and_leaves_no_temp_files(env: Env)
 async def test_write_file_refused(env: Env, payload: dict[str, Any], reason: str) -> None:
     before = env.host_files()
     result = await env.send("alpha", payload)
-    assert result.startswith("rejected: ") and reason in result, result
+    assert result.status == "rejected" and reason in result.reason, result
     assert reason in env.reasons("alpha")[0]
     assert env.host_files() == before
     assert list(env.export.iterdir()) == [] and not (env.root / "escape.txt").exists()
 
 
 async def test_write_file_without_targets_is_refused(env: Env) -> None:
-    assert await env.send("beta", write("x.txt")) == (
-        "rejected: no export target 'out' (declared: none)"
+    assert await env.send("beta", write("x.txt")) == Handled(
+        "rejected", "no export target 'out' (declared: none)"
     )
     assert list(env.export.iterdir()) == []
 
@@ -506,7 +510,7 @@ async def test_write_file_never_follows_a_planted_link_as_the_file(env: Env) -> 
     before = env.host_files()
     for path in ("notes.txt", "new.txt"):
         result = await env.send("alpha", write(path, "pwned"))
-        assert result == f"rejected: {path} is a symbolic link; links are never followed"
+        assert result == Handled("rejected", f"{path} is a symbolic link; links are never followed")
     assert env.host_files() == before
     assert (env.outside / "secret.txt").read_text() == "host secret\n"
     assert not (env.outside / "created.txt").exists()
@@ -524,7 +528,7 @@ async def test_write_file_never_follows_a_planted_link_as_a_directory(
     (env.export / link).symlink_to(env.outside)
     before = env.host_files()
     result = await env.send("alpha", write(path, "pwned"))
-    assert result == f"rejected: {link} is a symbolic link; links are never followed"
+    assert result == Handled("rejected", f"{link} is a symbolic link; links are never followed")
     assert env.host_files() == before
     assert sorted(os.listdir(env.outside)) == ["secret.txt"]
 
@@ -533,9 +537,11 @@ async def test_write_file_size_cap(env: Env) -> None:
     # An IPC file is at most ipcfs.FILE_CAP bytes, which caps what write_file can carry.
     payload = write("big.txt", "x" * ipcfs.FILE_CAP)
     result = await env.send("alpha", payload)
-    assert result == f"rejected: larger than {ipcfs.FILE_CAP} bytes"
+    assert result == Handled("rejected", f"larger than {ipcfs.FILE_CAP} bytes")
     assert list(env.export.iterdir()) == []
-    assert await env.send("alpha", write("big.txt", "x" * (ipcfs.FILE_CAP - 200))) == "done"
+    assert await env.send("alpha", write("big.txt", "x" * (ipcfs.FILE_CAP - 200))) == Handled(
+        "done"
+    )
     assert (env.export / "big.txt").stat().st_size == ipcfs.FILE_CAP - 200
 
 
@@ -544,7 +550,9 @@ async def test_write_file_misconfigured_target_is_refused(env: Env) -> None:
         Group(folder="beta", name="beta", chats=("tg:-2",), exports=("out=relative/dir",))
     )
     result = await env.send("beta", write("x.txt"))
-    assert result.startswith("rejected: the group's export targets are misconfigured")
+    assert result.status == "rejected" and result.reason.startswith(
+        "the group's export targets are misconfigured"
+    )
 
 
 # update_memory: below the marker of the group's own CLAUDE.md
@@ -559,7 +567,7 @@ async def test_update_memory_appends_below_the_marker(env: Env) -> None:
     claude = env.group_dir("alpha") / "CLAUDE.md"
     claude.write_text(owner)
     for fact in ("likes tea", "meets on Mondays", "prefers German"):
-        assert await env.send("alpha", memo(fact)) == "done"
+        assert await env.send("alpha", memo(fact)) == Handled("done")
     text = claude.read_text()
     assert text.startswith(owner)
     assert text.count(MARKER) == 1
@@ -572,7 +580,7 @@ async def test_update_memory_appends_below_the_marker(env: Env) -> None:
 
 async def test_update_memory_creates_the_file_and_marker_once(env: Env) -> None:
     for fact in ("one", f"two {MARKER} forged", "three"):
-        assert await env.send("beta", memo(fact)) == "done"
+        assert await env.send("beta", memo(fact)) == Handled("done")
     text = (env.group_dir("beta") / "CLAUDE.md").read_text()
     assert text.startswith(f"\n{MARKER}\n") and text.count(MARKER) == 1
     assert text.index("one") < text.index("two") < text.index("three")
@@ -583,7 +591,9 @@ async def test_update_memory_through_a_planted_symlink_is_refused(env: Env) -> N
     claude.symlink_to(env.outside / "secret.txt")
     before = env.host_files()
     result = await env.send("alpha", memo("pwned"))
-    assert result.startswith("rejected: CLAUDE.md cannot be opened safely")
+    assert result.status == "rejected" and result.reason.startswith(
+        "CLAUDE.md cannot be opened safely"
+    )
     assert "CLAUDE.md cannot be opened safely" in env.reasons("alpha")[0]
     assert env.host_files() == before
     assert claude.is_symlink() and (env.outside / "secret.txt").read_text() == "host secret\n"
@@ -591,15 +601,18 @@ async def test_update_memory_through_a_planted_symlink_is_refused(env: Env) -> N
 
 async def test_update_memory_size_caps(env: Env) -> None:
     result = await env.send("alpha", memo("x" * (ENTRY_CAP + 1)))
-    assert result == (
-        "rejected: invalid 'update_memory' request: "
-        f"content: String should have at most {ENTRY_CAP} characters"
+    assert result == Handled(
+        "rejected",
+        "invalid 'update_memory' request: "
+        f"content: String should have at most {ENTRY_CAP} characters",
     )
     assert not (env.group_dir("alpha") / "CLAUDE.md").exists()
     big = "z" * (FILE_CAP - 100)
     (env.group_dir("alpha") / "CLAUDE.md").write_text(big)
     result = await env.send("alpha", memo("w" * 500))
-    assert result == f"rejected: CLAUDE.md would exceed {FILE_CAP} bytes; the owner must prune it"
+    assert result == Handled(
+        "rejected", f"CLAUDE.md would exceed {FILE_CAP} bytes; the owner must prune it"
+    )
     assert (env.group_dir("alpha") / "CLAUDE.md").read_text() == big
 
 
@@ -618,7 +631,7 @@ async def test_send_file_queues_a_copy(env: Env) -> None:
     (env.group_dir("alpha") / "out" / "chart.png").write_bytes(b"\x89PNG data")
     payload = {"type": "send_file", "path": "/workspace/out/chart.png", "caption": "the chart"}
     name = env.drop("alpha", payload)
-    assert await env.handler.handle_file("alpha", name) == "done"
+    assert await env.handler.handle_file("alpha", name) == Handled("done")
     copy = env.root / "files" / "alpha" / name.removesuffix(".json")
     assert await files_in_outbox(env.store) == [
         ("alpha", "tg:-1", "the chart", str(copy), "chart.png")
@@ -645,7 +658,7 @@ async def test_send_file_refused(env: Env, path: str, reason: str) -> None:
     (env.group_dir("alpha") / "link.txt").symlink_to(env.outside / "secret.txt")
     (env.group_dir("alpha") / "beta-dir").symlink_to(env.group_dir("beta"))
     result = await env.send("alpha", {"type": "send_file", "path": path})
-    assert result.startswith("rejected: ") and reason in result, result
+    assert result.status == "rejected" and reason in result.reason, result
     assert reason in env.reasons("alpha")[0]
     assert await files_in_outbox(env.store) == []
     copies = env.root / "files" / "alpha"
@@ -656,7 +669,9 @@ async def test_send_file_to_another_groups_chat_is_main_only(env: Env) -> None:
     (env.group_dir("alpha") / "a.txt").write_text("a")
     (env.group_dir("main") / "m.txt").write_text("m")
     result = await env.send("alpha", {"type": "send_file", "path": "a.txt", "chat": "tg:-2"})
-    assert result == "rejected: only main may send to another group's chat"
-    assert await env.send("main", {"type": "send_file", "path": "m.txt", "chat": "tg:-2"}) == "done"
+    assert result == Handled("rejected", "only main may send to another group's chat")
+    assert await env.send(
+        "main", {"type": "send_file", "path": "m.txt", "chat": "tg:-2"}
+    ) == Handled("done")
     [(folder, chat, _text, _path, file_name)] = await files_in_outbox(env.store)
     assert (folder, chat, file_name) == ("main", "tg:-2", "m.txt")

@@ -21,6 +21,7 @@ from conftest import settings_for, wait_for
 from fake_anthropic import FakeAnthropic
 
 from nanoclaw import ipcfs
+from nanoclaw.agent import protocol
 from nanoclaw.app import agent_settings
 from nanoclaw.config import Settings
 from nanoclaw.launcher import Launcher, RunOptions
@@ -70,7 +71,9 @@ KINDS = ["link-to-file", "dangling-link", "link-to-dir", "dir", "fifo"]
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("sub", ipcfs.SUBDIRS)
-def test_ensure_dirs_replaces_what_was_planted(tmp_path: Path, host: Path, sub: str, kind: str):
+def test_ensure_dirs_replaces_what_was_planted(
+    tmp_path: Path, host: Path, sub: str, kind: str
+) -> None:
     root = tmp_path / "ipc"
     (root / "g").mkdir(parents=True)
     plant(root / "g" / sub, kind, host)
@@ -86,7 +89,7 @@ def test_ensure_dirs_replaces_what_was_planted(tmp_path: Path, host: Path, sub: 
     [
         ("input", "_close", lambda root: ipcfs.signal_close(root, "g")),
         ("input", "1-x.json", lambda root: ipcfs.write_input(root, "g", "1-x.json", {"p": 1})),
-        ("", ipcfs.TASKS_FILE, lambda root: ipcfs.write_tasks(root, "g", {"tasks": []})),
+        ("", protocol.TASKS_FILE, lambda root: ipcfs.write_tasks(root, "g", {"tasks": []})),
     ],
 )
 def test_host_writes_replace_what_was_planted(
@@ -103,7 +106,7 @@ def test_host_writes_replace_what_was_planted(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_clear_input_removes_links_without_following(tmp_path: Path, host: Path, kind: str):
+def test_clear_input_removes_links_without_following(tmp_path: Path, host: Path, kind: str) -> None:
     root = tmp_path / "ipc"
     ipcfs.ensure_dirs(root, "g")
     plant(root / "g" / "input" / "planted", kind, host)
@@ -126,7 +129,7 @@ def test_mount_points_are_fresh_files_and_sockets_host_only(
         st = os.lstat(root / "g" / name)
         assert stat.S_ISREG(st.st_mode) and st.st_size == 0
     assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
-    assert (sockets / ipcfs.LLM_SOCK).exists()
+    assert (sockets / protocol.LLM_SOCK).exists()
     assert untouched(host)
 
 

@@ -11,11 +11,13 @@ import pytest
 
 from nanoclaw.sandbox import (
     PROC_MASKED,
+    Host,
     Limits,
     Runtime,
     SandboxPlan,
     agent_command,
     bwrap_argv,
+    detect_host,
     detect_runtime,
     limits_prefix,
     write_etc,
@@ -88,6 +90,65 @@ def test_seccomp_fd_and_masked_proc_files(tmp_path: Path) -> None:
     assert masked == present and "/proc/timer_list" in masked
 
 
+NOWHERE = Path("/nonexistent-nanoclaw-host")
+# A host unlike this one: /bin a link to an odd place, a real /lib32, a Nix store exactly
+# when this machine has none, and a /proc file no kernel has.
+IMAGINED = Host(
+    top_dirs=(("/bin", "elsewhere/bin"), ("/lib32", None)),
+    nix_store=not Path("/nix/store").is_dir(),
+    proc_masked=("no_such_file",),
+)
+
+
+def test_argv_is_a_pure_function_of_the_plan() -> None:
+    """Built from a hand-made runtime of a host that does not exist, with paths that do not
+    exist: the argv follows the description, never this machine's filesystem."""
+    runtime = Runtime(
+        mounts=((str(NOWHERE / "py"), "/runtime/python"),),
+        python="/runtime/python/bin/python3",
+        site_dirs=(),
+        host=IMAGINED,
+        prlimit="/imagined/prlimit",
+    )
+    plan = SandboxPlan(
+        workspace=NOWHERE / "ws",
+        ipc=NOWHERE / "ipc",
+        global_dir=NOWHERE / "global",
+        global_writable=False,
+        skills=NOWHERE / "skills",
+        agent_code=NOWHERE / "agent",
+        etc=NOWHERE / "etc",
+        runtime=runtime,
+        network="allowlist",
+        sockets=NOWHERE / "sock",
+    )
+    argv = bwrap_argv(plan, ["/bin/true"])
+    assert argv == bwrap_argv(plan, ["/bin/true"])
+    triples = {tuple(argv[i : i + 3]) for i in range(len(argv) - 2)}
+    assert ("--symlink", "elsewhere/bin", "/bin") in triples
+    assert ("--ro-bind", "/lib32", "/lib32") in triples
+    nix = ("--ro-bind", "/nix/store", "/nix/store")
+    assert (nix in triples) == IMAGINED.nix_store
+    masked = {
+        argv[i + 2] for i, a in enumerate(argv) if a == "--ro-bind" and argv[i + 1] == "/dev/null"
+    }
+    assert masked == {"/proc/no_such_file"}
+    assert ("--ro-bind", str(NOWHERE / "sock" / "llm.sock"), "/ipc/llm.sock") in triples
+    assert ("--ro-bind-try", str(NOWHERE / "sock" / "egress.sock"), "/ipc/egress.sock") in triples
+    assert argv[argv.index("--chdir") + 3] == "/imagined/prlimit"
+    assert argv[-1] == "/bin/true"
+
+
+def test_detect_host_reads_this_machine() -> None:
+    host = detect_host()
+    for path, target in host.top_dirs:
+        assert os.readlink(path) == target if target else not os.path.islink(path)
+    names = {path for path, _ in host.top_dirs}
+    assert "/bin" in names and "/lib" in names
+    assert host.nix_store == Path("/nix/store").is_dir()
+    assert set(host.proc_masked) == {n for n in PROC_MASKED if os.path.exists(f"/proc/{n}")}
+
+
 def test_main_gets_writable_global_and_full_network_shares_net(tmp_path: Path) -> None:
     from dataclasses import replace
 
@@ -105,7 +166,12 @@ def test_limits_prefix_sets_hard_limits() -> None:
 
 
 def test_agent_command_is_isolated_python() -> None:
-    rt = Runtime(mounts=(), python="/runtime/python/bin/python3.11", site_dirs=("/runtime/sp",))
+    rt = Runtime(
+        mounts=(),
+        python="/runtime/python/bin/python3.11",
+        site_dirs=("/runtime/sp",),
+        host=IMAGINED,
+    )
     cmd = agent_command(rt)
     assert cmd[:3] == [rt.python, "-I", "-B"]
     assert "/runtime/sp" in cmd[-1] and "run_module('agent'" in cmd[-1]
@@ -128,7 +194,8 @@ def test_mount_plan_works_for_an_ordinary_user() -> None:
     base = Path(tempfile.mkdtemp(prefix="nanoclaw-user-"))
     try:
         os.chmod(base, 0o755)
-        plan = plan_in(base, Runtime(mounts=(), python="/usr/bin/python3", site_dirs=()))
+        system = Runtime(mounts=(), python="/usr/bin/python3", site_dirs=(), host=detect_host())
+        plan = plan_in(base, system)
         subprocess.run(["chown", "-R", "65534:65534", str(base)], check=True)
         code = "import os; print(os.getuid(), os.listdir('/workspace'))"
         argv = bwrap_argv(plan, ["/usr/bin/python3", "-c", code])

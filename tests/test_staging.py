@@ -75,12 +75,12 @@ async def test_sparse_file_is_refused_and_never_copied(env: Env) -> None:
         fh.truncate(SEND_CAP)
     handler = env.handler()
     results = [await handler.handle_file("main", env.drop("big.bin")) for _ in range(10)]
-    assert all(r.startswith("rejected: big.bin is sparse (") for r in results), results[0]
+    assert all(str(r).startswith("rejected: big.bin is sparse (") for r in results), results[0]
     assert allocated(env.root / "files") < MiB
     assert await env.store.pending_outbox("term:main") == 0
     # the same bytes written out densely still go
     (env.workspace / "dense.bin").write_bytes(os.urandom(2 * MiB))
-    assert await handler.handle_file("main", env.drop("/workspace/dense.bin")) == "done"
+    assert (await handler.handle_file("main", env.drop("/workspace/dense.bin"))).status == "done"
     assert allocated(env.staged) >= 2 * MiB
 
 
@@ -88,22 +88,22 @@ async def test_waiting_bytes_are_capped_per_group(env: Env) -> None:
     for n in range(3):
         (env.workspace / f"f{n}.bin").write_bytes(os.urandom(MiB + MiB // 2))
     handler = env.handler(staged_cap=4 * MiB)
-    assert await handler.handle_file("main", env.drop("f0.bin")) == "done"
-    assert await handler.handle_file("main", env.drop("f1.bin")) == "done"
+    assert (await handler.handle_file("main", env.drop("f0.bin"))).status == "done"
+    assert (await handler.handle_file("main", env.drop("f1.bin"))).status == "done"
     refused = await handler.handle_file("main", env.drop("f2.bin"))
-    assert refused.startswith("rejected: f2.bin is 1572864 bytes, but the group's files")
+    assert str(refused).startswith("rejected: f2.bin is 1572864 bytes, but the group's files")
     assert allocated(env.staged) <= 4 * MiB
     # the router delivers (and deletes) one copy: room again
     channel = TerminalChannel("Andy", out=io.StringIO(), received=env.root / "received")
     router = Router(env.store, {"term": channel}, poll_s=1.0)
     assert await router.deliver_once() == 2
     assert list(env.staged.iterdir()) == []
-    assert await handler.handle_file("main", env.drop("f2.bin")) == "done"
+    assert (await handler.handle_file("main", env.drop("f2.bin"))).status == "done"
 
 
 async def test_router_removes_the_copy_when_sending_fails_for_good(env: Env) -> None:
     (env.workspace / "a.txt").write_text("a")
-    assert await env.handler().handle_file("main", env.drop("a.txt")) == "done"
+    assert (await env.handler().handle_file("main", env.drop("a.txt"))).status == "done"
     (env.root / "received").write_text("a file where the terminal keeps its files")
     channel = TerminalChannel("Andy", out=io.StringIO(), received=env.root / "received")
     assert await Router(env.store, {"term": channel}, poll_s=1.0).deliver_once() == 0
@@ -122,7 +122,7 @@ async def test_staging_sweeps_copies_left_for_a_week(env: Env) -> None:
         os.utime(stale, (week_old, week_old))
     (other / "fresh").write_bytes(b"kept")
     (env.workspace / "a.txt").write_text("a")
-    assert await env.handler().handle_file("main", env.drop("a.txt")) == "done"
+    assert (await env.handler().handle_file("main", env.drop("a.txt"))).status == "done"
     assert [p.name for p in other.iterdir()] == ["fresh"]
     assert len(list(env.staged.iterdir())) == 1
 

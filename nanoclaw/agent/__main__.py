@@ -6,7 +6,6 @@ go to /ipc/outbound as files; the model is reached only through /ipc/llm.sock.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import datetime
@@ -23,6 +22,7 @@ except ImportError:  # pragma: no cover
 
 from .conversation import history_for, strip_internal, system_prompt
 from .ipcfiles import Inbox, event, write_json
+from .protocol import EGRESS_SOCK, INITIAL_INPUT, INPUT, LLM_SOCK, OUTBOUND, RunConfig, request
 from .relay import start_relay
 from .tools import TOOL_SPECS, Toolbox
 
@@ -61,7 +61,7 @@ def describe_error(exc: anthropic.APIError) -> str:
 def proxy_client(ipc: Path, max_retries: int) -> anthropic.Anthropic:
     """The model, reached only through the host's proxy on /ipc/llm.sock."""
     # Plain HTTP over a unix socket: no TLS context to build (saves ~30 ms at start).
-    transport = httpx.HTTPTransport(uds=str(ipc / "llm.sock"), verify=False)
+    transport = httpx.HTTPTransport(uds=str(ipc / LLM_SOCK), verify=False)
     return anthropic.Anthropic(
         api_key="sandbox-has-no-key",
         base_url="http://model-proxy.invalid",
@@ -72,28 +72,28 @@ def proxy_client(ipc: Path, max_retries: int) -> anthropic.Anthropic:
 
 class Agent:
     def __init__(
-        self, cfg: dict[str, Any], root: Path = Path("/"), client: anthropic.Anthropic | None = None
+        self, cfg: RunConfig, root: Path = Path("/"), client: anthropic.Anthropic | None = None
     ) -> None:
         self.cfg = cfg
         self.workspace = root / "workspace"
         self.ipc = root / "ipc"
-        self.client = client or proxy_client(self.ipc, int(cfg.get("max_retries", 3)))
+        self.client = client or proxy_client(self.ipc, cfg.max_retries)
         self.tools = Toolbox(
             self.workspace,
             self.send,
-            bash_timeout_s=float(cfg.get("bash_timeout_s", 300)),
+            bash_timeout_s=cfg.bash_timeout_s,
             ipc=self.ipc,
-            confirm_s=float(cfg.get("confirm_s", 3.0)),
+            confirm_s=cfg.confirm_s,
         )
         self.history = history_for(cfg, self.workspace)
         self.root = root
 
     def send(self, payload: dict[str, Any]) -> str:
-        return write_json(self.ipc / "outbound", payload)
+        return write_json(self.ipc / OUTBOUND, payload)
 
     def turn(self, prompt: str) -> str:
         """One user turn through the tool loop; returns the final text."""
-        zone = ZoneInfo(self.cfg.get("tz", "UTC"))
+        zone = ZoneInfo(self.cfg.tz)
         now = datetime.now(zone).strftime("%A %Y-%m-%d %H:%M %Z")
         system = system_prompt(self.cfg, self.workspace, self.root / "global", self.root / "skills")
         tools = [dict(t) for t in TOOL_SPECS]
@@ -103,8 +103,8 @@ class Agent:
         final = ""
         for _ in range(MAX_STEPS):
             reply = self.client.messages.create(
-                model=self.cfg["model"],
-                max_tokens=int(self.cfg.get("max_tokens", 4096)),
+                model=self.cfg.model,
+                max_tokens=self.cfg.max_tokens,
                 system=[{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
                 tools=tools,  # type: ignore[arg-type]
                 messages=messages,  # type: ignore[arg-type]
@@ -129,12 +129,12 @@ class Agent:
         return strip_internal(final)
 
     def serve(self, prompt: str, idle_timeout: float) -> None:
-        inbox = Inbox(self.ipc / "input")
-        name = "initial"
+        inbox = Inbox(self.ipc / INPUT)
+        name = INITIAL_INPUT
         while True:
             answer = self.turn(prompt)
             if answer:
-                self.send({"type": "send_message", "text": answer})
+                self.send(request("send_message", text=answer))
             event("turn_done", input=name)
             items, close = inbox.wait(idle_timeout)
             if not items:
@@ -147,15 +147,19 @@ class Agent:
 
 def main() -> int:
     started = time.monotonic()
-    cfg = json.loads(sys.stdin.read() or "{}")
-    if cfg.get("egress_port"):  # allowlist policy: tools reach /ipc/egress.sock through it
-        failure = start_relay(Path("/ipc/egress.sock"), int(cfg["egress_port"]))
+    try:
+        cfg = RunConfig.from_json(sys.stdin.read())
+    except ValueError as exc:  # a host and runner of different versions: say so, do nothing
+        event("error", error=str(exc)[:500])
+        return 2
+    if cfg.egress_port:  # allowlist policy: tools reach /ipc/egress.sock through it
+        failure = start_relay(Path("/ipc") / EGRESS_SOCK, cfg.egress_port)
         if failure:
             print(f"egress relay not started: {failure}", file=sys.stderr)
     agent = Agent(cfg)
     event("ready", startup_ms=int((time.monotonic() - started) * 1000))
     try:
-        agent.serve(str(cfg.get("prompt", "")), float(cfg.get("idle_timeout_s", 600)))
+        agent.serve(cfg.prompt, cfg.idle_timeout_s)
     except anthropic.APIError as exc:
         event("error", error=describe_error(exc))
         return 1

@@ -14,6 +14,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from .protocol import RunConfig
+
 INTERNAL_RE = re.compile(r"<internal>.*?(</internal>|\Z)", re.S | re.I)
 MEMORY_CAP = 40_000
 # The host appends update_memory entries below this marker of CLAUDE.md, one "- (time) "
@@ -87,8 +89,8 @@ def skills_index(skills: Path) -> list[tuple[str, str]]:
     return out
 
 
-def system_prompt(cfg: dict[str, Any], workspace: Path, global_dir: Path, skills: Path) -> str:
-    name = cfg.get("assistant_name", "Andy")
+def system_prompt(cfg: RunConfig, workspace: Path, global_dir: Path, skills: Path) -> str:
+    name = cfg.assistant_name
     parts = [
         f"You are {name}, a personal assistant that people talk to in a chat. "
         "Your final answer is sent to the chat as your reply; keep it short and plain, "
@@ -100,7 +102,7 @@ def system_prompt(cfg: dict[str, Any], workspace: Path, global_dir: Path, skills
         "/tmp is scratch space. There is no network unless the group allows it. Use "
         "update_memory for facts worth remembering across conversations.",
     ]
-    if cfg.get("is_main"):
+    if cfg.is_main:
         parts.append(
             "This is the main (admin) group: you may register groups and send to other "
             "registered chats (see the register-group skill)."
@@ -164,8 +166,8 @@ class History:
         os.replace(tmp, self.path)
 
 
-def history_for(cfg: dict[str, Any], workspace: Path) -> History:
+def history_for(cfg: RunConfig, workspace: Path) -> History:
     """The group's kept conversation, or a fresh one for an isolated run (a task's own)."""
     kept = workspace / ".nanoclaw" / "conversation.json"
-    path = None if cfg.get("context") == "isolated" else kept
-    return History(path, int(cfg.get("history_budget_chars", 120_000)))
+    path = None if cfg.context == "isolated" else kept
+    return History(path, cfg.history_budget_chars)

@@ -9,21 +9,17 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import secrets
 import select
 import time
 from pathlib import Path
 from typing import Any
 
+from .protocol import CLOSE, Event, event_line, follow_up_prompt, ipc_name
+
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
-CLOSE = "_close"
-
-
-def ipc_name() -> str:
-    return f"{int(time.time() * 1000)}-{secrets.token_hex(6)}.json"
 
 
 def write_json(directory: Path, payload: dict[str, Any]) -> str:
@@ -71,8 +67,9 @@ class Inbox:
             except (OSError, ValueError):
                 data = {}
             path.unlink(missing_ok=True)
-            if isinstance(data, dict) and data.get("type") == "messages":
-                items.append((name, str(data.get("prompt", ""))))
+            prompt = follow_up_prompt(data)
+            if prompt is not None:
+                items.append((name, prompt))
         return items, close
 
     def wait(self, timeout: float) -> tuple[list[tuple[str, str]], bool]:
@@ -100,6 +97,6 @@ class Inbox:
             pass
 
 
-def event(kind: str, **fields: Any) -> None:
+def event(kind: Event, **fields: object) -> None:
     """One JSON line on stdout: the host's view of the run's progress."""
-    print(json.dumps({"event": kind, **fields}), flush=True)
+    print(event_line(kind, **fields), flush=True)

@@ -1,20 +1,17 @@
-"""The task list as an agent reads it: the shape of /ipc/tasks.json shared with the host, and
-the text of list_tasks. A prompt the reader must not take as instructions (another group's,
-or one scheduled while untrusted senders spoke) is shown only escaped, quoted and attributed.
+"""The task list as an agent reads it from /ipc/tasks.json (the names it shares with the host
+are in `protocol`), and the text of list_tasks. A prompt the reader must not take as
+instructions (another group's, or one scheduled while untrusted senders spoke) is shown only
+escaped, quoted and attributed.
 """
 
 from __future__ import annotations
 
 import json
 import unicodedata
-from typing import Any, Literal
+from typing import Any
 
-# Who wrote a task: the owner (CLAUDE.md), the agent, or the agent during a run whose prompt
-# held messages from senders who may not instruct it ("untrusted").
-Origin = Literal["owner", "agent", "untrusted"]
-# An entry's key holding {"written_by": ..., "prompt": ..., "script": ...} in place of its
-# top-level prompt and script, when the reading agent must treat them as data.
-QUOTED = "quoted"
+from .protocol import QUOTED
+
 LIST_LIMIT = 100
 PROMPT_SHOWN = 80
 QUOTE_SHOWN = 300

@@ -11,24 +11,28 @@ import json
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
+from .protocol import MIN_EVERY_S, TASKS_FILE, Context, TaskActionType, request, task_id_of
 from .tasklist import render_tasks, task_field
 
-TASKS_FILE = "tasks.json"
 POLL_S = 0.05
-MIN_EVERY_S = 60
 KINDS = ("cron", "every_s", "at")
-CONTEXTS = ("group", "isolated")
+CONTEXTS: tuple[Context, ...] = get_args(Context)
 
 S = {"type": "string"}
 SCHEDULE = {
     "type": "object",
     "description": 'Exactly one of: {"cron": "m h dom mon dow", "tz": "Area/City"} (tz optional, '
-    'default the owner\'s zone); {"every_s": seconds, at least 60}; {"at": ISO-8601 time with '
-    'UTC offset, e.g. "2026-11-23T08:00:00+05:30"} for a single run.',
-    "properties": {"cron": S, "tz": S, "every_s": {"type": "integer", "minimum": 60}, "at": S},
+    f'default the owner\'s zone); {{"every_s": seconds, at least {MIN_EVERY_S}}}; {{"at": ISO-8601 '
+    'time with UTC offset, e.g. "2026-11-23T08:00:00+05:30"} for a single run.',
+    "properties": {
+        "cron": S,
+        "tz": S,
+        "every_s": {"type": "integer", "minimum": MIN_EVERY_S},
+        "at": S,
+    },
 }
 FIELDS = {
     "prompt": S,
@@ -81,12 +85,6 @@ TASK_TOOL_SPECS: list[dict[str, Any]] = [
     _spec("resume_task", "Resume a paused task.", TASK_ID, "task_id"),
     _spec("cancel_task", "Cancel a task for good.", TASK_ID, "task_id"),
 ]
-
-
-def task_id_of(ipc_file: str) -> str:
-    """The host names a task after its request file: "<ms>-<random>.json" -> "<random>"."""
-    stem = PurePosixPath(ipc_file).stem
-    return stem.partition("-")[2] or stem
 
 
 def read_tasks(path: Path) -> dict[str, Any] | None:
@@ -255,7 +253,7 @@ class TaskTools:
         problem = check_fields(fields)
         if problem:
             return f"error: {problem}"
-        task_id = task_id_of(self.send({"type": "schedule_task", **fields}))
+        task_id = task_id_of(self.send(request("schedule_task", **fields)))
         data = self._wait_for(lambda d: find_task(d, task_id) is not None)
         if data is None:
             return (
@@ -280,7 +278,7 @@ class TaskTools:
         if problem:
             return f"error: {problem}"
         tid = task_id.strip()
-        self.send({"type": "update_task", "task_id": tid, **changes})
+        self.send(request("update_task", task_id=tid, **changes))
         data = self._wait_for(lambda d: reflects(find_task(d, tid), changes))
         if data is None:
             return (
@@ -289,7 +287,7 @@ class TaskTools:
             )
         return f"updated task {tid}: {next_run_text(find_task(data, tid))}"
 
-    def _set_status(self, kind: str, task_id: str, status: str, done_text: str) -> str:
+    def _set_status(self, kind: TaskActionType, task_id: str, status: str, done_text: str) -> str:
         problem = check_id(task_id)
         if problem:
             return f"error: {problem}"
@@ -303,7 +301,7 @@ class TaskTools:
                 return status == "cancelled" and was_listed
             return task.get("status") == status
 
-        self.send({"type": kind, "task_id": tid})
+        self.send(request(kind, task_id=tid))
         data = self._wait_for(done)
         if data is None:
             return (

@@ -14,13 +14,14 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, get_args
 
+from .protocol import Encoding, request
 from .tasktools import TASK_TOOL_SPECS, TaskTools
 
 OUTPUT_CAP = 30_000
 SANDBOX_WORKSPACE = PurePosixPath("/workspace")
-ENCODINGS = ("utf-8", "base64")
+ENCODINGS: tuple[Encoding, ...] = get_args(Encoding)
 
 
 def _schema(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -187,11 +188,11 @@ class Toolbox(TaskTools):
         return f"replaced {count if replace_all else 1} occurrence(s) in {target}"
 
     def tool_send_message(self, text: str) -> str:
-        self.send({"type": "send_message", "text": text})
+        self.send(request("send_message", text=text))
         return "sent"
 
     def tool_update_memory(self, content: str) -> str:
-        self.send({"type": "update_memory", "content": content})
+        self.send(request("update_memory", content=content))
         return "saved to memory"
 
     def tool_send_file(self, path: str, caption: str | None = None) -> str:
@@ -208,7 +209,7 @@ class Toolbox(TaskTools):
             return f"error: /workspace/{rel} leads outside /workspace"
         if not local.is_file():
             return f"error: no file /workspace/{rel}"
-        payload = {"type": "send_file", "path": str(SANDBOX_WORKSPACE / rel)}
+        payload = request("send_file", path=str(SANDBOX_WORKSPACE / rel))
         if caption:
             payload["caption"] = caption
         self.send(payload)
@@ -229,7 +230,7 @@ class Toolbox(TaskTools):
         size = decoded_size(content, encoding)
         if size is None:
             return "error: content is not valid base64"
-        payload = {"type": "write_file", "target": target, "path": rel, "content": content}
+        payload = request("write_file", target=target, path=rel, content=content)
         if encoding is not None:
             payload["encoding"] = encoding
         self.send(payload)
