@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from bench.home import make_home, requests_at_least, run_log_tail
 from bench.report import Figure, median
 from bench.spawn import COLD_TARGET, import_anthropic_ms
-from nanoclaw.app import ensure_main
+from nanoclaw.home import ensure_main
 from nanoclaw.launcher import AgentSettings, Launcher
 from nanoclaw.layout import Layout
 from nanoclaw.models import MAIN

@@ -50,15 +50,17 @@ async def running_core(home: Path, base_url: str) -> AsyncIterator[tuple[Core, B
     settings = bench_settings(home, base_url)
     channel = BenchChannel(settings.assistant_name)
     store = await Store.open(settings.layout.db)
-    core = Core(settings, store, {"term": channel})
-    started = asyncio.Event()
-    task = asyncio.create_task(core.run(started))
     try:
-        await asyncio.wait_for(started.wait(), STEP_TIMEOUT_S)
-        yield core, channel
+        async with Core.open(settings, store, {"term": channel}) as core:
+            started = asyncio.Event()
+            task = asyncio.create_task(core.run(started))
+            try:
+                await asyncio.wait_for(started.wait(), STEP_TIMEOUT_S)
+                yield core, channel
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await store.close()
 
 
@@ -157,7 +159,7 @@ async def _pipeline(
         for live in list(core.orchestrator.live.values()):
             if live.run is not None:
                 live.run.close()
-        await asyncio.wait_for(core.orchestrator.queue.wait_idle(), STEP_TIMEOUT_S)
+        await asyncio.wait_for(core.settle(), STEP_TIMEOUT_S)
     return PipelineResult(follow, reply)
 
 

@@ -71,7 +71,7 @@ def time_once(cmd: Command) -> float:
     """Wall seconds of one run from fork to exit; a failing command is an error."""
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        argv, fds = [*cmd.prefix, *cmd.argv], ()
+        argv, fds = [*cmd.prefix, *cmd.argv], tuple[int, ...]()
         if cmd.plan is not None:
             short, fds = stack.enter_context(bwrap_launch(cmd.plan, cmd.argv, cmd.bpf))
             argv = [*cmd.prefix, *short]
@@ -79,8 +79,8 @@ def time_once(cmd: Command) -> float:
         done = subprocess.run(argv, env={}, cwd=CWD, stdout=quiet, stderr=err, pass_fds=fds)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        err = done.stderr.decode(errors="replace").strip().splitlines()[:1]
-        raise RuntimeError(f"{argv[0]} exited {done.returncode}: {err}")
+        why = done.stderr.decode(errors="replace").strip().splitlines()[:1]
+        raise RuntimeError(f"{argv[0]} exited {done.returncode}: {why}")
     return elapsed
 
 

@@ -1,20 +1,17 @@
 """The composition root: builds store, router, orchestrator, IPC handler and watcher, runs them.
 
-`Core` is shared by `nanoclaw run` (network channels) and a `nanoclaw chat` that finds no
-daemon (terminal only). One process at a time holds the store's daemon lock.
+`Core.open` builds it where the HTTP session exists; it is shared by `nanoclaw run` (network
+channels) and a `nanoclaw chat` that finds no daemon (terminal only). One process at a time
+holds the store's daemon lock; `settle()` runs the pipeline until idle for tests and bench.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from pathlib import Path
-from typing import IO
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import ClientSession
 from pydantic import SecretStr
@@ -22,15 +19,15 @@ from pydantic import SecretStr
 from nanoclaw.budget import Budget
 from nanoclaw.channel import Channel, Ingest, welcome_of
 from nanoclaw.config import Settings
-from nanoclaw.errors import SandboxError
 from nanoclaw.gate import Gate, run_gate
+from nanoclaw.home import ensure_main
 from nanoclaw.ipc import IpcHandler
-from nanoclaw.launcher import AgentSettings, Launcher, RunOptions
-from nanoclaw.models import MAIN, Group
+from nanoclaw.launcher import AgentSettings, Launcher
+from nanoclaw.live import LiveRuns
+from nanoclaw.models import Group
 from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.router import Router
-from nanoclaw.runner import AgentRun
-from nanoclaw.scheduler import Scheduler
+from nanoclaw.scheduler import Scheduler, TaskChanges
 from nanoclaw.store import Store
 from nanoclaw.taskfile import TaskFile
 from nanoclaw.watcher import IpcWatcher
@@ -38,30 +35,6 @@ from nanoclaw.watcher import IpcWatcher
 log = logging.getLogger(__name__)
 CLOSE_GRACE_S = 5.0
 GATE_TIMEOUT_S = 60.0
-
-
-def try_lock(path: Path) -> IO[str] | None:
-    """Take the daemon lock without waiting; None when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")  # noqa: SIM115 (held for the process lifetime)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    return fh
-
-
-async def ensure_main(store: Store) -> None:
-    """The admin group exists from the first start, bound to the terminal chat."""
-    if await store.group(MAIN) is None:
-        await store.save_group(
-            Group(folder=MAIN, name="main", chats=("term:main",), requires_trigger=False)
-        )
 
 
 def agent_settings(settings: Settings) -> AgentSettings:
@@ -78,16 +51,40 @@ def agent_settings(settings: Settings) -> AgentSettings:
 
 
 class Core:
-    def __init__(self, settings: Settings, store: Store, channels: Mapping[str, Channel]) -> None:
+    """The daemon's parts wired together; built by `Core.open`, which owns the HTTP session."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        channels: Mapping[str, Channel],
+        session: ClientSession,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.channels = channels
-        self.layout = settings.layout
+        self.layout = layout = settings.layout
+        self._stopping_on = ""  # the signal that stopped `serve`
         # Replies are queued in this process (the IPC handler wakes the router at once) and
         # retries carry their due time, so the router's own poll is only a safety net.
         self.router = Router(store, channels, max(settings.poll_interval_ms / 1000, 2.0))
-        self.launcher: Launcher | None = None
-        self._stopping_on = ""  # the signal that stopped `serve`
+        # Built first, they break the two cycles: the IPC handler asks which run is live
+        # (the orchestrator fills `live`) while the orchestrator drains through it, and the
+        # scheduler submits to the orchestrator, which tells it when a task run changed.
+        live = LiveRuns()
+        task_changes = TaskChanges()
+        self.ipc = IpcHandler(
+            store,
+            layout.ipc,
+            layout.groups,
+            settings.zone,
+            current_run=live.run_id,
+            on_reply=self.router.wake,
+            on_groups_changed=self._groups_changed,
+            on_tasks_changed=task_changes.changed,
+            files_root=layout.files,
+        )
+        self.launcher = Launcher(store, layout, agent_settings(settings), session)
         rules = Rules(
             allowed_senders=tuple(settings.allowed_senders),
             default_trigger=settings.trigger,
@@ -98,57 +95,45 @@ class Core:
             rules,
             max_concurrent=settings.max_concurrent_agents,
             poll_s=settings.poll_interval_ms / 1000,
-            launch=self._launch,
-            drain=self._drain,
+            launch=self.launcher.launch,
+            drain=self.ipc.drain,
             typing=self.router.typing,
             gate=self._gate,
-            tasks_changed=self._tasks_changed,
+            tasks_changed=task_changes.changed,
+            live=live,
         )
         self.scheduler = Scheduler(
-            store, self.layout.ipc, settings.zone, submit=self.orchestrator.task_due
+            store, layout.ipc, settings.zone, self.orchestrator.task_due, changes=task_changes
         )
-        self.taskfile = TaskFile(store, self.layout.groups, settings.zone, self._tasks_changed)
-        self.ipc = IpcHandler(
-            store,
-            self.layout.ipc,
-            self.layout.groups,
-            settings.zone,
-            current_run=self.orchestrator.current_run,
-            on_reply=self.router.wake,
-            on_groups_changed=self._groups_changed,
-            on_tasks_changed=self._tasks_changed,
-            files_root=self.layout.files,
-        )
-        self.watcher = IpcWatcher(self.ipc, store, self.layout.ipc)
+        self.taskfile = TaskFile(store, layout.groups, settings.zone, task_changes.changed)
+        self.watcher = IpcWatcher(self.ipc, store, layout.ipc)
         self.ingest = Ingest(store, self.orchestrator.wake, welcome_of(settings), self.router.wake)
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, settings: Settings, store: Store, channels: Mapping[str, Channel]
+    ) -> AsyncIterator[Core]:
+        """The core with its HTTP session (the model proxies' upstream), closed on the way out."""
+        async with ClientSession() as session:
+            yield cls(settings, store, channels, session)
+
     def _groups_changed(self) -> None:
+        """A group was registered over IPC: watch its dirs, read its CLAUDE.md, look at it."""
         self.watcher.refresh()
         self.taskfile.refresh()
         self.orchestrator.wake()
 
-    def _tasks_changed(self, folder: str) -> None:
-        self.scheduler.changed(folder)
-
-    async def _launch(
-        self,
-        group: Group,
-        run_id: int,
-        prompt: str,
-        done: Callable[[str], Awaitable[None]],
-        options: RunOptions,
-    ) -> AgentRun:
-        if self.launcher is None:
-            raise SandboxError("the daemon is not running")
-        return await self.launcher.launch(group, run_id, prompt, done, options)
-
     async def _gate(self, group: Group, script: str) -> Gate:
-        if self.launcher is None:
-            raise SandboxError("the daemon is not running")
         return await run_gate(await self.launcher.prepare(group), script, GATE_TIMEOUT_S)
 
-    async def _drain(self, folder: str) -> int:
-        return await self.ipc.drain(folder)
+    async def settle(self) -> None:
+        """Burst mode, for tests and bench: the orchestrator looks at every stored message,
+        the queue runs dry, every group's IPC is drained and the outbox delivered once."""
+        await self.orchestrator.tick()
+        await self.orchestrator.queue.wait_idle()
+        await self.watcher.scan()
+        await self.router.deliver_once()
 
     async def serve(self) -> None:
         """`nanoclaw run`: run until SIGTERM or SIGINT, then shut down as on a cancel."""
@@ -177,25 +162,21 @@ class Core:
         """Run until cancelled; on the way out live agents are closed, then killed."""
         await self.store.interrupt_stale_runs()
         await ensure_main(self.store)
-        async with ClientSession() as session:
-            self.launcher = Launcher(
-                self.store, self.layout, agent_settings(self.settings), session
-            )
-            for channel in self.channels.values():
-                await channel.start(self.ingest)
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self.watcher.run(), name="ipc-watcher")
-                    await self.watcher.ready.wait()
-                    tasks.create_task(self.router.run(), name="router")
-                    tasks.create_task(self.orchestrator.run(), name="orchestrator")
-                    tasks.create_task(self.taskfile.run(), name="claude-md-tasks")
-                    await self.taskfile.ready.wait()
-                    tasks.create_task(self.scheduler.run(), name="scheduler")
-                    if started is not None:
-                        started.set()
-            finally:
-                await self._shutdown()
+        for channel in self.channels.values():
+            await channel.start(self.ingest)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.watcher.run(), name="ipc-watcher")
+                await self.watcher.ready.wait()
+                tasks.create_task(self.router.run(), name="router")
+                tasks.create_task(self.orchestrator.run(), name="orchestrator")
+                tasks.create_task(self.taskfile.run(), name="claude-md-tasks")
+                await self.taskfile.ready.wait()
+                tasks.create_task(self.scheduler.run(), name="scheduler")
+                if started is not None:
+                    started.set()
+        finally:
+            await self._shutdown()
 
     async def _shutdown(self) -> None:
         why = f" ({self._stopping_on})" if self._stopping_on else ""
@@ -210,12 +191,3 @@ class Core:
                 await channel.stop()
             except Exception:
                 log.exception("channel %s failed to stop", channel.name)
-
-
-@contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    store = await Store.open(settings.layout.db)
-    try:
-        yield store
-    finally:
-        await store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -17,14 +18,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
-from nanoclaw import doctor, groupcmd, paircmd, setupcmd, taskcmd, usagecmd
-from nanoclaw.app import Core, ensure_main, open_store, try_lock
-from nanoclaw.channel import Ingest, enabled_channels, load_channels
+from nanoclaw import groupcmd, paircmd, setupcmd, taskcmd, usagecmd
 from nanoclaw.config import Settings, require_credential, startup_settings
 from nanoclaw.display import LogFormatter, printable, printable_line
 from nanoclaw.errors import ConfigError, NanoclawError
 from nanoclaw.groupcmd import apply_setting as apply_setting  # where tests found it
-from nanoclaw.router import Router
+from nanoclaw.home import ensure_main, open_store, try_lock
+
+# The daemon's pieces (app, channel, router, doctor) pull in aiohttp, the SDKs and the
+# launcher: the commands that need them import them, so `--help` and the store-only
+# commands (groups, chats, tasks, usage, pair) start fast.
 
 log = logging.getLogger("nanoclaw")
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what `ls | head` reports for ls
@@ -56,6 +59,9 @@ def setup_logging(
 
 
 async def cmd_run(settings: Settings) -> int:
+    from nanoclaw.app import Core
+    from nanoclaw.channel import enabled_channels, load_channels
+
     require_credential(settings)
     lock = try_lock(settings.layout.lock)
     if lock is None:
@@ -64,15 +70,19 @@ async def cmd_run(settings: Settings) -> int:
     async with open_store(settings) as store:
         log.info("nanoclaw running: channels=%s home=%s", ",".join(channels) or "none",
                  settings.nanoclaw_home)  # fmt: skip
-        await Core(settings, store, channels).serve()
+        async with Core.open(settings, store, channels) as core:
+            await core.serve()
     return 0
 
 
 async def cmd_chat(settings: Settings, folder: str) -> int:
     from channels.repl import TerminalChat
     from channels.terminal import TerminalChannel, origin_of
+    from nanoclaw.app import Core
+    from nanoclaw.channel import Ingest
+    from nanoclaw.router import Router
 
-    async with open_store(settings) as store:
+    async with open_store(settings) as store, contextlib.AsyncExitStack() as stack:
         channel = TerminalChannel(
             settings.assistant_name,
             received=settings.layout.received,
@@ -82,7 +92,7 @@ async def cmd_chat(settings: Settings, folder: str) -> int:
         lock = try_lock(settings.layout.lock)
         if lock is not None:
             require_credential(settings)
-            core = Core(settings, store, {"term": channel})
+            core = await stack.enter_async_context(Core.open(settings, store, {"term": channel}))
             started = asyncio.Event()
             background = asyncio.create_task(core.run(started))
             await started.wait()
@@ -123,6 +133,8 @@ async def cmd_tasks(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_doctor(settings: Settings) -> int:
+    from nanoclaw import doctor
+
     text, ok = doctor.report(await doctor.run_checks(settings))
     print(text)
     return 0 if ok else 1

@@ -13,11 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from nanoclaw import exports
-from nanoclaw.app import ensure_main, open_store
 from nanoclaw.config import SENDER_RE, Settings
 from nanoclaw.display import printable_line
 from nanoclaw.egress import parse_domains
 from nanoclaw.errors import ConfigError
+from nanoclaw.home import ensure_main, open_store
 from nanoclaw.models import MAIN, Group, chat_id_problem, chat_problem, valid_folder
 from nanoclaw.store import Store
 from nanoclaw.tasks import CLAUDE_MD, Task

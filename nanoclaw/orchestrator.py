@@ -3,7 +3,8 @@
 It polls the store (or is woken by an in-process channel), applies the allowlist and
 trigger rules, hands follow-ups to a live agent, and moves a group's cursor only when
 the agent reports the turn that handled those messages done. A group's claimed scheduled
-tasks run in the same queue slot, after its messages.
+tasks run in the same queue slot, after its messages. Runs come from an injected `Launch`
+and are seen only through the `live.Run` protocol.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from nanoclaw.agent.ipcfiles import ipc_name
+from nanoclaw.agent.protocol import INITIAL_INPUT, ipc_name
 from nanoclaw.errors import SandboxError
 from nanoclaw.gate import Gate
 from nanoclaw.launcher import MESSAGE_RUN, RunOptions
+from nanoclaw.live import Launch, Live, LiveRuns
 from nanoclaw.models import Group, Message
 from nanoclaw.prompt import build_prompt, task_prompt
 from nanoclaw.queue import GroupQueue
-from nanoclaw.runner import KEY_REFUSED, AgentRun, Outcome, RunStatus
+from nanoclaw.runner import KEY_REFUSED, Outcome, RunStatus
 from nanoclaw.store import Store
 from nanoclaw.tasks import TaskRun
 from nanoclaw.trigger import any_trigger, sender_allowed
@@ -32,28 +34,12 @@ log = logging.getLogger(__name__)
 BATCH_LIMIT = 300
 OWNER_STOP = "stopped by the owner"
 
-Launch = Callable[
-    [Group, int, str, Callable[[str], Awaitable[None]], RunOptions], Awaitable[AgentRun]
-]
-
 
 @dataclass(frozen=True)
 class Rules:
     allowed_senders: tuple[str, ...]
     default_trigger: str
     zone: ZoneInfo
-
-
-@dataclass
-class Live:
-    run_id: int
-    chat_id: str
-    dispatched: int
-    inputs: dict[str, int] = field(default_factory=dict)
-    run: AgentRun | None = None
-    kind: str = "message"  # "task": takes no follow-ups and exits after its turn
-    idle_since: float | None = None  # done with every turn, waiting for a follow-up
-    stopped: str = ""  # why the host stopped the run (it broke its own /ipc/input, OWNER_STOP)
 
 
 @dataclass(frozen=True)
@@ -78,6 +64,8 @@ class Orchestrator:
         typing: Callable[[str, bool], Awaitable[None]],
         gate: Callable[[Group, str], Awaitable[Gate]],
         tasks_changed: Callable[[str], None] = lambda folder: None,
+        live: LiveRuns | None = None,
+        retry_base_s: float = 2.0,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -90,12 +78,13 @@ class Orchestrator:
         self._tasks_waiting: set[str] = set()
         self._budget_notes: dict[str, str] = {}  # folder -> the verdict (budget, key) last told
         self._held: dict[str, int] = {}  # folder -> the batch a refused key left pending
-        self.queue = GroupQueue(max_concurrent, self.run_group)
+        self.queue = GroupQueue(max_concurrent, self.run_group, retry_base_s=retry_base_s)
         self._waker = Waker()
-        self._seen = -1
+        self._newest_seen_id = -1  # the newest message id a tick has looked at (-1: none yet)
         self._failed: set[str] = set()  # groups whose last consider raised: tried again
-        self._checked: dict[str, int] = {}
-        self.live: dict[str, Live] = {}
+        # folder -> newest message id already tested for a trigger (untriggered context)
+        self._trigger_checked_upto: dict[str, int] = {}
+        self.live = live if live is not None else LiveRuns()
 
     def wake(self) -> None:
         self._waker.set()
@@ -132,10 +121,6 @@ class Orchestrator:
             log.info("group=%s run=%s idle: gives way to %s", folder, run.run_id, why)
             run.close()
 
-    def current_run(self, folder: str) -> int | None:
-        live = self.live.get(folder)
-        return live.run_id if live else None
-
     def _trusted(self, group: Group, msgs: Sequence[Message]) -> dict[str, bool]:
         allowed = self._rules.allowed_senders
         return {m.sender_id: sender_allowed(m.sender_id, allowed, group) for m in msgs}
@@ -145,14 +130,14 @@ class Orchestrator:
 
     async def tick(self) -> None:
         """The step: look at messages stored since the last tick and act per group."""
-        if self._seen < 0:
-            self._seen = await self._store.min_cursor()
+        if self._newest_seen_id < 0:
+            self._newest_seen_id = await self._store.min_cursor()
         newest = await self._store.max_message_id()
         failed, self._failed = self._failed, set()
         folders = dict.fromkeys(failed)
-        if newest > self._seen:
-            folders.update(await self._store.folders_with_messages_after(self._seen))
-            self._seen = newest
+        if newest > self._newest_seen_id:
+            folders.update(await self._store.folders_with_messages_after(self._newest_seen_id))
+            self._newest_seen_id = newest
         # One group's failure must not skip the others' messages: each group is considered
         # on its own, and a failed one again on the next tick (logged in full once).
         for folder in folders:
@@ -177,17 +162,18 @@ class Orchestrator:
             await self._follow_up(group, live)
             return
         cursor = await self._store.cursor(folder)
-        since = max(cursor, self._checked.get(folder, 0), self._held.get(folder, 0))
+        checked = self._trigger_checked_upto.get(folder, 0)
+        since = max(cursor, checked, self._held.get(folder, 0))
         msgs = await self._store.messages_for_folder(folder, since, BATCH_LIMIT)
         if not msgs:
             return
-        self._checked[folder] = msgs[-1].id
+        self._trigger_checked_upto[folder] = msgs[-1].id
         if self._triggered(group, msgs):
             self._submit(folder)
 
     async def _follow_up(self, group: Group, live: Live) -> None:
         assert live.run is not None
-        msgs = await self._store.messages_for_folder(group.folder, live.dispatched, BATCH_LIMIT)
+        msgs = await self._store.messages_for_folder(group.folder, live.given_upto, BATCH_LIMIT)
         if not msgs or not self._triggered(group, msgs):
             return
         trusted = self._trusted(group, msgs)
@@ -207,7 +193,7 @@ class Orchestrator:
             return
         live.inputs[name] = msgs[-1].id  # recorded only once the follow-up is on disk
         live.idle_since = None
-        live.dispatched = msgs[-1].id
+        live.given_upto = msgs[-1].id
         live.chat_id = msgs[-1].chat_id
         log.info("group=%s run=%s follow-up of %d messages", group.folder, live.run_id, len(msgs))
         await self._typing(live.chat_id, True)
@@ -227,7 +213,7 @@ class Orchestrator:
                 self._tasks_waiting.discard(folder)
                 return True
             ok = await self._task_run(group, pending)
-        self._checked.pop(folder, None)
+        self._trigger_checked_upto.pop(folder, None)
         if ok:
             await self.consider(folder)
         if await self._store.pending_task_run(folder) is not None:
@@ -250,7 +236,7 @@ class Orchestrator:
         run_id = await self._store.start_run(
             folder, "message", msgs[0].id, msgs[-1].id, tainted=tainted
         )
-        live = Live(run_id, msgs[-1].chat_id, msgs[-1].id, {"initial": msgs[-1].id})
+        live = Live(run_id, msgs[-1].chat_id, msgs[-1].id, {INITIAL_INPUT: msgs[-1].id})
         log.info("group=%s run=%s starting with %d messages", folder, run_id, len(msgs))
         outcome = await self._agent(group, live, prompt, MESSAGE_RUN)
         if outcome.status == "stopped":
@@ -259,7 +245,7 @@ class Orchestrator:
             await self._over_budget(group, live, outcome.error)
             return True
         if outcome.status == "auth":  # no retry: the batch waits for the next message to run
-            self._held[folder] = live.dispatched
+            self._held[folder] = live.given_upto
             if self._budget_notes.get(folder) != KEY_REFUSED:  # told once, not per message
                 self._budget_notes[folder] = KEY_REFUSED
                 text = f"(I cannot answer now: {KEY_REFUSED}.)"
@@ -272,7 +258,7 @@ class Orchestrator:
     async def _over_budget(self, group: Group, live: Live, why: str) -> None:
         """Retrying cannot help before the budget resets: the batch counts as handled, and
         the chat is told once per verdict instead of hearing nothing."""
-        await self._store.advance_cursor(group.folder, live.dispatched)
+        await self._store.advance_cursor(group.folder, live.given_upto)
         if self._budget_notes.get(group.folder) != why:
             self._budget_notes[group.folder] = why
             text = f"(I cannot answer now: {why.removeprefix('nanoclaw: ')}.)"
@@ -300,7 +286,7 @@ class Orchestrator:
         due = datetime.fromtimestamp(pending.due_ms / 1000, self._rules.zone)
         prompt = task_prompt(task.id, task.prompt, due, data, untrusted=task.tainted)
         run_id = await self._store.start_run(folder, "task", None, None, tainted=task.tainted)
-        live = Live(run_id, "", 0, {"initial": 0}, kind="task")
+        live = Live(run_id, "", 0, {INITIAL_INPUT: 0}, kind="task")
         log.info("group=%s run=%s task=%s starting", folder, run_id, task.id)
         outcome = await self._agent(group, live, prompt, RunOptions(task.context, 0.0))
         sent = await self._store.texts_sent_by_run(run_id)
@@ -367,7 +353,7 @@ class Orchestrator:
         live.stopped = OWNER_STOP
         if live.run is not None:
             live.run.kill()
-        await self._store.advance_cursor(folder, max(live.dispatched, upto))
+        await self._store.advance_cursor(folder, max(live.given_upto, upto))
         run = live.run
         seconds, turns = (time.monotonic() - run.started, run.turns) if run else (0.0, 0)
         log.info("group=%s run=%s %s after %.0fs", folder, live.run_id, OWNER_STOP, seconds)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 
-from nanoclaw.app import ensure_main, open_store
 from nanoclaw.config import Settings
 from nanoclaw.db import now_ms
 from nanoclaw.errors import ConfigError
+from nanoclaw.home import ensure_main, open_store
 from nanoclaw.models import MAIN, Group, valid_folder
 from nanoclaw.pairbook import NewCode
 from nanoclaw.pairing import TTL_MS

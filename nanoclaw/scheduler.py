@@ -2,7 +2,8 @@
 
 `tick()` is the step: claim every due task in one transaction (see `tasks.claim`), then ask
 the queue for a run of each group that has a task run waiting. `run()` repeats it, sleeping
-until the next task is due, a task changes, or a minute passes.
+until the next task is due, a task changes, or a minute passes. `TaskChanges` is how the
+rest of the daemon (orchestrator, IPC, CLAUDE.md) tells it that a group's tasks changed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ log = logging.getLogger(__name__)
 MAX_SLEEP_S = 60.0
 
 
+class TaskChanges:
+    """Groups whose tasks changed since their tasks.json was written; a change wakes the
+    scheduler. Built before the scheduler and the orchestrator, which use each other."""
+
+    def __init__(self) -> None:
+        self.folders: set[str] = set()
+        self.waker = Waker()
+
+    def changed(self, folder: str) -> None:
+        self.folders.add(folder)
+        self.waker.set()
+
+
 class Scheduler:
     def __init__(
         self,
@@ -33,19 +47,19 @@ class Scheduler:
         zone: ZoneInfo,
         submit: Callable[[str], None],
         clock: Callable[[], int] = now_ms,
+        changes: TaskChanges | None = None,
     ) -> None:
         self._store = store
         self._ipc_root = ipc_root
         self._zone = zone
         self._submit = submit
         self._clock = clock
-        self._dirty: set[str] = set()
-        self._waker = Waker()
+        self._changes = changes or TaskChanges()
+        self._dirty = self._changes.folders  # groups whose tasks.json is out of date
 
     def changed(self, folder: str) -> None:
         """A group's tasks changed: republish its tasks.json and look at due times again."""
-        self._dirty.add(folder)
-        self._waker.set()
+        self._changes.changed(folder)
 
     async def start(self) -> None:
         """After a restart: runs a crash cut short are logged, claimed ones are queued."""
@@ -78,7 +92,8 @@ class Scheduler:
         other groups' prompts quoted as data: `tasks.written_by`)."""
         if not self._dirty:
             return
-        folders, self._dirty = self._dirty | {MAIN}, set()
+        folders = self._dirty | {MAIN}
+        self._dirty.clear()
         registered = {g.folder for g in await self._store.groups()}
         for folder in sorted(folders & registered):
             tasks = await self._store.tasks(None if folder == MAIN else folder)
@@ -109,4 +124,4 @@ class Scheduler:
             timeout = MAX_SLEEP_S
             if due is not None:
                 timeout = min(timeout, max(0.0, (due - self._clock()) / 1000))
-            await self._waker.wait(timeout)
+            await self._changes.waker.wait(timeout)

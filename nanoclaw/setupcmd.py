@@ -16,20 +16,21 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from dotenv import dotenv_values
 
-from nanoclaw import credcheck
 from nanoclaw.config import DEFAULT_MODEL, MATRIX_USER_RE, load_settings, setting_names
-from nanoclaw.credcheck import Verdict
 from nanoclaw.display import printable
 from nanoclaw.envfile import quote, with_values, write_private
 from nanoclaw.errors import ConfigError, NanoclawError
 
+if TYPE_CHECKING:  # the steps import credcheck (aiohttp) when they run, not `--help`
+    from nanoclaw.credcheck import Verdict
+
 TEMPLATE = Path(__file__).resolve().parents[1] / ".env.example"
 Values = dict[str, str]
-Check = Coroutine[object, object, Verdict]
+Check = Coroutine[object, object, "Verdict"]
 
 
 class NoAnswer(NanoclawError):
@@ -101,6 +102,8 @@ def _kept(console: Console, label: str, current: str, secret: bool) -> str:
 
 
 def model_step(console: Console, cur: Mapping[str, str]) -> Values:
+    from nanoclaw import credcheck
+
     base = cur.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
     model = cur.get("NANOCLAW_MODEL") or DEFAULT_MODEL
     console.say(
@@ -121,6 +124,8 @@ def model_step(console: Console, cur: Mapping[str, str]) -> Values:
 
 
 def telegram_step(console: Console, cur: Mapping[str, str]) -> Values:
+    from nanoclaw import credcheck
+
     api = cur.get("TELEGRAM_API_URL") or "https://api.telegram.org"
     console.say("\nTelegram (optional): a bot token from @BotFather. Enter skips.")
     current = cur.get("TELEGRAM_BOT_TOKEN", "")
@@ -134,6 +139,8 @@ def telegram_step(console: Console, cur: Mapping[str, str]) -> Values:
 
 
 def xmpp_step(console: Console, cur: Mapping[str, str]) -> Values:
+    from nanoclaw import credcheck
+
     console.say("\nXMPP (optional): the bot's own account, like andy@example.org. Enter skips.")
     jid, password = cur.get("XMPP_JID", ""), cur.get("XMPP_PASSWORD", "")
     ca = cur.get("XMPP_CA_FILE")
@@ -160,6 +167,8 @@ def xmpp_step(console: Console, cur: Mapping[str, str]) -> Values:
 
 
 def matrix_step(console: Console, cur: Mapping[str, str]) -> Values:
+    from nanoclaw import credcheck
+
     console.say("\nMatrix (optional): the homeserver's URL and the bot's account. Enter skips.")
     hs, user = cur.get("MATRIX_HOMESERVER", ""), cur.get("MATRIX_USER_ID", "")
     password, token = cur.get("MATRIX_PASSWORD", ""), cur.get("MATRIX_ACCESS_TOKEN", "")

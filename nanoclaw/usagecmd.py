@@ -13,11 +13,11 @@ from datetime import UTC, date, datetime
 from functools import reduce
 from zoneinfo import ZoneInfo
 
-from nanoclaw.app import open_store
 from nanoclaw.budget import Budget, add_usage, budget_tokens, day_start
 from nanoclaw.config import Settings
 from nanoclaw.display import printable_line
 from nanoclaw.errors import ConfigError
+from nanoclaw.home import open_store
 from nanoclaw.models import RunRecord, Usage
 from nanoclaw.store import Store
 

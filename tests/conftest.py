@@ -27,6 +27,7 @@ from channels.terminal import TerminalChannel
 from nanoclaw.app import Core
 from nanoclaw.channel import Channel
 from nanoclaw.config import Settings, load_settings
+from nanoclaw.layout import Layout
 from nanoclaw.models import Group, InboundMessage
 from nanoclaw.store import Store
 
@@ -108,11 +109,19 @@ def settings(home: Path, fake: FakeAnthropic) -> Settings:
     return settings_for(home, fake.base_url)
 
 
+@pytest.fixture
+def db_path(home: Path) -> Path:
+    """The store's file in `home`, the one `settings` names; no fake server needed."""
+    return Layout(home).db
+
+
 @pytest_asyncio.fixture
-async def store(settings: Settings) -> AsyncIterator[Store]:
-    s = await Store.open(settings.layout.db)
-    yield s
-    await s.close()
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(db_path)
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 @dataclass
@@ -161,11 +170,18 @@ async def start_core(settings: Settings, *others: Channel) -> tuple[Running, asy
     channel = TerminalChannel(
         settings.assistant_name, out=io.StringIO(), received=settings.layout.received
     )
-    core = Core(settings, store, {"term": channel, **{c.name: c for c in others}})
+    channels: dict[str, Channel] = {"term": channel, **{c.name: c for c in others}}
     started = asyncio.Event()
-    task = asyncio.create_task(core.run(started))
+    cores: list[Core] = []
+
+    async def serve() -> None:  # the task owns the core's HTTP session: cancelling it ends both
+        async with Core.open(settings, store, channels) as core:
+            cores.append(core)
+            await core.run(started)
+
+    task = asyncio.create_task(serve())
     await asyncio.wait_for(started.wait(), 30)
-    return Running(core, store, channel, settings), task
+    return Running(cores[0], store, channel, settings), task
 
 
 async def stop_core(running: Running, task: asyncio.Task[None]) -> None:
@@ -182,7 +198,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Hypothesis profiles for the property tests (test_hostile.py), loaded before collection.
+    """Hypothesis profiles for the property tests (test_hostile_*.py), loaded before collection.
 
     CI (CI=true) is bounded and reproducible: a fixed example count, the same examples every
     run (a red CI is never a newly drawn example, and replays with

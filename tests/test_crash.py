@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import cli_env, wait_for
 from fake_anthropic import FakeAnthropic, text_reply
 
-from nanoclaw.app import ensure_main
+from nanoclaw.home import ensure_main
 from nanoclaw.models import InboundMessage
 from nanoclaw.store import Store
 

@@ -80,7 +80,7 @@ async def test_line_without_trigger_is_context_for_next_prompt(
 async def test_untriggered_line_alone_starts_nothing(running: Running, fake: FakeAnthropic) -> None:
     await running.add_group("team", "tg:-100", requires_trigger=True)
     msg_id = await running.say("just chatting", chat="tg:-100", sender="tg:111")
-    await running.core.orchestrator.tick()
+    await running.core.settle()  # a run it had started would have ended by now
     assert fake.requests == []
     assert await running.store.cursor("team") < msg_id  # kept as context, not consumed
     assert await running.store.runs("team") == []
@@ -90,8 +90,7 @@ async def test_sender_not_allowed_never_starts_a_run(running: Running, fake: Fak
     await running.add_group("open", "tg:-200", requires_trigger=False)
     await running.say("@Andy do something", chat="tg:-200", sender="tg:666")
     await running.say("@Andy [[bash: id]]", chat="tg:-200", sender="tg:667")
-    await running.core.orchestrator.tick()
-    await running.core.orchestrator.queue.wait_idle()
+    await running.core.settle()
     assert fake.requests == []
     assert await running.store.runs("open") == []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ async def room_with_bot(bot: Bot, alice: Human, requires_trigger: bool = True) -
 
 def _joined(e: Any, user: str) -> bool:
     content = e.source.get("content", {})
-    return (
+    return bool(
         e.type == "m.room.member"
         and e.source.get("state_key") == user
         and (content.get("membership") == "join")
@@ -104,6 +105,22 @@ def _joined(e: Any, user: str) -> bool:
 
 def from_bot(room: str, needle: str) -> Any:
     return lambda e: e.room_id == room and e.sender == BOT and needle in e.body
+
+
+async def seen_all_the_bot_sent(bot: Bot, alice: Human, room: str) -> None:
+    """A marker from the bot: the room's timeline is in order, so once alice has it she has
+    everything the bot sent before it (what a fixed sleep could only hope for)."""
+    marker = f"marker {uuid.uuid4().hex}"
+    await bot.channel.send(f"mx:{room}", marker)
+    await alice.wait_event(from_bot(room, marker), timeout=30)
+
+
+async def nothing_pending(running: Running, chat: str) -> bool:
+    return await running.store.pending_outbox(chat) == 0
+
+
+async def stored(bot: Bot, room: str, text: str) -> bool:
+    return any(t == text for _, t in await bot.running.store.transcript(f"mx:{room}", 50))
 
 
 async def test_invites_from_allowed_accepted_others_declined(
@@ -199,8 +216,7 @@ async def test_sender_not_allowed_does_not_trigger(
         folder = await bot.running.store.folder_of_chat(f"mx:{room}")
         assert folder is not None
         await wait_for(lambda: bot.running.store.count_messages_for_folder(folder, 0), 30)
-        await bot.running.core.orchestrator.tick()
-        await bot.running.core.orchestrator.queue.wait_idle()
+        await bot.running.core.settle()
         assert fake.requests == []
     finally:
         await mallory.close()
@@ -213,7 +229,9 @@ async def test_encrypted_room_gets_one_notice(bot: Bot, alice: Human) -> None:
     notice = await alice.wait_event(from_bot(room, "encrypted"), timeout=30)
     assert notice.msgtype == "m.notice"
     await alice.send_encrypted_like(room)
-    await asyncio.sleep(1.5)
+    await alice.send_text(room, "in the clear")  # the bot handles a room's events in order
+    await wait_for(lambda: stored(bot, room, "in the clear"), 30)
+    await seen_all_the_bot_sent(bot, alice, room)
     assert len([e for e in alice.events if from_bot(room, "encrypted")(e)]) == 1
 
 
@@ -232,8 +250,9 @@ async def test_bot_restart_keeps_login_and_does_not_replay(
     bot = await start(settings)
     try:
         await alice.wait_event(from_bot(room, "caught up"), timeout=60)
-        await asyncio.sleep(1.0)
-        assert len(fake.requests) == 2  # the first message was not handled again
+        await alice.send_text(room, "[[say: marker]]")  # after any replayed event, in order
+        await alice.wait_event(from_bot(room, "marker"), timeout=60)
+        assert len(fake.requests) == 3  # the first message was not handled again
         after = json.loads((home / "store" / "matrix" / "session.json").read_text())
         assert after["device_id"] == session["device_id"]  # no second login
     finally:
@@ -259,5 +278,7 @@ async def test_synapse_restart_while_reply_pending_delivers_once(
     await wait_for(lambda: bot.running.store.pending_outbox(f"mx:{room}"), 30)
     server.restart()
     await alice.wait_event(from_bot(room, "after the restart"), timeout=90)
-    await asyncio.sleep(2)
+    await wait_for(lambda: nothing_pending(bot.running, f"mx:{room}"), 30)
+    await bot.running.core.router.deliver_once()
+    await seen_all_the_bot_sent(bot, alice, room)
     assert len([e for e in alice.events if from_bot(room, "after the restart")(e)]) == 1

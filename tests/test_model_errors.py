@@ -42,7 +42,7 @@ async def test_a_refused_key_is_told_once_and_its_batch_waits(
         first = await running.say("hello one")
         await running.reply_containing(NOTICE, timeout=30)
         await wait_for(lambda: _finished(running, 1))
-        await running.core.orchestrator.queue.wait_idle()  # settled: no retry is due
+        await running.core.settle()  # settled: no retry is due
         assert [r.path for r in fake.requests] == ["/v1/messages"]  # the SDK did not retry
         [run] = await running.store.runs("main")
         assert run.status == "auth" and "ANTHROPIC_API_KEY" in run.error
@@ -50,7 +50,7 @@ async def test_a_refused_key_is_told_once_and_its_batch_waits(
 
         await running.say("hello two")  # the next message runs again; the chat is not told twice
         await wait_for(lambda: _finished(running, 2))
-        await running.core.orchestrator.queue.wait_idle()
+        await running.core.settle()
         assert len(fake.requests) == 2
         assert running.output.count(NOTICE) == 1
 

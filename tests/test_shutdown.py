@@ -12,7 +12,7 @@ from conftest import cli_env
 from fake_anthropic import FakeAnthropic, text_reply
 from pty_terminal import Pty, alive, descendants, until
 
-from nanoclaw.app import ensure_main
+from nanoclaw.home import ensure_main
 from nanoclaw.store import Store
 
 

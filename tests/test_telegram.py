@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,11 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiogram.types import Message
+from bot_api import MsgOpts
 from conftest import Running, settings_for, start_core, stop_core, wait_for
 from fake_anthropic import FakeAnthropic
 from fake_telegram import FakeTelegram
+from ports import free_port
 
 from channels.telegram import TelegramChannel
 from channels.telegram_message import BotIdentity, normalise
@@ -62,8 +63,7 @@ async def bot(home: Path, fake: FakeAnthropic, tg: FakeTelegram) -> AsyncIterato
 async def no_model_request_after(tg: FakeTelegram, fake: FakeAnthropic, running: Running) -> None:
     """Wait until the channel confirmed every update, and the core looked at them."""
     await wait_for(lambda: not tg.pending and tg.get_updates_offsets, timeout=15)
-    await running.core.orchestrator.tick()
-    await running.core.orchestrator.queue.wait_idle()
+    await running.core.settle()
     assert fake.requests == []
 
 
@@ -162,7 +162,8 @@ async def test_429_then_success_delivers_once(
     tg.fail_next("sendMessage", 429, retry_after=1)
     tg.push_update(tg.text_message(111, "[[say: after the flood]]", chat_type="private"))
     sent = await tg.await_sent(1, timeout=60)
-    await asyncio.sleep(0.5)
+    await wait_for(lambda: _outbox_is(bot, [("sent", 1)]), timeout=10)  # nothing left to send
+    await bot.core.router.deliver_once()
     assert [s.visible for s in tg.sent] == ["after the flood"]
     assert sent[0].visible == "after the flood"
 
@@ -195,7 +196,7 @@ async def test_restart_does_not_rehandle_old_updates(
     try:
         await wait_for(lambda: len(tg.get_updates_offsets) >= 3, timeout=30)
         assert tg.get_updates_offsets[-1] == uid + 1
-        await asyncio.sleep(0.3)
+        await running.core.settle()  # an old update handled again would have run by now
         assert len(fake.requests) == 1 and len(tg.sent) == 1
     finally:
         await stop(running, task)
@@ -246,7 +247,8 @@ def test_a_caption_opens_with_the_trigger(kind: str, caption: str, text: str, wa
     builder = FakeTelegram()  # only its message builders: no server
     make = {"photo": builder.photo_message, "document": builder.document_message,
             "voice": builder.voice_message, "forwarded": builder.photo_message}[kind]  # fmt: skip
-    raw = make(GROUP, **({"caption": caption} if caption else {}))
+    opts: MsgOpts = {"caption": caption} if caption else {}
+    raw = make(GROUP, **opts)
     if kind == "forwarded":
         raw["forward_origin"] = {"type": "user", "date": 1_700_000_000, "sender_user": STRANGER}
     msg = normalise(Message.model_validate(raw), BotIdentity(999000, "andy_bot"))
@@ -305,12 +307,6 @@ async def test_a_forwarded_trigger_starts_nothing_and_is_marked_in_the_prompt(
     assert forwarded.endswith("[forwarded from Mallory (tg:666)] " + STOLEN)
     assert 'sender="Alice" sender_id="tg:111"' in forwarded  # who passed it on
     assert "@Andy what is this?" in marker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_webhook_mode_checks_the_secret(

@@ -78,6 +78,15 @@ async def alice(prosody: Prosody) -> AsyncIterator[Client]:
     await client.disconnect()
 
 
+async def nothing_pending(running: Running, chat: str) -> bool:
+    return await running.store.pending_outbox(chat) == 0
+
+
+async def failed_attempts(running: Running, chat: str) -> int:
+    rows = await running.store._all("SELECT max(attempts) FROM outbox WHERE chat_id = ?", (chat,))
+    return int(rows[0][0] or 0)
+
+
 def from_andy(kind: str, needle: str) -> Any:
     return lambda m: (
         m.type == kind and needle in (m.body or "") and "andy" in str(m.from_jid).lower()
@@ -114,8 +123,7 @@ async def test_sender_not_allowed_does_not_trigger(
         await mallory.join_room(ROOM, "alice")  # a nick that looks like an allowed sender
         mallory.send_room(ROOM, "@Andy do it")
         await wait_for(lambda: bot.running.store.count_messages_for_folder("team", 0), 20)
-        await bot.running.core.orchestrator.tick()
-        await bot.running.core.orchestrator.queue.wait_idle()
+        await bot.running.core.settle()
         assert fake.requests == []
     finally:
         await mallory.disconnect()
@@ -159,7 +167,7 @@ async def test_join_history_is_not_handled_again(
     try:
         await alice.join_room(ROOM, "alice")
         alice.send_room(ROOM, "@Andy old news [[say: should not answer]]")
-        await asyncio.sleep(0.3)
+        await alice.sync()  # in the room's history before the bot joins
         daemon = await start(xmpp_settings(home, fake, prosody))
         try:
             await daemon.running.add_group("team", f"xmpp:{ROOM}", requires_trigger=True)
@@ -188,7 +196,7 @@ async def test_invitation_only_direct_and_from_allowed_senders(
         await mallory.join_room(other, "mallory")
         for client in (mallory, alice):
             client.xmpp.register_plugin("xep_0249")
-        mallory.xmpp.plugin["xep_0249"].send_invitation(prosody.jid("andy"), other)
+        mallory.xmpp.plugin["xep_0249"].send_invitation(JID(prosody.jid("andy")), JID(other))
         forged = mallory.xmpp.make_message(mto=JID(prosody.jid("andy")))
         forged["muc"]["invite"]["from"] = JID(prosody.jid("alice"))
         forged.send()
@@ -197,7 +205,7 @@ async def test_invitation_only_direct_and_from_allowed_senders(
         alice.xmpp.plugin["xep_0045"].invite(JID(mediated), JID(prosody.jid("andy")))
         await alice.sync()
         await alice.join_room(lab, "alice")
-        alice.xmpp.plugin["xep_0249"].send_invitation(prosody.jid("andy"), lab)
+        alice.xmpp.plugin["xep_0249"].send_invitation(JID(prosody.jid("andy")), JID(lab))
         await wait_for(lambda: lab in bot.channel.joined, 20)
         assert bot.channel.joined == {ROOM, lab}
         saved = bot.running.settings.layout.store / "xmpp" / "rooms.json"
@@ -218,14 +226,16 @@ async def test_reply_survives_a_server_restart(
     await wait_for(lambda: fake.requests, 30)
     await alice.disconnect()
     prosody.stop()  # the reply is produced while the server is down
-    await wait_for(lambda: bot.running.store.pending_outbox(f"xmpp:{ROOM}"), 30)
-    await asyncio.sleep(1)
+    await wait_for(lambda: failed_attempts(bot.running, f"xmpp:{ROOM}"), 30)  # tried while down
     prosody.restart()
     alice = await Client.connect(prosody, "alice", PW, nick="alice")
     try:
         await alice.join_room(ROOM, "alice", history=0)
         await alice.wait_message(lambda m: m.body == "after restart" and not m.has_delay, 60)
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: nothing_pending(bot.running, f"xmpp:{ROOM}"), 30)
+        await bot.running.core.router.deliver_once()
+        await bot.channel.send(f"xmpp:{ROOM}", "marker")  # the room relays in order:
+        await alice.wait_message(lambda m: m.body == "marker", 30)  # all before it came
         live = [m for m in alice.messages if m.body == "after restart" and not m.has_delay]
         assert len(live) == 1
         assert ROOM in bot.channel.joined  # rejoined after the reconnect
@@ -275,8 +285,7 @@ async def test_nick_in_a_room_that_hides_jids_is_untrusted(
             await wait_for(lambda: daemon.running.store.count_messages_for_folder("team", 0), 20)
             [msg] = await daemon.running.store.messages_for_folder("team", 0)
             assert msg.sender_id == f"xmpp:{ROOM}/alice"  # the room hid her JID from us
-            await daemon.running.core.orchestrator.tick()
-            await daemon.running.core.orchestrator.queue.wait_idle()
+            await daemon.running.core.settle()
             assert fake.requests == []
         finally:
             await daemon.stop()
