@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from ports import PortTaken, free_port, start_retrying
 from processes import stop_process
 from slixmpp import JID, ClientXMPP
 from slixmpp.stanza import Message
@@ -75,12 +76,6 @@ def _lua(value: str | Path) -> str:
     return json.dumps(str(value))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -112,9 +107,15 @@ class Prosody:
         self.console = self.dir / "prosody.console.log"
         self.pidfile = self.dir / "prosody.pid"
         self.ca_file: Path | None = self.dir / "ca.crt" if tls else None
-        self.port = _free_port()
-        self.tls_port: int | None = _free_port() if tls else None
+        self.port = 0
+        self.tls_port: int | None = None
+        self._pick_ports()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._served = False  # once up, its ports stay (clients and restart() rely on them)
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+        self.tls_port = free_port() if self.tls else None
 
     def jid(self, user: str) -> str:
         return f"{user}@{self.domain}"
@@ -165,8 +166,16 @@ class Prosody:
         v["security"] = string.Template(_TLS if self.tls else _PLAIN).substitute(v)
         self.config.write_text(_CONFIG.substitute(v))
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Write the config and run Prosody until its ports accept TCP connections."""
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> None:
+        """Write the config and run Prosody until its ports accept TCP connections.
+
+        On the first start a port taken since it was picked is picked again (up to
+        `attempts` tries); later starts keep the ports."""
+        tries = 1 if self._served else attempts
+        start_retrying(lambda: self._start(timeout), self._pick_ports, tries)
+        self._served = True
+
+    def _start(self, timeout: float) -> None:
         if self.proc is not None:
             raise RuntimeError("Prosody is already running")
         self.data.mkdir(parents=True, exist_ok=True)
@@ -199,7 +208,8 @@ class Prosody:
                 why = "could not open a port" if failed else why
                 errors = [ln for ln in new_log.splitlines() if re.search(rb"\t(error|warn)\t", ln)]
                 problems = b"\n".join(errors[:20]).decode(errors="replace")
-                raise RuntimeError(f"Prosody {why} {ports}:\n{problems}\n---\n{self.log_tail()}")
+                error = PortTaken if failed else RuntimeError
+                raise error(f"Prosody {why} {ports}:\n{problems}\n---\n{self.log_tail()}")
             time.sleep(0.05)
 
     def stop(self) -> None:

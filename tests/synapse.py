@@ -17,7 +17,6 @@ import hmac
 import html
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +29,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import nio
+from ports import PortTaken, free_port, start_retrying
 from processes import stop_process
 from signedjson.key import generate_signing_key, write_signing_keys
 
 _RUNNING: set[Synapse] = set()  # stopped at exit if a test forgot to
 _FAST = {"per_second": 1000, "burst_count": 1000}
 T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Synapse:
@@ -53,7 +47,8 @@ class Synapse:
         self.config = self.dir / "homeserver.yaml"
         self.log = self.dir / "homeserver.log"
         self.console = self.dir / "synapse.console.log"
-        self.port = _free_port()
+        self.port = free_port()
+        self._served = False  # once up, its port stays (clients and restart() rely on it)
         self.shared_secret = secrets.token_hex(16)
         self._secrets = (secrets.token_hex(16), secrets.token_hex(16))  # macaroon, form
         self.proc: subprocess.Popen[bytes] | None = None
@@ -122,8 +117,19 @@ class Synapse:
         except (OSError, urllib.error.URLError):
             return False
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Write the config and run Synapse until the client API answers (about 1 s here)."""
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        """Write the config and run Synapse until the client API answers (about 1 s here).
+
+        On the first start a port taken since it was picked is picked again (up to
+        `attempts` tries); later starts keep the port."""
+        tries = 1 if self._served else attempts
+        start_retrying(lambda: self._start(timeout), self._pick_port, tries)
+        self._served = True
+
+    def _pick_port(self) -> None:
+        self.port = free_port()
+
+    def _start(self, timeout: float) -> None:
         if self.proc is not None:
             raise RuntimeError("Synapse is already running")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +154,9 @@ class Synapse:
             if code is not None or time.monotonic() > began + timeout:
                 self.stop()
                 why = f"exited with {code}" if code is not None else f"not up in {timeout}s"
-                raise RuntimeError(f"Synapse {why} (port {self.port}):\n{self.log_tail()}")
+                taken = b"Address already in use" in new_log
+                error = PortTaken if taken else RuntimeError
+                raise error(f"Synapse {why} (port {self.port}):\n{self.log_tail()}")
             time.sleep(0.05)
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -194,9 +195,21 @@ def test_tz_leading_colon_accepted(env: pytest.MonkeyPatch) -> None:
     assert load_settings(env_file=None).zone.key == "Europe/Berlin"
 
 
-def test_tz_pointing_at_localtime_is_the_host_zone(env: pytest.MonkeyPatch) -> None:
-    env.setenv("TZ", ":/etc/localtime")
-    load_settings(env_file=None)
+@pytest.mark.parametrize("tz", [None, ":/etc/localtime", "/etc/localtime", ":"])
+def test_tz_unset_or_localtime_is_the_host_zone(env: pytest.MonkeyPatch, tz: str | None) -> None:
+    """The setting names the zone whose rules /etc/localtime holds (the same tzdata file),
+    so a task's cron runs at the host's local hours; no /etc/localtime means UTC."""
+    if tz is not None:
+        env.setenv("TZ", tz)
+    zone = load_settings(env_file=None).tz
+    localtime = Path("/etc/localtime")
+    if not localtime.exists():
+        assert zone == "UTC"
+        return
+    assert zone and not zone.startswith((":", "/"))
+    files = [Path(d, zone) for d in zoneinfo.TZPATH if Path(d, zone).is_file()]
+    assert files, f"{zone} is not a tzdata file"
+    assert files[0].read_bytes() == localtime.read_bytes()
 
 
 def test_require_credential(env: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ import secrets
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -324,11 +324,12 @@ def test_ipc_cannot_reach_other_groups(base: Path, mode: str) -> None:
     assert "PLANTED" in out  # its own directory: allowed; the host must not follow
     root = base / "ipc"
     assert ipcfs.list_names(root, "probe") == []
-    for step in (
+    steps: list[Callable[[], object]] = [
         lambda: ipcfs.write_input(root, "probe", "1700000000001-x.json", {"prompt": "leak"}),
         lambda: ipcfs.clear_input(root, "probe"),
         lambda: ipcfs.write_tasks(root, "probe", {"tasks": ["leak"]}),
-    ):
+    ]
+    for step in steps:
         try:
             step()
         except OSError:

@@ -17,7 +17,7 @@ from conftest import wait_for
 
 from nanoclaw import ipcfs
 from nanoclaw.errors import IpcRejected
-from nanoclaw.ipc import IpcHandler
+from nanoclaw.ipc import Handled, IpcHandler
 from nanoclaw.models import Group
 from nanoclaw.quota import FileLimits
 from nanoclaw.requests import RegisterGroup, SendMessage, UpdateMemory, authorise, parse
@@ -58,11 +58,11 @@ def errors(root: Path, folder: str) -> list[str]:
 
 # the authorisation matrix, pure
 
-SEND_OWN = SendMessage(type="send_message", text="hi")
+SEND_OWN = SendMessage(type="send_message", text="hi", chat=None)
 SEND_MAIN = SendMessage(type="send_message", text="hi", chat="term:main")
 SEND_ALPHA = SendMessage(type="send_message", text="hi", chat="tg:-1")
 SEND_UNKNOWN = SendMessage(type="send_message", text="hi", chat="tg:-999")
-REGISTER = RegisterGroup(type="register_group", chat="tg:-5", folder="gamma")
+REGISTER = RegisterGroup(type="register_group", chat="tg:-5", folder="gamma", trigger=None)
 MEMORY = UpdateMemory(type="update_memory", content="likes tea")
 OWNER = {"term:main": "main", "tg:-1": "alpha", "tg:-2": "beta"}
 
@@ -92,7 +92,7 @@ def test_authorisation_matrix(folder: str, req: Any, allowed: bool) -> None:
 
 
 def test_register_global_folder_refused_even_for_main() -> None:
-    req = RegisterGroup(type="register_group", chat="tg:-5", folder="global")
+    req = RegisterGroup(type="register_group", chat="tg:-5", folder="global", trigger=None)
     assert authorise(req, "main", None) == "folder 'global' is reserved"
 
 
@@ -122,12 +122,12 @@ def test_parse_rejects_bad_requests(payload: Any) -> None:
 async def test_reply_from_own_group_goes_to_outbox_once(env: Any) -> None:
     store, handler, root = env
     name = drop(root, "alpha", {"type": "send_message", "text": "hello <internal>x</internal>"})
-    assert await handler.handle_file("alpha", name) == "done"
+    assert await handler.handle_file("alpha", name) == Handled("done")
     assert await outbox(store) == [("alpha", "tg:-1", "hello")]
     assert not (root / "ipc" / "alpha" / "outbound" / name).exists()
     # the same name written again (a replay, or the agent retrying) is never acted on twice
     drop(root, "alpha", {"type": "send_message", "text": "hello"}, name=name)
-    assert await handler.handle_file("alpha", name) == "duplicate"
+    assert await handler.handle_file("alpha", name) == Handled("duplicate")
     assert len(await outbox(store)) == 1
 
 
@@ -151,7 +151,7 @@ async def test_non_main_cannot_send_to_another_groups_chat(env: Any) -> None:
     store, handler, root = env
     name = drop(root, "alpha", {"type": "send_message", "text": "spam", "chat": "tg:-2"})
     result = await handler.handle_file("alpha", name)
-    assert result.startswith("rejected: only main")
+    assert result.status == "rejected" and result.reason.startswith("only main")
     assert await outbox(store) == []
     assert "only main may send" in errors(root, "alpha")[0]
     assert list((root / "ipc" / "alpha" / "outbound").iterdir()) == []
@@ -172,7 +172,7 @@ async def test_main_can_send_anywhere_and_register_groups(env: Any) -> None:
 async def test_register_group_is_main_only(env: Any) -> None:
     store, handler, root = env
     name = drop(root, "beta", {"type": "register_group", "chat": "tg:-7", "folder": "gamma"})
-    assert (await handler.handle_file("beta", name)).startswith("rejected")
+    assert (await handler.handle_file("beta", name)).status == "rejected"
     assert await store.group("gamma") is None
 
 
@@ -191,7 +191,7 @@ async def test_register_group_is_main_only(env: Any) -> None:
 async def test_bad_files_are_set_aside_with_reason(env: Any, raw: bytes, reason: str) -> None:
     store, handler, root = env
     name = drop(root, "alpha", raw)
-    assert (await handler.handle_file("alpha", name)).startswith("rejected")
+    assert (await handler.handle_file("alpha", name)).status == "rejected"
     assert reason in errors(root, "alpha")[0]
     kept = [p for p in (root / "ipc" / "alpha" / "errors").iterdir() if p.name.endswith(name)]
     assert kept and kept[0].read_bytes() == raw  # set aside intact, nothing lost
@@ -204,7 +204,8 @@ async def test_symlinked_file_is_refused_and_its_target_untouched(env: Any) -> N
     target.write_text(json.dumps({"type": "send_message", "text": "host data"}))
     name = f"{int(time.time() * 1000)}-link.json"
     (root / "ipc" / "alpha" / "outbound" / name).symlink_to(target)
-    assert (await handler.handle_file("alpha", name)).startswith("rejected: cannot open safely")
+    result = await handler.handle_file("alpha", name)
+    assert result.status == "rejected" and result.reason.startswith("cannot open safely")
     assert target.read_text().startswith("{")
     assert await outbox(store) == []
 
@@ -248,7 +249,8 @@ async def test_watcher_handles_files_written_while_down_then_live(env: Any) -> N
         assert (await outbox(store))[1] == ("beta", "tg:-2", "written live")
         # temp names (the agent's half-written files) are never read
         (root / "ipc" / "beta" / "outbound" / ".123-x.json.tmp").write_text("{")
-        await asyncio.sleep(0.3)
+        drop(root, "beta", {"type": "send_message", "text": "marker"})  # seen after the temp
+        await wait_for(lambda: _count(store, 3), timeout=10)
         assert (root / "ipc" / "beta" / "outbound" / ".123-x.json.tmp").exists()
     finally:
         task.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from nanoclaw.models import Message
@@ -16,7 +17,7 @@ TS = int(datetime(2024, 1, 15, 8, 30, tzinfo=UTC).timestamp() * 1000)
 TRUSTED = {"tg:1": True}
 
 
-def msg(i: int, text: str = "", sender: str = "tg:1", name: str = "alice", **kw) -> Message:
+def msg(i: int, text: str = "", sender: str = "tg:1", name: str = "alice", **kw: Any) -> Message:
     return Message(
         id=i,
         chat_id="tg:-100",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,21 +133,7 @@ def test_backoff_grows_and_is_capped() -> None:
 # Router.deliver_once
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "nanoclaw.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(db_path)
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-def outbox(db_path: Path) -> list[tuple]:
+def outbox(db_path: Path) -> list[tuple[Any, ...]]:
     """Every outbox row, read by a plain sqlite3 connection as another process would."""
     con = sqlite3.connect(db_path)
     try:

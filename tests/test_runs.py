@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
+import secrets
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,9 +21,16 @@ async def short(home: Path, fake: FakeAnthropic) -> AsyncIterator[Running]:
     await stop_core(running, task)
 
 
-def sandboxes(home: Path) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "--", "--args"], capture_output=True, text=True)
+def sandboxes() -> list[str]:
+    """The bwrap children of this process: the sandboxes this test started, not those of
+    another suite running on the machine."""
+    out = subprocess.run(["pgrep", "-a", "-P", str(os.getpid())], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if "bwrap" in line]
+
+
+def pgrep(command: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-fx", command], capture_output=True, text=True)
+    return out.stdout.split()
 
 
 async def _status(running: Running, run_id: int) -> str:
@@ -38,12 +46,14 @@ async def test_idle_agent_exits_and_run_finishes_ok(short: Running, fake: FakeAn
 
 
 async def test_hard_timeout_kills_the_whole_sandbox(short: Running, fake: FakeAnthropic) -> None:
-    fake.script(tool_reply("bash", {"command": "sleep 300 & sleep 300; echo never"}))
+    forever = f"sleep {300 + secrets.randbelow(10**6) / 10**6}"  # no other test's sleep
+    fake.script(tool_reply("bash", {"command": f"{forever} & {forever}; echo never"}))
     await short.say("run forever")
+    await wait_for(lambda: pgrep(forever), timeout=30)  # the checks below can see them
+    assert sandboxes()
     await wait_for(lambda: _is(short, 1, "timeout"), timeout=30)
-    await wait_for(lambda: not sandboxes(short.settings.nanoclaw_home), timeout=10)
-    leftovers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == ""
+    await wait_for(lambda: not sandboxes(), timeout=10)
+    assert pgrep(forever) == []
     runs = await short.store.runs("main")
     assert "killed after" in runs[-1].error
 
@@ -110,7 +120,7 @@ async def test_group_over_its_budget_is_told_once_and_not_retried(
         assert await running.store.cursor("main") >= second  # handled: not run again
         await running.say("[[say: still never]]")
         await wait_for(lambda: _is(running, 3, "over_budget"), timeout=60)
-        await asyncio.sleep(3)  # a retry would start within 2 s
+        await running.core.settle()  # waits out a retry, had one been scheduled
         assert [r.status for r in await running.store.runs("main")] == ["over_budget"] * 2 + ["ok"]
         assert out.count("over its daily") == running.output.count("over its daily") == 1
         assert len(fake.requests) == 1 and "never" not in running.output

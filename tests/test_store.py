@@ -9,8 +9,8 @@ from __future__ import annotations
 import gc
 import sqlite3
 import warnings
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +24,7 @@ T0 = 1_700_000_000_000
 
 
 def inbound(
-    chat_id: str, platform_id: str, text: str = "hi", ts_ms: int = T0, **kw
+    chat_id: str, platform_id: str, text: str = "hi", ts_ms: int = T0, **kw: Any
 ) -> InboundMessage:
     return InboundMessage(
         chat_id=chat_id,
@@ -37,27 +37,13 @@ def inbound(
     )
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "store" / "nanoclaw.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(db_path)
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-async def add_group(store: Store, folder: str, *chats: str, **kw) -> Group:
+async def add_group(store: Store, folder: str, *chats: str, **kw: Any) -> Group:
     group = Group(folder=folder, name=folder, chats=chats, **kw)
     await store.save_group(group)
     return group
 
 
-def raw(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
+def raw(path: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
     """Read the file with the plain sqlite3 module, as an outside process would."""
     con = sqlite3.connect(path)
     try:
@@ -232,11 +218,11 @@ async def test_advance_cursor_never_moves_backwards(store: Store) -> None:
 async def test_folder_queries(store: Store) -> None:
     await add_group(store, "work", "tg:-1", "tg:-2")
     await add_group(store, "home", "tg:-3")
-    ids = []
+    ids: list[int] = []
     for i in range(5):
-        ids.append(
-            await store.add_message(inbound("tg:-1" if i % 2 else "tg:-2", f"w{i}", f"w{i}"))
-        )
+        msg_id = await store.add_message(inbound("tg:-1" if i % 2 else "tg:-2", f"w{i}", f"w{i}"))
+        assert msg_id is not None
+        ids.append(msg_id)
     home = await store.add_message(inbound("tg:-3", "h0", "h0"))
     await store.add_message(inbound("tg:-99", "x", "unregistered"))
 

@@ -182,5 +182,5 @@ def test_start_failure_raises_with_log_tail(tmp_path: Path) -> None:
         blocker.bind(("127.0.0.1", server.port))
         blocker.listen()
         with pytest.raises(RuntimeError, match="Address already in use"):
-            server.start()
+            server.start(attempts=1)  # no second try on a new port
     assert server.proc is None

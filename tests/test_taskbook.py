@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
-
-import pytest
 
 from nanoclaw.models import Usage
 from nanoclaw.schedule import parse_tasks
@@ -38,35 +36,22 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 
 
-def ms(*args: int) -> int:
-    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    """An instant in UTC, as epoch milliseconds."""
+    return int(datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp() * 1000)
 
 
 D = ms(2026, 11, 22, 8)  # a daily task's first due time: Sunday 08:00 UTC
 DAILY = Schedule("cron", cron="0 8 * * *")
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "store" / "nanoclaw.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(db_path)
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 def agent_task(
-    task_id: str = "t1", schedule: Schedule = DAILY, next_run_ms: int | None = D, **kw: object
+    task_id: str = "t1", schedule: Schedule = DAILY, next_run_ms: int | None = D, **kw: Any
 ) -> Task:
     return Task(
         id=task_id, folder=str(kw.pop("folder", "work")), source=AGENT, prompt=f"do {task_id}",
         schedule=schedule, next_run_ms=next_run_ms, created_ms=int(kw.pop("created_ms", D - DAY)),
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )  # fmt: skip
 
 
@@ -270,7 +255,7 @@ async def test_start_and_finish_a_run(store: Store) -> None:
     [done] = await store.task_runs("early")
     assert (done.status, done.run_id, done.tokens) == ("ok", run_id, 150)
     assert done.result.startswith("sent: hello") and len(done.result) == 2000
-    assert done.ended_ms is not None and done.ended_ms >= started.started_ms  # type: ignore[operator]
+    assert done.ended_ms is not None and done.ended_ms >= started.started_ms
     task = await store.task("early")
     assert task is not None and task.status == "active" and task.next_run_ms == D + DAY
     assert [r.task_id for r in await store.task_runs(folder="work")] == ["late", "early"]

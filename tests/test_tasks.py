@@ -36,9 +36,9 @@ MINUTE = 60_000
 DAY = 24 * HOUR
 
 
-def ms(*args: int) -> int:
+def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
     """An instant in UTC, as epoch milliseconds."""
-    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+    return int(datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp() * 1000)
 
 
 def cron(expr: str, tz: str | None = None) -> Schedule:

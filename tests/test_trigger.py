@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from nanoclaw.models import Group, Message
@@ -19,7 +21,7 @@ DEFAULT = "@Andy"
 WORK = Group(folder="work", name="work", chats=("tg:-100",))
 
 
-def msg(text: str, sender: str = "tg:1", **kw) -> Message:
+def msg(text: str, sender: str = "tg:1", **kw: Any) -> Message:
     return Message(
         id=1,
         chat_id="tg:-100",
