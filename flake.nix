@@ -76,7 +76,7 @@
               aiohttp
             ];
             # The daemon starts every agent run with bwrap, under a seccomp filter that
-            # nanoclaw/seccomp.py compiles with libseccomp (loaded by name through ctypes).
+            # nanoclaw/sandbox/seccomp.py compiles with libseccomp (loaded by name through ctypes).
             makeWrapperArgs = [
               "--prefix"
               "PATH"

@@ -20,10 +20,10 @@ from bench.home import make_home, requests_at_least, run_log_tail
 from bench.report import Figure, median
 from bench.spawn import COLD_TARGET, import_anthropic_ms
 from nanoclaw.home import ensure_main
-from nanoclaw.launcher import AgentSettings, Launcher
 from nanoclaw.layout import Layout
 from nanoclaw.models import MAIN
-from nanoclaw.store import Store
+from nanoclaw.sandbox.launcher import AgentSettings, Launcher
+from nanoclaw.store.messages import Store
 
 RUN_TIMEOUT_S = 60.0
 

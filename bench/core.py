@@ -33,7 +33,7 @@ from bench.home import (
 from bench.report import Figure, percentile
 from nanoclaw.app import Core
 from nanoclaw.models import MAIN
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 LATENCY_TARGET_MS = 25.0
 STEP_TIMEOUT_S = 60.0

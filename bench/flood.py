@@ -19,11 +19,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from bench.report import Figure, median, table
-from nanoclaw import ipcfs
-from nanoclaw.ipc import IpcHandler
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc.handler import IpcHandler
+from nanoclaw.ipc.watcher import IpcWatcher
 from nanoclaw.models import Group
-from nanoclaw.store import Store
-from nanoclaw.watcher import IpcWatcher
+from nanoclaw.store.messages import Store
 
 JUNK = 3000
 STEP_TIMEOUT_S = 60.0

@@ -1,4 +1,4 @@
-"""Figure 6: CPU used by an idle daemon, `python -m nanoclaw.cli run` in its own process.
+"""Figure 6: CPU used by an idle daemon, `python -m nanoclaw.cli.main run` in its own process.
 
 The daemon gets a fresh NANOCLAW_HOME (so only `main` is registered and watched) and no
 network channel; the CPU time of its threads is read from /proc (schedstat, in ns) over a
@@ -63,7 +63,7 @@ def idle_cpu(seconds: float, base_url: str) -> Figure:
         }
         with open(log, "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "nanoclaw.cli", "run"],
+                [sys.executable, "-m", "nanoclaw.cli.main", "run"],
                 cwd=home,
                 env=env,
                 stdin=subprocess.DEVNULL,

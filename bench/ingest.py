@@ -15,7 +15,7 @@ from bench.home import terminal_message
 from bench.report import Figure
 from nanoclaw.channel import Ingest
 from nanoclaw.models import Group, InboundMessage
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 INGEST_TARGET = 5000.0
 BATCH = 100

@@ -1,6 +1,6 @@
 """Figure 7: load, messages per second through the whole pipeline at 1, 5 and 20 groups.
 
-The real daemon (`python -m nanoclaw.cli run`, its own process) polls the fake Telegram Bot
+The real daemon (`python -m nanoclaw.cli.main run`, its own process) polls the fake Telegram Bot
 API; each registered group is one conversation that sends a burst of 1-4 messages asking
 the scripted model for `[[say: {ans-G-K}]]`, waits until the answers reach the fake's
 sendMessage, then sends the next burst. So every message goes channel -> store ->
@@ -36,7 +36,7 @@ from bench.idle import _wait_ready
 from bench.report import Figure, failed, percentile
 from nanoclaw.config import Settings
 from nanoclaw.models import Group
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 LEVELS = (1, 5, 20)
 MAX_BURST = 4
@@ -136,7 +136,7 @@ def _start(
     }
     with open(home / "daemon.log", "wb") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "nanoclaw.cli", "run"],
+            [sys.executable, "-m", "nanoclaw.cli.main", "run"],
             cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
 

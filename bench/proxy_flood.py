@@ -21,10 +21,10 @@ from pathlib import Path
 from aiohttp import ClientSession
 from pydantic import SecretStr
 
-from nanoclaw.launcher import AgentSettings, Launcher
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group
-from nanoclaw.store import Store
+from nanoclaw.sandbox.launcher import AgentSettings, Launcher
+from nanoclaw.store.messages import Store
 
 MiB = 1024 * 1024
 HOLD_S = 3.0  # how long the stalled bodies are held open before the peak is read

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from bench.home import make_home
 from bench.report import Figure, median
-from nanoclaw.cgroup import RunCgroup
-from nanoclaw.launcher import AGENT_CODE
-from nanoclaw.sandbox import SandboxPlan, bwrap_argv, detect_runtime, write_etc
-from nanoclaw.seccomp import sandbox_filter
-from nanoclaw.spawn import CWD, bwrap_launch
+from nanoclaw.sandbox.cgroup import RunCgroup
+from nanoclaw.sandbox.launcher import AGENT_CODE
+from nanoclaw.sandbox.plan import SandboxPlan, bwrap_argv, detect_runtime, write_etc
+from nanoclaw.sandbox.seccomp import sandbox_filter
+from nanoclaw.sandbox.spawn import CWD, bwrap_launch
 
 MINIMAL_BWRAP = [
     "bwrap", "--unshare-user", "--ro-bind", "/usr", "/usr",

@@ -35,8 +35,8 @@ from channels.matrix_event import normalise, reply_target
 from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
-from nanoclaw.db import now_ms
 from nanoclaw.errors import DeliveryError, PermanentDeliveryError
+from nanoclaw.store.db import now_ms
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_MS = 30_000

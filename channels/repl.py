@@ -26,7 +26,7 @@ from nanoclaw.config import Settings
 from nanoclaw.display import printable
 from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
 from nanoclaw.orchestrator import Stopped
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 from nanoclaw.trigger import LOCAL_SENDER, triggers
 
 HELP = "commands: /list  /switch GROUP  /history [N]  /add GROUP  /quit"

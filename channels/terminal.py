@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
-from nanoclaw import staging
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
 from nanoclaw.display import printable
 from nanoclaw.errors import PermanentDeliveryError
+from nanoclaw.ipc import staging
 from nanoclaw.router import outbox_id
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 ERASE_LINE = "\r\x1b[K"  # back to the line's start and clear it: where the prompt was
 Origin = Callable[[str], Awaitable[str]]  # a delivery key -> a mark for its line, or ""

@@ -16,21 +16,21 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import ClientSession
 from pydantic import SecretStr
 
-from nanoclaw.budget import Budget
 from nanoclaw.channel import Channel, Ingest, welcome_of
 from nanoclaw.config import Settings
-from nanoclaw.gate import Gate, run_gate
 from nanoclaw.home import ensure_main
-from nanoclaw.ipc import IpcHandler
-from nanoclaw.launcher import AgentSettings, Launcher
+from nanoclaw.ipc.handler import IpcHandler
+from nanoclaw.ipc.watcher import IpcWatcher
 from nanoclaw.live import LiveRuns
 from nanoclaw.models import Group
 from nanoclaw.orchestrator import Orchestrator, Rules
+from nanoclaw.proxy.budget import Budget
 from nanoclaw.router import Router
-from nanoclaw.scheduler import Scheduler, TaskChanges
-from nanoclaw.store import Store
-from nanoclaw.taskfile import TaskFile
-from nanoclaw.watcher import IpcWatcher
+from nanoclaw.sandbox.gate import Gate, run_gate
+from nanoclaw.sandbox.launcher import AgentSettings, Launcher
+from nanoclaw.schedule.scheduler import Scheduler, TaskChanges
+from nanoclaw.schedule.taskfile import TaskFile
+from nanoclaw.store.messages import Store
 
 log = logging.getLogger(__name__)
 CLOSE_GRACE_S = 5.0

@@ -16,9 +16,9 @@ from typing import Protocol, runtime_checkable
 
 from nanoclaw import pairing
 from nanoclaw.config import Settings
-from nanoclaw.db import now_ms
 from nanoclaw.models import InboundMessage, channel_of, chat_id_problem
-from nanoclaw.store import Store
+from nanoclaw.store.db import now_ms
+from nanoclaw.store.messages import Store
 
 log = logging.getLogger(__name__)
 MODULES = {"tg": "telegram", "xmpp": "xmpp", "mx": "matrix", "term": "terminal"}

@@ -14,7 +14,7 @@ from typing import IO
 
 from nanoclaw.config import Settings
 from nanoclaw.models import MAIN, Group
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 
 def try_lock(path: Path) -> IO[str] | None:

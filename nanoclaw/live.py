@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from nanoclaw.launcher import RunOptions
 from nanoclaw.models import Group
-from nanoclaw.runner import Outcome
+from nanoclaw.sandbox.launcher import RunOptions
+from nanoclaw.sandbox.run import Outcome
 
 RunKind = Literal["message", "task"]
 TurnDone = Callable[[str], Awaitable[None]]  # the agent finished the turn for this input name

@@ -18,15 +18,15 @@ from zoneinfo import ZoneInfo
 
 from nanoclaw.agent.protocol import INITIAL_INPUT, ipc_name
 from nanoclaw.errors import SandboxError
-from nanoclaw.gate import Gate
-from nanoclaw.launcher import MESSAGE_RUN, RunOptions
 from nanoclaw.live import Launch, Live, LiveRuns
 from nanoclaw.models import Group, Message
 from nanoclaw.prompt import build_prompt, task_prompt
 from nanoclaw.queue import GroupQueue
-from nanoclaw.runner import KEY_REFUSED, Outcome, RunStatus
-from nanoclaw.store import Store
-from nanoclaw.tasks import TaskRun
+from nanoclaw.sandbox.gate import Gate
+from nanoclaw.sandbox.launcher import MESSAGE_RUN, RunOptions
+from nanoclaw.sandbox.run import KEY_REFUSED, Outcome, RunStatus
+from nanoclaw.schedule.tasks import TaskRun
+from nanoclaw.store.messages import Store
 from nanoclaw.trigger import any_trigger, sender_allowed
 from nanoclaw.waker import Waker
 

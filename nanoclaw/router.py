@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nanoclaw.channel import Channel
-from nanoclaw.db import now_ms
 from nanoclaw.errors import DeliveryError, FilesUnsupported, PermanentDeliveryError
 from nanoclaw.models import OutboxItem, channel_of
-from nanoclaw.store import Store
+from nanoclaw.store.db import now_ms
+from nanoclaw.store.messages import Store
 from nanoclaw.waker import Waker
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from nanoclaw.channel import Channel
 from nanoclaw.config import Settings, load_settings
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group, InboundMessage
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET_KEY = "sk-ant-test-SECRET-4f1c9e"
@@ -71,7 +71,7 @@ def cli_env(home: Path, **settings: str) -> dict[str, str]:
 def run_cli(home: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     """`nanoclaw ARGS` as a subprocess in `home`, with `cli_env(home, **settings)`."""
     return subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", *args],
+        [sys.executable, "-m", "nanoclaw.cli.main", *args],
         env=cli_env(home, **settings), cwd=home, capture_output=True, text=True, timeout=60,
         check=False,
     )  # fmt: skip

@@ -19,11 +19,11 @@ from typing import Any
 
 from hostile import UTC_ZONE
 
-from nanoclaw import ipcfs
-from nanoclaw.ipc import IpcHandler
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc.handler import IpcHandler
 from nanoclaw.models import Group
-from nanoclaw.store import Store
-from nanoclaw.tasks import AGENT, CLAUDE_MD, Schedule, Task
+from nanoclaw.schedule.tasks import AGENT, CLAUDE_MD, Schedule, Task
+from nanoclaw.store.messages import Store
 
 GROUPS = {"main": "term:main", "alpha": "tg:-1", "beta": "tg:-2"}
 OWN_TASKS = {"main-task": "main", "alpha-task": "alpha", "beta-task": "beta"}

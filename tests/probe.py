@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from nanoclaw.cgroup import RunCgroup
-from nanoclaw.sandbox import Limits, Runtime, SandboxPlan, detect_host, write_etc
-from nanoclaw.seccomp import sandbox_filter
-from nanoclaw.spawn import CWD, bwrap_launch
+from nanoclaw.sandbox.cgroup import RunCgroup
+from nanoclaw.sandbox.plan import Limits, Runtime, SandboxPlan, detect_host, write_etc
+from nanoclaw.sandbox.seccomp import sandbox_filter
+from nanoclaw.sandbox.spawn import CWD, bwrap_launch
 
 NOBODY = 65534
 SYSTEM_RUNTIME = Runtime(mounts=(), python="/usr/bin/python3", site_dirs=(), host=detect_host())

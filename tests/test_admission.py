@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from nanoclaw.admission import MAX_TOKENS, Admitted, Policy, Refusal, admit
 from nanoclaw.agent.tools import TOOL_SPECS
 from nanoclaw.models import NetworkPolicy
+from nanoclaw.proxy.admission import MAX_TOKENS, Admitted, Policy, Refusal, admit
 
 OFF = Policy(frozenset({"claude-x"}))
 ALLOW = Policy(frozenset({"claude-x"}), "allowlist", ("example.org",))

@@ -20,16 +20,16 @@ from aiohttp import ClientSession, UnixConnector
 from fake_anthropic import FakeAnthropic, text_reply
 from pydantic import SecretStr
 
-from nanoclaw.admission import Policy
 from nanoclaw.agent.__main__ import proxy_client
-from nanoclaw.budget import Budget, BudgetGuard, budget_tokens, budget_verdict, day_start
 from nanoclaw.config import load_settings
 from nanoclaw.errors import ConfigError
-from nanoclaw.launcher import AgentSettings, Launcher
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group, Usage
-from nanoclaw.proxy import ModelProxy, response_usage
-from nanoclaw.store import Store
+from nanoclaw.proxy.admission import Policy
+from nanoclaw.proxy.budget import Budget, BudgetGuard, budget_tokens, budget_verdict, day_start
+from nanoclaw.proxy.server import ModelProxy, response_usage
+from nanoclaw.sandbox.launcher import AgentSettings, Launcher
+from nanoclaw.store.messages import Store
 
 BERLIN = ZoneInfo("Europe/Berlin")
 MESSAGE = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
@@ -296,7 +296,7 @@ async def test_the_agents_client_surfaces_the_refusal_without_retrying(
         )
 
     try:
-        with caplog.at_level(logging.WARNING, logger="nanoclaw.proxy"):
+        with caplog.at_level(logging.WARNING, logger="nanoclaw.proxy.server"):
             for _ in range(2):
                 with pytest.raises(anthropic.RateLimitError) as info:
                     await asyncio.to_thread(ask)

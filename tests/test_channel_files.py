@@ -24,8 +24,8 @@ from channels.terminal import TerminalChannel, file_size
 from channels.xmpp import XmppChannel
 from nanoclaw.channel import Ingest
 from nanoclaw.errors import DeliveryError, FilesUnsupported, PermanentDeliveryError
-from nanoclaw.staging import RECEIVED_RETENTION
-from nanoclaw.store import Store
+from nanoclaw.ipc.staging import RECEIVED_RETENTION
+from nanoclaw.store.messages import Store
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # one Synapse, one Matrix bot
 NO_MODEL = "http://127.0.0.1:9"  # no test here reaches the model

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import cli_env
 
-from nanoclaw.cli import CHATS_HEADER, SIGPIPE_EXIT, parser
-from nanoclaw.groupcmd import HEADER, apply_setting
+from nanoclaw.cli.groups import HEADER, apply_setting
+from nanoclaw.cli.main import CHATS_HEADER, SIGPIPE_EXIT, parser
 from nanoclaw.models import Group
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 SETTINGS = (
     "ASSISTANT_NAME", "TRIGGER_WORD", "ALLOWED_SENDERS", "ALLOWED_JIDS", "NANOCLAW_HOME",
@@ -39,7 +39,7 @@ def nanoclaw(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     env.update(NANOCLAW_HOME=str(home), TZ="UTC")
     return subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", *args],
+        [sys.executable, "-m", "nanoclaw.cli.main", *args],
         env=env,
         cwd=home,
         capture_output=True,
@@ -204,7 +204,7 @@ def test_a_closed_stdout_ends_any_command_quietly(
     os.close(read)  # the reader is gone before the first line: `| head -0`
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "nanoclaw.cli", *args], env=cli_env(settled(tmp_path)),
+            [sys.executable, "-m", "nanoclaw.cli.main", *args], env=cli_env(settled(tmp_path)),
             cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
         )  # fmt: skip
     finally:
@@ -221,7 +221,7 @@ async def test_output_cut_short_by_head_ends_quietly(tmp_path: Path) -> None:
     finally:
         await store.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanoclaw.cli", "chats"], env=cli_env(tmp_path), cwd=tmp_path,
+        [sys.executable, "-m", "nanoclaw.cli.main", "chats"], env=cli_env(tmp_path), cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None

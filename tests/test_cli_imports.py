@@ -13,12 +13,20 @@ from pathlib import Path
 import pytest
 from conftest import cli_env
 
-HEAVY = {"aiohttp", "anthropic", "aiogram", "slixmpp", "nio", "nanoclaw.app", "nanoclaw.launcher"}
+HEAVY = {
+    "aiohttp",
+    "anthropic",
+    "aiogram",
+    "slixmpp",
+    "nio",
+    "nanoclaw.app",
+    "nanoclaw.sandbox.launcher",
+}
 
 
 def imported(home: Path, *args: str) -> set[str]:
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "nanoclaw.cli", *args],
+        [sys.executable, "-X", "importtime", "-m", "nanoclaw.cli.main", *args],
         env=cli_env(home),
         cwd=home,
         capture_output=True,
@@ -36,5 +44,5 @@ def imported(home: Path, *args: str) -> set[str]:
 )
 def test_light_commands_leave_the_daemon_unimported(tmp_path: Path, args: list[str]) -> None:
     modules = imported(tmp_path, *args)
-    assert {"nanoclaw.config", "nanoclaw.store"} <= modules  # the probe sees the command's
+    assert {"nanoclaw.config", "nanoclaw.store.messages"} <= modules  # the probe sees the command's
     assert modules & HEAVY == set()

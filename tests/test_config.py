@@ -240,7 +240,7 @@ def test_overrides(env: pytest.MonkeyPatch) -> None:
 )
 def test_cli_bad_setting_exits_2_with_one_line(tmp_path: Path, name: str, value: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "groups", "list"],
+        [sys.executable, "-m", "nanoclaw.cli.main", "groups", "list"],
         env=clean_environ(tmp_path, **{name: value}),
         cwd=tmp_path,
         capture_output=True,
@@ -260,7 +260,7 @@ def test_cli_bad_setting_exits_2_with_one_line(tmp_path: Path, name: str, value:
 def test_cli_bad_setting_in_dot_env(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("LOG_LEVEL=loud\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "groups", "list"],
+        [sys.executable, "-m", "nanoclaw.cli.main", "groups", "list"],
         env=clean_environ(tmp_path),
         cwd=tmp_path,
         capture_output=True,
@@ -328,7 +328,7 @@ def test_half_configured_channels(
 
 def run_cli(cwd: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", *args],
+        [sys.executable, "-m", "nanoclaw.cli.main", *args],
         env=clean_environ(cwd, **extra),
         cwd=cwd,
         capture_output=True,

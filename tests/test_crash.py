@@ -15,14 +15,14 @@ from fake_anthropic import FakeAnthropic, text_reply
 
 from nanoclaw.home import ensure_main
 from nanoclaw.models import InboundMessage
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 
 def start_daemon(home: Path, fake: FakeAnthropic) -> subprocess.Popen[bytes]:
     env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
                   AGENT_IDLE_TIMEOUT_S="2")  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "nanoclaw.cli", "run"],
+        [sys.executable, "-m", "nanoclaw.cli.main", "run"],
         cwd=home,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -15,9 +15,9 @@ from fake_telegram import FakeTelegram
 from prosody import Prosody
 from synapse import Synapse
 
-from nanoclaw import credcheck
-from nanoclaw.credcheck import Verdict
-from nanoclaw.doctor import check_channels
+from nanoclaw.cli import credcheck
+from nanoclaw.cli.credcheck import Verdict
+from nanoclaw.cli.doctor import check_channels
 
 KEY = "sk-ant-right-key-7d3a"
 PW = "secret-pw-81c2"

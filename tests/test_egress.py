@@ -19,21 +19,21 @@ import pytest_asyncio
 from aiohttp import ClientSession
 from conftest import wait_for
 
-from nanoclaw.address import is_public
 from nanoclaw.agent.relay import relay_one, start_relay
 from nanoclaw.app import agent_settings
-from nanoclaw.cli import apply_setting
+from nanoclaw.cli.main import apply_setting
 from nanoclaw.config import Settings
-from nanoclaw.egress import (
+from nanoclaw.models import Group
+from nanoclaw.sandbox.address import is_public
+from nanoclaw.sandbox.egress import (
     EgressProxy,
     allowed,
     parse_domains,
     parse_request,
     public_addresses,
 )
-from nanoclaw.launcher import Launcher, RunOptions
-from nanoclaw.models import Group
-from nanoclaw.store import Store
+from nanoclaw.sandbox.launcher import Launcher, RunOptions
+from nanoclaw.store.messages import Store
 
 DOMAINS = ("example.com", "api.github.com")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from probe import MODES, make_plan, plan_dir, run
 
-from nanoclaw import ipcfs
-from nanoclaw.sandbox import SandboxPlan
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.sandbox.plan import SandboxPlan
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="probes switch users: needs root")
 PY = "python3 -c"

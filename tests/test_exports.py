@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nanoclaw.errors import IpcRejected
-from nanoclaw.exports import (
+from nanoclaw.ipc.exports import (
     copy_capped,
     copy_from_workspace,
     decode_content,
@@ -273,7 +273,7 @@ WRITE_UNDER_FSIZE_LIMIT = """
 import resource, signal, sys
 from pathlib import Path
 from nanoclaw.errors import IpcRejected
-from nanoclaw.exports import write_export
+from nanoclaw.ipc.exports import write_export
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 try:

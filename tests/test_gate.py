@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from nanoclaw import ipcfs
-from nanoclaw.gate import DATA_CAP, DECLINED, Gate, parse_gate_output, run_gate
-from nanoclaw.launcher import AGENT_CODE, prepare_dirs
+from nanoclaw.ipc import files as ipcfs
 from nanoclaw.layout import Layout
-from nanoclaw.sandbox import SandboxPlan, detect_runtime, write_etc
+from nanoclaw.sandbox.gate import DATA_CAP, DECLINED, Gate, parse_gate_output, run_gate
+from nanoclaw.sandbox.launcher import AGENT_CODE, prepare_dirs
+from nanoclaw.sandbox.plan import SandboxPlan, detect_runtime, write_etc
 
 NOT_JSON = "last line is not JSON: "
 

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import run_cli
 
-from nanoclaw import ipcfs
-from nanoclaw.ipc import IpcHandler
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc.handler import IpcHandler
 from nanoclaw.models import Group, chat_id_problem, chat_problem
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 
 def cli(home: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:

@@ -29,10 +29,10 @@ from hostile_ipc import (
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from nanoclaw import ipcfs
 from nanoclaw.agent.protocol import NAME_RE
+from nanoclaw.ipc import files as ipcfs
 from nanoclaw.models import Group
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 HUGE_TEXT = "x" * 100_001
 PATHS = [

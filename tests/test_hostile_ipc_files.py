@@ -23,11 +23,11 @@ from hostile_ipc import (
     snapshot,
 )
 
-from nanoclaw import ipcfs
-from nanoclaw.ipc import IpcHandler
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc.handler import IpcHandler
+from nanoclaw.ipc.watcher import IpcWatcher
 from nanoclaw.models import Group
-from nanoclaw.store import Store
-from nanoclaw.watcher import IpcWatcher
+from nanoclaw.store.messages import Store
 
 
 def test_undecodable_file_name_is_set_aside() -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from channels import matrix_event
 from nanoclaw.models import Group, InboundMessage, Message
 from nanoclaw.prompt import PROMPT_BUDGET_CHARS, build_prompt
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 from nanoclaw.trigger import triggers
 
 SENDERS = st.one_of(

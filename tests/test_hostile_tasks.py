@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from nanoclaw.memory import MARKER
 from nanoclaw.models import Group
-from nanoclaw.schedule import PROMPT_CAP, next_run, parse_tasks
-from nanoclaw.store import Store
-from nanoclaw.taskfile import TaskFile
+from nanoclaw.schedule.claudemd import PROMPT_CAP, next_run, parse_tasks
+from nanoclaw.schedule.taskfile import TaskFile
+from nanoclaw.store.messages import Store
 
 GOOD_CRONS = ["* * * * *", "0 8 * * 1-5", "*/15 * * * *", "0 0 29 2 *", "0 0 L 2 *", "30 2 * * *"]
 BAD_CRONS = [

@@ -15,14 +15,14 @@ import pytest
 import pytest_asyncio
 from conftest import wait_for
 
-from nanoclaw import ipcfs
 from nanoclaw.errors import IpcRejected
-from nanoclaw.ipc import Handled, IpcHandler
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc.handler import Handled, IpcHandler
+from nanoclaw.ipc.quota import FileLimits
+from nanoclaw.ipc.requests import RegisterGroup, SendMessage, UpdateMemory, authorise, parse
+from nanoclaw.ipc.watcher import IpcWatcher
 from nanoclaw.models import Group
-from nanoclaw.quota import FileLimits
-from nanoclaw.requests import RegisterGroup, SendMessage, UpdateMemory, authorise, parse
-from nanoclaw.store import Store
-from nanoclaw.watcher import IpcWatcher
+from nanoclaw.store.messages import Store
 
 GROUPS = {"main": "term:main", "alpha": "tg:-1", "beta": "tg:-2"}
 

@@ -21,15 +21,15 @@ from zoneinfo import ZoneInfo
 import pytest
 import pytest_asyncio
 
-from nanoclaw import ipcfs
-from nanoclaw.db import now_ms
-from nanoclaw.ipc import Handled, IpcHandler
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc.handler import Handled, IpcHandler
 from nanoclaw.memory import ENTRY_CAP, FILE_CAP, MARKER
 from nanoclaw.models import Group
-from nanoclaw.scheduler import Scheduler
-from nanoclaw.store import Store
-from nanoclaw.taskfile import TaskFile
-from nanoclaw.tasks import AGENT, CLAUDE_MD, Schedule, Task
+from nanoclaw.schedule.scheduler import Scheduler
+from nanoclaw.schedule.taskfile import TaskFile
+from nanoclaw.schedule.tasks import AGENT, CLAUDE_MD, Schedule, Task
+from nanoclaw.store.db import now_ms
+from nanoclaw.store.messages import Store
 
 UTC_ZONE = ZoneInfo("UTC")
 CHATS = {"main": "term:main", "alpha": "tg:-1", "beta": "tg:-2"}

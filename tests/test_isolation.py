@@ -138,5 +138,5 @@ async def test_sees_no_host_process(probe: Running) -> None:
     )
     count = int(out.split()[0])
     assert count < 10
-    assert "pytest" not in out and "nanoclaw.cli" not in out
+    assert "pytest" not in out and "nanoclaw.cli.main" not in out
     assert str(probe.settings.nanoclaw_home) not in out  # bwrap's argv is hidden in an fd

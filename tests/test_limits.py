@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from probe import MODES, Sandbox, alive, descendants, make_plan, peak_processes, plan_dir, run
 
-from nanoclaw.cgroup import Hierarchy, RunCgroup, find_hierarchies, jail_prefix
 from nanoclaw.errors import SandboxError
-from nanoclaw.sandbox import Limits
+from nanoclaw.sandbox.cgroup import Hierarchy, RunCgroup, find_hierarchies, jail_prefix
+from nanoclaw.sandbox.plan import Limits
 
 MiB = 1024 * 1024
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="probes switch users: needs root")

@@ -20,15 +20,15 @@ from aiohttp import ClientSession
 from conftest import settings_for, wait_for
 from fake_anthropic import FakeAnthropic
 
-from nanoclaw import ipcfs
 from nanoclaw.agent import protocol
 from nanoclaw.app import agent_settings
 from nanoclaw.config import Settings
-from nanoclaw.launcher import Launcher, RunOptions
+from nanoclaw.ipc import files as ipcfs
 from nanoclaw.models import Group
-from nanoclaw.sandbox import bwrap_argv
-from nanoclaw.store import Store
-from nanoclaw.taskfile import TaskFile
+from nanoclaw.sandbox.launcher import Launcher, RunOptions
+from nanoclaw.sandbox.plan import bwrap_argv
+from nanoclaw.schedule.taskfile import TaskFile
+from nanoclaw.store.messages import Store
 
 HOST_TEXT = "# Cron: host secret line\n"
 

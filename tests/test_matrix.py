@@ -17,9 +17,9 @@ from synapse import Human, Synapse
 
 from channels.matrix import MatrixChannel
 from nanoclaw.config import Settings
-from nanoclaw.db import now_ms
 from nanoclaw.models import Group
 from nanoclaw.pairing import TTL_MS
+from nanoclaw.store.db import now_ms
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PW = "pw-for-tests"

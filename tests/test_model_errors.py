@@ -93,7 +93,7 @@ async def test_an_unreachable_model_is_one_short_line_per_failed_run(
     about_run = [r.getMessage() for r in warnings if f"run={run.id}" in r.getMessage()]
     assert len(about_run) == 1, about_run  # the orchestrator's "finished" line, nothing else
     assert "Error code" not in about_run[0] and "{" not in about_run[0]
-    assert [r for r in warnings if r.name == "nanoclaw.proxy"] == []  # nor one per SDK retry
+    assert [r for r in warnings if r.name == "nanoclaw.proxy.server"] == []  # nor one per SDK retry
     assert "Traceback" not in caplog.text
     log_text = "".join(p.read_text() for p in settings.layout.logs.rglob("*.log"))
     assert "Traceback" not in log_text
@@ -138,7 +138,7 @@ def test_piped_chat_with_a_refused_key_ends_with_one_clear_line(
     never retried (and without the SDK's dump)."""
     fake.api_key = "sk-ant-the-right-key"  # home/.env holds SECRET_KEY: refused
     proc = subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "chat"],
+        [sys.executable, "-m", "nanoclaw.cli.main", "chat"],
         input="hello\n",
         env=cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, AGENT_TIMEOUT_S="60"),
         cwd=home,

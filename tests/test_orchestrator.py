@@ -19,19 +19,19 @@ import pytest
 import pytest_asyncio
 from conftest import wait_for
 
-from nanoclaw import ipcfs
 from nanoclaw.agent.protocol import INITIAL_INPUT
-from nanoclaw.db import now_ms
 from nanoclaw.errors import SandboxError
-from nanoclaw.gate import Gate
-from nanoclaw.launcher import RunOptions
+from nanoclaw.ipc import files as ipcfs
 from nanoclaw.live import Run, TurnDone
 from nanoclaw.models import Group, InboundMessage
 from nanoclaw.orchestrator import Orchestrator, Rules
-from nanoclaw.runner import KEY_REFUSED, Outcome
-from nanoclaw.scheduler import Scheduler, TaskChanges
-from nanoclaw.store import Store
-from nanoclaw.tasks import AGENT, Schedule, Task
+from nanoclaw.sandbox.gate import Gate
+from nanoclaw.sandbox.launcher import RunOptions
+from nanoclaw.sandbox.run import KEY_REFUSED, Outcome
+from nanoclaw.schedule.scheduler import Scheduler, TaskChanges
+from nanoclaw.schedule.tasks import AGENT, Schedule, Task
+from nanoclaw.store.db import now_ms
+from nanoclaw.store.messages import Store
 
 SENDER = "tg:111"
 CHATS = {"alpha": "tg:-1", "beta": "tg:-2"}

@@ -20,7 +20,6 @@ from fake_telegram import FakeTelegram
 from channels.telegram import TelegramChannel
 from nanoclaw.channel import Ingest, Welcome
 from nanoclaw.config import Settings
-from nanoclaw.db import now_ms
 from nanoclaw.errors import StoreError
 from nanoclaw.models import Group, InboundMessage
 from nanoclaw.pairing import (
@@ -34,7 +33,8 @@ from nanoclaw.pairing import (
     parse,
     step,
 )
-from nanoclaw.store import Store
+from nanoclaw.store.db import now_ms
+from nanoclaw.store.messages import Store
 
 NOW = 1_800_000_000_000
 

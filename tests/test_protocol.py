@@ -12,7 +12,6 @@ from typing import Any, get_args
 import pytest
 from pydantic import BaseModel
 
-from nanoclaw import ipcfs, requests
 from nanoclaw.agent.ipcfiles import Inbox
 from nanoclaw.agent.protocol import (
     NAME_RE,
@@ -25,6 +24,8 @@ from nanoclaw.agent.protocol import (
     task_id_of,
 )
 from nanoclaw.errors import IpcRejected
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc import requests
 
 FULL = RunConfig(
     model="claude-x",

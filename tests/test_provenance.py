@@ -23,20 +23,20 @@ import pytest
 import pytest_asyncio
 from conftest import Running, run_cli, wait_for
 
-from nanoclaw import ipcfs
 from nanoclaw.agent.conversation import UNTRUSTED_TAG, system_prompt
 from nanoclaw.agent.protocol import QUOTED, RunConfig
 from nanoclaw.agent.tasktools import reflects
 from nanoclaw.agent.tools import Toolbox
-from nanoclaw.db import now_ms
-from nanoclaw.ipc import IpcHandler
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc.handler import IpcHandler
 from nanoclaw.memory import MARKER
 from nanoclaw.models import Group
 from nanoclaw.prompt import task_prompt
-from nanoclaw.scheduler import Scheduler
-from nanoclaw.store import Store
-from nanoclaw.taskfile import TaskFile
-from nanoclaw.tasks import AGENT, Task, claim, task_json
+from nanoclaw.schedule.scheduler import Scheduler
+from nanoclaw.schedule.taskfile import TaskFile
+from nanoclaw.schedule.tasks import AGENT, Task, claim, task_json
+from nanoclaw.store.db import now_ms
+from nanoclaw.store.messages import Store
 
 UTC_ZONE = ZoneInfo("UTC")
 DUE = datetime(2030, 1, 1, 8, 0, tzinfo=UTC_ZONE)

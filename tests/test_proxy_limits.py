@@ -18,14 +18,14 @@ from aiohttp import ClientError, ClientSession, UnixConnector
 from fake_anthropic import FakeAnthropic, Reply
 from pydantic import SecretStr
 
-from nanoclaw.admission import Policy
-from nanoclaw.budget import Budget
-from nanoclaw.intake import Limits
-from nanoclaw.launcher import AgentSettings, Launcher
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group, NetworkPolicy, Usage
-from nanoclaw.proxy import ModelProxy
-from nanoclaw.store import Store
+from nanoclaw.proxy.admission import Policy
+from nanoclaw.proxy.budget import Budget
+from nanoclaw.proxy.intake import Limits
+from nanoclaw.proxy.server import ModelProxy
+from nanoclaw.sandbox.launcher import AgentSettings, Launcher
+from nanoclaw.store.messages import Store
 
 KEY = "sk-ant-proxy-SECRET-77"
 ASK = {"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
@@ -143,7 +143,7 @@ async def test_a_run_cannot_make_anthropic_reach_out_or_switch_model(
     ]
     proxy, sock, run_id = await served(tmp_path, store, session, fake)
     try:
-        with caplog.at_level(logging.WARNING, logger="nanoclaw.proxy"):
+        with caplog.at_level(logging.WARNING, logger="nanoclaw.proxy.server"):
             answers = [await post(sock, body, hdrs) for body, hdrs, _ in attacks for _ in (1, 2)]
         ok = await post(sock)
     finally:

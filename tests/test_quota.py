@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nanoclaw.quota import FileLimits, FileQuota, stamp_s, to_prune
+from nanoclaw.ipc.quota import FileLimits, FileQuota, stamp_s, to_prune
 
 LIMITS = FileLimits(files=3, window_s=10, errors_kept=2, errors_age_s=100, prune_every=5)
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from nanoclaw.channel import Channel, Inbound
-from nanoclaw.db import now_ms
 from nanoclaw.errors import DeliveryError, FilesUnsupported, PermanentDeliveryError
 from nanoclaw.router import MAX_BACKOFF_S, Router, backoff_s, split_text
-from nanoclaw.store import Store
+from nanoclaw.store.db import now_ms
+from nanoclaw.store.messages import Store
 
 
 class RecordingChannel:

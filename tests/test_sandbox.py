@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.sandbox import (
+from nanoclaw.sandbox.plan import (
     PROC_MASKED,
     Host,
     Limits,

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nanoclaw.schedule import CronTask, ParseError, next_run, parse_tasks
+from nanoclaw.schedule.claudemd import CronTask, ParseError, next_run, parse_tasks
 
 SPEC_EXAMPLE = """# Work
 

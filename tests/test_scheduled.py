@@ -16,7 +16,7 @@ from typing import Any
 from conftest import Running, wait_for
 from fake_anthropic import FakeAnthropic
 
-from nanoclaw.tasks import TaskRun
+from nanoclaw.schedule.tasks import TaskRun
 
 SECTION = """# Team
 

@@ -11,9 +11,9 @@ import re
 import pytest
 from probe import MODES, make_plan, plan_dir, run
 
-from nanoclaw import seccomp
-from nanoclaw.gate import Gate, run_gate
-from nanoclaw.seccomp import ARCHES, CLONE_NEW, RULES, FilterUnavailable, Rule, build_filter
+from nanoclaw.sandbox import seccomp
+from nanoclaw.sandbox.gate import Gate, run_gate
+from nanoclaw.sandbox.seccomp import ARCHES, CLONE_NEW, RULES, FilterUnavailable, Rule, build_filter
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="probes switch users: needs root")
 # What the issue names; the rules may deny more.

@@ -25,7 +25,7 @@ PW = "pw-for-the-bot-5a1"
 
 def setup(home: Path, answers: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nanoclaw.cli", "setup"],
+        [sys.executable, "-m", "nanoclaw.cli.main", "setup"],
         input="".join(a + "\n" for a in answers),
         cwd=home,
         env=cli_env(home, **env),

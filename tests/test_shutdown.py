@@ -13,7 +13,7 @@ from fake_anthropic import FakeAnthropic, text_reply
 from pty_terminal import Pty, alive, descendants, until
 
 from nanoclaw.home import ensure_main
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 
 async def test_sigterm_logs_runs_in_flight_and_a_chat_beside_shows_work(
@@ -28,11 +28,11 @@ async def test_sigterm_logs_runs_in_flight_and_a_chat_beside_shows_work(
     fake.script(replace(text_reply("too late"), delay=120))
     with (home / "daemon.log").open("ab") as log:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "nanoclaw.cli", "run"],
+            [sys.executable, "-m", "nanoclaw.cli.main", "run"],
             cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     until(lambda: "nanoclaw running" in (home / "daemon.log").read_text())  # holds the lock
-    term = Pty([sys.executable, "-m", "nanoclaw.cli", "chat"], home, env)
+    term = Pty([sys.executable, "-m", "nanoclaw.cli.main", "chat"], home, env)
     try:
         term.expect("[main] > ")
         term.send("a slow question")

@@ -34,7 +34,7 @@ from fake_anthropic import FakeAnthropic, Reply, text_reply
 from fake_telegram import FakeTelegram
 
 from nanoclaw.models import Group
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 pytestmark = pytest.mark.soak
 MESSAGES = int(os.environ.get("SOAK_MESSAGES", "200"))
@@ -73,7 +73,7 @@ def start_daemon(home: Path, fake: FakeAnthropic, tg: FakeTelegram) -> subproces
     )  # fmt: skip
     log = (home / "daemon.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "nanoclaw.cli", "run"],
+        [sys.executable, "-m", "nanoclaw.cli.main", "run"],
         cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
 

@@ -16,13 +16,14 @@ import pytest
 import pytest_asyncio
 
 from channels.terminal import TerminalChannel
-from nanoclaw import ipcfs, staging
-from nanoclaw.exports import SEND_CAP
-from nanoclaw.ipc import IpcHandler
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc import staging
+from nanoclaw.ipc.exports import SEND_CAP
+from nanoclaw.ipc.handler import IpcHandler
+from nanoclaw.ipc.staging import Entry, Retention
 from nanoclaw.models import Group
 from nanoclaw.router import Router
-from nanoclaw.staging import Entry, Retention
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 MiB = 1024 * 1024
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from nanoclaw import schema
-from nanoclaw.db import now_ms
 from nanoclaw.errors import StoreError
 from nanoclaw.models import Group, InboundMessage, Reply, Usage
-from nanoclaw.store import Store
+from nanoclaw.store import schema
+from nanoclaw.store.db import now_ms
+from nanoclaw.store.messages import Store
 
 T0 = 1_700_000_000_000
 

@@ -15,9 +15,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from nanoclaw.models import Usage
-from nanoclaw.schedule import parse_tasks
-from nanoclaw.store import Store
-from nanoclaw.tasks import (
+from nanoclaw.schedule.claudemd import parse_tasks
+from nanoclaw.schedule.tasks import (
     AGENT,
     CLAUDE_MD,
     Claim,
@@ -30,6 +29,7 @@ from nanoclaw.tasks import (
     from_claude_md,
     plan_sync,
 )
+from nanoclaw.store.messages import Store
 
 ZONE = ZoneInfo("UTC")
 HOUR = 3_600_000

@@ -14,12 +14,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import run_cli
 
-from nanoclaw.db import now_ms
+from nanoclaw.cli.tasks import RUN_HEADER, TASK_HEADER
 from nanoclaw.models import Group
-from nanoclaw.store import Store
-from nanoclaw.taskcmd import RUN_HEADER, TASK_HEADER
-from nanoclaw.taskfile import TaskFile
-from nanoclaw.tasks import AGENT, Schedule, Task, claim
+from nanoclaw.schedule.taskfile import TaskFile
+from nanoclaw.schedule.tasks import AGENT, Schedule, Task, claim
+from nanoclaw.store.db import now_ms
+from nanoclaw.store.messages import Store
 
 UTC_ZONE = ZoneInfo("UTC")
 CLAUDE_MD = """# Work

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nanoclaw.schedule import parse_tasks
-from nanoclaw.tasks import (
+from nanoclaw.schedule.claudemd import parse_tasks
+from nanoclaw.schedule.tasks import (
     AGENT,
     CLAUDE_MD,
     LATE_MS,

@@ -22,7 +22,7 @@ from channels.terminal import TerminalChannel, scheduled_mark
 from nanoclaw.home import ensure_main
 from nanoclaw.orchestrator import Stopped
 from nanoclaw.router import outbox_id
-from nanoclaw.store import Store
+from nanoclaw.store.messages import Store
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ async def test_agent_text_reaches_the_terminal_without_escape_sequences(tmp_path
 def test_repl_commands_and_a_reply(home: Path, fake: FakeAnthropic) -> None:
     env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
                   AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
-    term = Pty([sys.executable, "-m", "nanoclaw.cli", "chat"], home, env)
+    term = Pty([sys.executable, "-m", "nanoclaw.cli.main", "chat"], home, env)
     try:
         term.expect("[main] > ")
         term.send("/add work")
@@ -92,7 +92,7 @@ async def test_ctrl_c_stops_the_run_at_once_and_the_batch_is_not_asked_again(
     await store.finish_run(task_run, "ok")
     env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
                   AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
-    argv = [sys.executable, "-m", "nanoclaw.cli", "chat"]
+    argv = [sys.executable, "-m", "nanoclaw.cli.main", "chat"]
     fake.script(replace(text_reply("too late"), delay=120))
     term = Pty(argv, home, env)
     try:

@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import run_cli
 
-from nanoclaw.budget import day_start
+from nanoclaw.cli.usage import day_totals
 from nanoclaw.models import RunRecord, Usage
-from nanoclaw.store import Store
-from nanoclaw.usagecmd import day_totals
+from nanoclaw.proxy.budget import day_start
+from nanoclaw.store.messages import Store
 
 HOUR_MS = 3_600_000
 

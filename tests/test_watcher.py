@@ -17,12 +17,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import pytest_asyncio
 
-from nanoclaw import ipcfs
-from nanoclaw.ipc import IpcHandler
+from nanoclaw.ipc import files as ipcfs
+from nanoclaw.ipc.handler import IpcHandler
+from nanoclaw.ipc.quota import FileLimits
+from nanoclaw.ipc.watcher import IpcWatcher
 from nanoclaw.models import Group
-from nanoclaw.quota import FileLimits
-from nanoclaw.store import Store
-from nanoclaw.watcher import IpcWatcher
+from nanoclaw.store.messages import Store
 
 GROUPS = {"main": "term:main", "alpha": "tg:-1", "beta": "tg:-2"}
 LIMITS = FileLimits(files=100, window_s=3600, errors_kept=1000, prune_every=100)
@@ -67,7 +67,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 async def test_flood_is_capped_told_once_and_does_not_hold_up_another_group(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="nanoclaw.ipc")
+    caplog.set_level(logging.WARNING, logger="nanoclaw.ipc.handler")
     stale = f"{int(time.time() * 1000) - 8 * DAY_MS}-0123abcd-old.json"
     (env.ipc / "alpha" / "errors" / stale).write_text("{}")
     env.drop("alpha", b"{not json", 3000)

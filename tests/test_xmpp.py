@@ -18,8 +18,8 @@ from slixmpp import JID
 
 from channels.xmpp import XmppChannel
 from nanoclaw.config import Settings
-from nanoclaw.db import now_ms
 from nanoclaw.models import Group
+from nanoclaw.store.db import now_ms
 
 PW = "pw-for-tests"
 ROOM = "team@conference.localhost"

@@ -1,0 +1,181 @@
+"""Turns a group into a started `AgentRun`: the sandbox plan, the run's config, its proxy.
+
+The only place that knows where a group's folders live on the host and which settings
+the agent runner sees (never a credential: the proxy holds the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from aiohttp import ClientSession
+from pydantic import SecretStr
+
+import nanoclaw.agent
+from nanoclaw.agent.protocol import Context, RunConfig
+from nanoclaw.agent.relay import RELAY_PORT, proxy_env
+from nanoclaw.layout import Layout
+from nanoclaw.models import Group, Usage
+from nanoclaw.proxy.admission import Policy
+from nanoclaw.proxy.budget import Budget, BudgetBook, BudgetGuard
+from nanoclaw.proxy.intake import BodyPool
+from nanoclaw.proxy.server import ModelProxy
+from nanoclaw.sandbox.egress import EgressProxy
+from nanoclaw.sandbox.plan import Runtime, SandboxPlan, detect_runtime, write_etc
+from nanoclaw.sandbox.run import AgentRun
+from nanoclaw.store.messages import Store
+
+AGENT_CODE = Path(nanoclaw.agent.__file__).parent
+EgressFactory = Callable[[Group, str], EgressProxy]
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    assistant_name: str
+    model: str
+    tz: str
+    idle_timeout_s: float
+    timeout_s: float
+    api_key: SecretStr  # unwrapped only by the proxy, as it sends a request
+    base_url: str
+    budget: Budget = field(default_factory=Budget)  # per group and day; default unlimited
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run differs from a message run: a scheduled task's context, no idling."""
+
+    context: Context = "group"  # "isolated": a fresh conversation, the group's history untouched
+    idle_timeout_s: float | None = None  # None: the setting; 0: exit after the first turn
+
+
+MESSAGE_RUN = RunOptions()
+
+
+def prepare_dirs(layout: Layout, folder: str) -> None:
+    for path in (layout.groups / folder, layout.groups / "global", layout.skills):
+        path.mkdir(parents=True, exist_ok=True)
+    # What a sandbox writes lies below groups/ and store/: only the owner may reach it. (A
+    # file the agent made setuid in /workspace is then no door for other local users.)
+    for path in (layout.groups, layout.store):
+        if path.is_dir() and path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+
+
+def group_egress(group: Group, label: str) -> EgressProxy:
+    return EgressProxy(group.domains, label)
+
+
+class Launcher:
+    def __init__(
+        self,
+        store: Store,
+        layout: Layout,
+        agent: AgentSettings,
+        session: ClientSession,
+        runtime: Runtime | None = None,
+        egress: EgressFactory = group_egress,
+    ) -> None:
+        self._store = store
+        self._layout = layout
+        self._agent = agent
+        self._session = session
+        self._runtime = runtime or detect_runtime()
+        self._egress = egress
+        # Shared by every run's proxy: budgets are reserved under one lock per group, and
+        # the daemon holds a bounded number of request bodies at once.
+        self._book = BudgetBook()
+        self._bodies = BodyPool()
+
+    def plan(self, group: Group) -> SandboxPlan:
+        return SandboxPlan(
+            workspace=self._layout.groups / group.folder,
+            ipc=self._layout.ipc / group.folder,
+            sockets=self._layout.sockets / group.folder,
+            global_dir=self._layout.groups / "global",
+            global_writable=group.is_main,
+            skills=self._layout.skills,
+            agent_code=AGENT_CODE,
+            etc=self._layout.sandbox_etc,
+            runtime=self._runtime,
+            network=group.network,
+            env=(("TZ", self._agent.tz),)
+            + (proxy_env(RELAY_PORT) if group.network == "allowlist" else ()),
+        )
+
+    def model_proxy(self, group: Group, run_id: int) -> ModelProxy:
+        """The run's proxy: usage goes to the run's row, the budget is the group's of today,
+        the model the group's own, server tools only as far as its network policy goes."""
+
+        async def record(usage: Usage) -> None:
+            await self._store.add_usage(run_id, usage)
+
+        async def spent(since: datetime) -> Usage:
+            since_ms = int(since.timestamp() * 1000)
+            return await self._store.group_usage(group.folder, since_ms, exclude_run=run_id)
+
+        a = self._agent
+        guard = BudgetGuard(group.folder, a.budget, ZoneInfo(a.tz), spent, book=self._book)
+        policy = Policy(frozenset({group.model or a.model}), group.network, group.domains)
+        label = f"group={group.folder} run={run_id}"
+        return ModelProxy(
+            self._session,
+            a.base_url,
+            a.api_key,
+            record,
+            label,
+            guard,
+            policy=policy,
+            pool=self._bodies,
+        )
+
+    async def prepare(self, group: Group) -> SandboxPlan:
+        """The group's plan, with the host directories and files it mounts in place."""
+        plan = self.plan(group)
+        await asyncio.to_thread(prepare_dirs, self._layout, group.folder)
+        await asyncio.to_thread(write_etc, plan.etc)
+        return plan
+
+    async def launch(
+        self,
+        group: Group,
+        run_id: int,
+        prompt: str,
+        on_turn_done: Callable[[str], Awaitable[None]],
+        options: RunOptions = MESSAGE_RUN,
+    ) -> AgentRun:
+        plan = await self.prepare(group)
+
+        proxy = self.model_proxy(group, run_id)
+        a = self._agent
+        allowlist = group.network == "allowlist"
+        idle_s = a.idle_timeout_s if options.idle_timeout_s is None else options.idle_timeout_s
+        config = RunConfig(
+            model=group.model or a.model,
+            prompt=prompt,
+            assistant_name=a.assistant_name,
+            tz=a.tz,
+            is_main=group.is_main,
+            context=options.context,
+            idle_timeout_s=idle_s,
+            egress_port=RELAY_PORT if allowlist else None,
+        )
+        run = AgentRun(
+            egress=self._egress(group, f"run={run_id}") if allowlist else None,
+            folder=group.folder,
+            run_id=run_id,
+            plan=plan,
+            ipc_root=self._layout.ipc,
+            config=config,
+            proxy=proxy,
+            timeout_s=a.timeout_s,
+            log_path=self._layout.logs / group.folder / f"run-{run_id}.log",
+            on_turn_done=on_turn_done,
+        )
+        await run.start()
+        return run

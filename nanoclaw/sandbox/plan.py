@@ -1,0 +1,294 @@
+"""The bwrap command line for one agent run (SPEC section 5), built by a pure function.
+
+`detect_runtime()` reads the host once (the interpreter, the layout of its root, the /proc
+files to mask) into a `Runtime`; the launcher puts it with the group's paths into a
+`SandboxPlan`; `bwrap_argv()` turns a plan into argv with exactly the mounts of the SPEC and
+reads nothing else, so tests can read the plan and probes can try to break it.
+
+Limits: the rlimits are set by prlimit *inside* the sandbox, after bwrap made its user
+namespace. RLIMIT_NPROC is then counted per sandbox (the kernel counts per namespace and
+uid), so one sandbox's fork bomb cannot starve another of an ordinary user's sandboxes.
+Host root is exempt from RLIMIT_NPROC, and under a root daemon the sandbox user *is* host
+uid 0 to the kernel: then the cgroup of `nanoclaw.sandbox.cgroup` caps processes and memory. Being
+host uid 0 also passes the owner checks of global /proc files (sysctls such as
+kernel.core_pattern, IRQ affinity), hence PROC_RO, and the check of /proc/keys and of
+kernel-wide lists (timers, slabs, vmalloc), hence PROC_MASKED; /dev is read-only, /tmp
+size-capped. The seccomp program (`nanoclaw.sandbox.seccomp`) arrives on a file descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nanoclaw.agent.protocol import EGRESS_SOCK, ERRORS, LLM_SOCK
+from nanoclaw.models import NetworkPolicy
+
+RUNTIME = "/runtime"
+SANDBOX_UID = 1000
+# Global (not per-process) parts of /proc, bound read-only over the sandbox's own /proc.
+PROC_RO = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "driver", "mtrr",
+           "pressure")  # fmt: skip
+# Global files of /proc hidden behind /dev/null (Docker's masked paths and more): kernel
+# addresses and timers of the host, and the host's keys, readable by uid 0.
+PROC_MASKED = ("kcore", "keys", "key-users", "latency_stats", "timer_list", "timer_stats",
+               "sched_debug", "slabinfo", "vmallocinfo")  # fmt: skip
+# Single files from /etc that programs need and that hold no secret of the host.
+ETC_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/alternatives",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/ssl/certs",
+    "/etc/ca-certificates.conf",
+    "/etc/mime.types",
+    "/etc/bash.bashrc",
+)
+# A minimal /dev: the nodes programs open, and the usual links into /proc.
+DEV_NODES = ("null", "zero", "full", "random", "urandom")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))  # fmt: skip
+NET_ETC_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/gai.conf")
+ETC_PASSWD = "root:x:0:0:root:/root:/bin/false\nagent:x:1000:1000:agent:/workspace:/bin/bash\n"  # noqa: S105 (no secret: the sandbox user list)
+ETC_GROUP = "root:x:0:\nagent:x:1000:\n"
+TOP_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # mirrored beside /usr
+NIX_STORE = "/nix/store"
+
+
+@dataclass(frozen=True)
+class Host:
+    """What a sandbox mirrors of the host's root and kernel, as `detect_host()` found it."""
+
+    # ("/bin", "usr/bin") for a merged-/usr symlink, ("/lib64", None) for a real directory
+    top_dirs: tuple[tuple[str, str | None], ...]
+    nix_store: bool  # the host has /nix/store (a group's Nix environment lives there)
+    proc_masked: tuple[str, ...]  # the files of PROC_MASKED this kernel has
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where the interpreter and packages come from on the host, and how they appear inside;
+    with the host's own layout, so that building the argv reads nothing."""
+
+    mounts: tuple[tuple[str, str], ...]
+    python: str
+    site_dirs: tuple[str, ...]
+    host: Host
+    env: tuple[tuple[str, str], ...] = ()
+    prlimit: str = "/usr/bin/prlimit"  # the host's, run inside: under /usr or /nix/store
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One sandbox's caps; the rlimits bind each process, `processes` and `memory_bytes`
+    the whole sandbox (RLIMIT_NPROC per sandbox, and the cgroup when there is one)."""
+
+    tmp_bytes: int = 256 * 1024 * 1024
+    file_bytes: int = 512 * 1024 * 1024
+    open_files: int = 1024
+    address_space: int = 8 * 1024**3
+    processes: int = 512
+    cpu_seconds: int = 600
+    memory_bytes: int = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class SandboxPlan:
+    workspace: Path
+    ipc: Path
+    global_dir: Path
+    global_writable: bool
+    skills: Path
+    agent_code: Path
+    etc: Path
+    runtime: Runtime
+    network: NetworkPolicy = "off"
+    extra_ro: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    sockets: Path | None = None  # host-only dir of the served sockets; None: in `ipc` (probes)
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.sockets or self.ipc
+
+
+def write_etc(directory: Path) -> Path:
+    """The sandbox's own /etc, mounted whole (one mount is cheaper than ten).
+
+    It holds copies of the few host files programs need (none secret), empty
+    placeholders for the network files bound over them when the network is on, and
+    its own passwd and group: the agent user, nobody of the host.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in (("passwd", ETC_PASSWD), ("group", ETC_GROUP)):
+        path = directory / name
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+    for source in ETC_FILES:
+        src, dst = Path(source), directory / Path(source).relative_to("/etc")
+        if dst.exists() or dst.is_symlink() or not src.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy2(src, dst, follow_symlinks=False)
+    for source in NET_ETC_FILES:
+        (directory / Path(source).name).touch(exist_ok=True)
+    return directory
+
+
+def detect_host() -> Host:
+    """The host's root and kernel as a sandbox mirrors them, read now (once per daemon)."""
+    top: list[tuple[str, str | None]] = []
+    for name in TOP_DIRS:
+        path = f"/{name}"
+        if os.path.islink(path):
+            top.append((path, os.readlink(path)))
+        elif os.path.isdir(path):
+            top.append((path, None))
+    # only those this kernel has: bwrap cannot create a file in /proc to mount over
+    masked = tuple(name for name in PROC_MASKED if os.path.exists(f"/proc/{name}"))
+    return Host(tuple(top), Path(NIX_STORE).is_dir(), masked)
+
+
+def detect_runtime() -> Runtime:
+    """The running interpreter, seen read-only at /runtime inside; /usr and /nix as they are."""
+    base = Path(sys.base_prefix).resolve()
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    plat = Path(sysconfig.get_paths()["platlib"]).resolve()
+    mounts: list[tuple[str, str]] = []
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if base.is_relative_to("/usr") or base.is_relative_to("/nix"):
+        python = str(Path(sys.base_prefix) / "bin" / ver)
+        env: tuple[tuple[str, str], ...] = ()
+    else:
+        mounts.append((str(base), f"{RUNTIME}/python"))
+        python = f"{RUNTIME}/python/bin/{ver}"
+        env = (("LD_LIBRARY_PATH", f"{RUNTIME}/python/lib"),)
+    sites: list[str] = []
+    for index, src in enumerate(dict.fromkeys([site, plat])):
+        if src.is_relative_to(base) and base.is_relative_to("/usr"):
+            sites.append(str(src))
+            continue
+        dst = f"{RUNTIME}/site-packages" + (f"-{index}" if index else "")
+        mounts.append((str(src), dst))
+        sites.append(dst)
+    found = shutil.which("prlimit")
+    prlimit = os.path.realpath(found) if found else Runtime.prlimit
+    return Runtime(tuple(mounts), python, tuple(sites), detect_host(), env, prlimit)
+
+
+def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = None) -> list[str]:
+    """The full bwrap argv; every mount is listed here and nowhere else. `seccomp_fd`: a
+    descriptor bwrap reads the filter's BPF program from (spawn.py always gives one).
+
+    Pure: what it knows of the host comes from `plan.runtime.host`."""
+    host = plan.runtime.host
+    a = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    a += ["--unshare-cgroup-try"]
+    if plan.network != "full":
+        a.append("--unshare-net")
+    a += ["--disable-userns", "--die-with-parent", "--new-session", "--clearenv"]
+    a += ["--cap-drop", "ALL"]
+    a += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "nanoclaw"]
+    a += ["--ro-bind", "/usr", "/usr"]
+    for path, target in host.top_dirs:
+        a += ["--symlink", target, path] if target else ["--ro-bind", path, path]
+    a += ["--ro-bind", str(plan.etc), "/etc"]
+    if plan.network == "full":
+        for path in NET_ETC_FILES:
+            a += ["--ro-bind-try", path, path]
+    if host.nix_store:
+        a += ["--ro-bind", NIX_STORE, NIX_STORE]
+    for src, dst in plan.runtime.mounts:
+        a += ["--ro-bind", src, dst]
+    a += ["--ro-bind", str(plan.agent_code), f"{RUNTIME}/lib/agent"]
+    a += ["--proc", "/proc"]
+    for name in PROC_RO:
+        a += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+    for name in host.proc_masked:
+        a += ["--ro-bind", "/dev/null", f"/proc/{name}"]
+    a += ["--tmpfs", "/dev"]  # read-only once its nodes and links are in
+    for node in DEV_NODES:
+        a += ["--dev-bind", f"/dev/{node}", f"/dev/{node}"]
+    for link, target in DEV_LINKS:
+        a += ["--symlink", target, f"/dev/{link}"]
+    a += ["--remount-ro", "/dev"]
+    a += ["--size", str(plan.limits.tmp_bytes), "--tmpfs", "/tmp"]
+    a += ["--bind", str(plan.workspace), "/workspace"]
+    a += ["--bind", str(plan.ipc), "/ipc"]
+    # errors/ is the host's; llm.sock is pinned so the agent cannot swap it for its own.
+    a += ["--tmpfs", f"/ipc/{ERRORS}", "--remount-ro", f"/ipc/{ERRORS}"]
+    # The sockets are served outside /ipc (no bind or chmod of the host's follows a link
+    # planted there); a gate script has no egress proxy, hence -try.
+    a += ["--ro-bind", str(plan.socket_dir / LLM_SOCK), f"/ipc/{LLM_SOCK}"]
+    if plan.network == "allowlist":
+        a += ["--ro-bind-try", str(plan.socket_dir / EGRESS_SOCK), f"/ipc/{EGRESS_SOCK}"]
+    a += ["--bind" if plan.global_writable else "--ro-bind", str(plan.global_dir), "/global"]
+    a += ["--ro-bind", str(plan.skills), "/skills"]
+    for src, dst in plan.extra_ro:
+        a += ["--ro-bind", src, dst]
+    a += ["--remount-ro", "/"]
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/workspace",
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **dict(plan.runtime.env),
+        **dict(plan.env),
+    }
+    for key, value in env.items():
+        a += ["--setenv", key, value]
+    if seccomp_fd is not None:
+        a += ["--seccomp", str(seccomp_fd)]
+    a += ["--chdir", "/workspace", "--", *limits_prefix(plan.limits, plan.runtime.prlimit)]
+    return [*a, *command]
+
+
+def hide_args(argv: list[str], fd: int) -> tuple[list[str], bytes]:
+    """Move bwrap's options into a file descriptor (`--args FD`); the command stays.
+
+    bwrap stays pid 1 inside the sandbox, and its command line, readable at
+    /proc/1/cmdline, would otherwise show every host path of the mount plan.
+    """
+    if not argv or argv[0] != "bwrap" or "--" not in argv:
+        raise ValueError("argv must be bwrap OPTIONS -- COMMAND")
+    split = argv.index("--")
+    payload = b"".join(arg.encode() + b"\0" for arg in argv[1:split])
+    return ["bwrap", "--args", str(fd), *argv[split:]], payload
+
+
+def limits_prefix(limits: Limits, prlimit: str = "prlimit") -> list[str]:
+    """prlimit in front of the command: hard limits the sandbox cannot raise again.
+
+    `bwrap_argv()` puts it inside the sandbox. In front of bwrap it would also work, but
+    the user namespace would then inherit the RLIMIT_NPROC as a cap on all the daemon
+    user's processes: one sandbox's fork bomb would stop others from starting.
+    """
+    return [
+        prlimit,
+        f"--nofile={limits.open_files}",
+        f"--fsize={limits.file_bytes}",
+        f"--as={limits.address_space}",
+        f"--nproc={limits.processes}",
+        f"--cpu={limits.cpu_seconds}",
+        "--core=0",
+        "--",
+    ]
+
+
+def agent_command(runtime: Runtime) -> list[str]:
+    """Start the runner with an isolated interpreter; it finds its packages via sys.path."""
+    paths = [f"{RUNTIME}/lib", *runtime.site_dirs]
+    boot = (
+        f"import sys; sys.path[:0] = {paths!r}; import runpy; "
+        "runpy.run_module('agent', run_name='__main__')"
+    )
+    return [runtime.python, "-I", "-B", "-c", boot]
