@@ -60,34 +60,51 @@ def run(plan: Plan, fake: FakeAnthropic) -> list[Figure]:
     lat = f"p50 <= {LATENCY_TARGET_MS:g} ms"
     figures: list[Figure] = []
     figures += _measure(
-        "spawn", "sandbox spawn", f"<= {SPAWN_TARGET:g}x floor",
+        "spawn",
+        "sandbox spawn",
+        f"<= {SPAWN_TARGET:g}x floor",
         lambda: [sandbox_spawn(plan.spawn)],
-    )  # fmt: skip
+    )
     figures += _measure(
-        "cold_start", "agent cold start", f"<= {COLD_TARGET:g}x floor",
+        "cold_start",
+        "agent cold start",
+        f"<= {COLD_TARGET:g}x floor",
         lambda: [cold_start(fake, plan.cold, plan.cold_floor)],
-    )  # fmt: skip
+    )
     pipe = _measure(
-        "follow_up", "warm follow-up: stored -> agent request", lat,
+        "follow_up",
+        "warm follow-up: stored -> agent request",
+        lat,
         lambda: pipeline(fake, plan.follow_ups, plan.replies),
-    )  # fmt: skip
+    )
     if len(pipe) == 1:  # both figures come from one Core; an error sinks both
-        pipe.append(failed("reply", "reply: outbound file -> channel send", lat, Exception(
-            "not measured: the pipeline failed before the reply figure"
-        )))  # fmt: skip
+        pipe.append(
+            failed(
+                "reply",
+                "reply: outbound file -> channel send",
+                lat,
+                Exception("not measured: the pipeline failed before the reply figure"),
+            )
+        )
     figures += pipe
     figures += _measure(
-        "ingest", "inbound ingest", f">= {INGEST_TARGET:,.0f} msg/s",
+        "ingest",
+        "inbound ingest",
+        f">= {INGEST_TARGET:,.0f} msg/s",
         lambda: ingest(plan.ingest_s, plan.ingest_max),
-    )  # fmt: skip
+    )
     figures += _measure(
-        "idle_cpu", "daemon idle CPU", f"<= {IDLE_TARGET_PCT:g} %",
+        "idle_cpu",
+        "daemon idle CPU",
+        f"<= {IDLE_TARGET_PCT:g} %",
         lambda: [idle_cpu(plan.idle_s, fake.base_url)],
-    )  # fmt: skip
+    )
     figures += _measure(
-        "load", "load: msg/s at 1, 5 and 20 groups (no SPEC target)", "-",
+        "load",
+        "load: msg/s at 1, 5 and 20 groups (no SPEC target)",
+        "-",
         lambda: load(fake, plan.load),
-    )  # fmt: skip
+    )
     return figures
 
 

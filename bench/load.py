@@ -137,8 +137,12 @@ def _start(
     with open(home / "daemon.log", "wb") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "nanoclaw.cli.main", "run"],
-            cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
+            cwd=home,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 async def _conversation(

@@ -23,10 +23,22 @@ from nanoclaw.sandbox.seccomp import sandbox_filter
 from nanoclaw.sandbox.spawn import CWD, bwrap_launch
 
 MINIMAL_BWRAP = [
-    "bwrap", "--unshare-user", "--ro-bind", "/usr", "/usr",
-    "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-    "--symlink", "usr/lib64", "/lib64", "/bin/true",
-]  # fmt: skip
+    "bwrap",
+    "--unshare-user",
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--symlink",
+    "usr/bin",
+    "/bin",
+    "--symlink",
+    "usr/lib",
+    "/lib",
+    "--symlink",
+    "usr/lib64",
+    "/lib64",
+    "/bin/true",
+]
 SPAWN_TARGET = 2.0
 COLD_TARGET = 1.3
 

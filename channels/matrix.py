@@ -75,9 +75,12 @@ class MatrixChannel:
         self._inbound = inbound
         self._state = await asyncio.to_thread(self._load_state)
         config = AsyncClientConfig(
-            max_limit_exceeded=0, max_timeouts=0, store_sync_tokens=False,
-            encryption_enabled=False, request_timeout=SYNC_TIMEOUT_MS / 1000 + 30,
-        )  # fmt: skip
+            max_limit_exceeded=0,
+            max_timeouts=0,
+            store_sync_tokens=False,
+            encryption_enabled=False,
+            request_timeout=SYNC_TIMEOUT_MS / 1000 + 30,
+        )
         self._client = AsyncClient(self._homeserver, self._user, config=config)
         self._background.spawn(self._run())
 
@@ -156,10 +159,13 @@ class MatrixChannel:
         assert self._client is not None and self._inbound is not None
         # In an invite's stripped state, our own member event is the invitation itself.
         inviter = next(
-            (e.get("sender") for e in state
-             if e.get("type") == "m.room.member" and e.get("state_key") == self._user),
+            (
+                e.get("sender")
+                for e in state
+                if e.get("type") == "m.room.member" and e.get("state_key") == self._user
+            ),
             None,
-        )  # fmt: skip
+        )
         await self._inbound.chat_seen(f"mx:{room_id}", f"invited by {inviter}", True)
         if inviter in self._allowed:
             log.info("matrix: invited to %s by %s; joining", room_id, inviter)
@@ -203,11 +209,14 @@ class MatrixChannel:
         if target:
             replied = await self._sender_of(room_id, target)
         msg = normalise(
-            event, room_id, self._user,
+            event,
+            room_id,
+            self._user,
             sender_name=(room.user_name(sender) if room else None) or sender,
-            room_name=name, is_group=(room.member_count if room else 3) > 2,
+            room_name=name,
+            is_group=(room.member_count if room else 3) > 2,
             replied_to_sender=replied,
-        )  # fmt: skip
+        )
         if msg is not None:
             await self._inbound.message(msg)
 
@@ -235,9 +244,12 @@ class MatrixChannel:
 
     async def send(self, chat_id: str, text: str, key: str = "") -> None:
         content = {
-            "msgtype": "m.text", "body": text, "format": "org.matrix.custom.html",
-            "formatted_body": to_html(text), "m.mentions": {},
-        }  # fmt: skip
+            "msgtype": "m.text",
+            "body": text,
+            "format": "org.matrix.custom.html",
+            "formatted_body": to_html(text),
+            "m.mentions": {},
+        }
         await self._send(chat_id.removeprefix("mx:"), content, key)
 
     async def send_file(
@@ -263,9 +275,12 @@ class MatrixChannel:
                     del self._uploaded[next(iter(self._uploaded))]
         content = {
             "msgtype": "m.image" if mimetype.startswith("image/") else "m.file",
-            "body": name, "filename": name, "url": url,
-            "info": {"size": size, "mimetype": mimetype}, "m.mentions": {},
-        }  # fmt: skip
+            "body": name,
+            "filename": name,
+            "url": url,
+            "info": {"size": size, "mimetype": mimetype},
+            "m.mentions": {},
+        }
         await self._send(room_id, content, key)
         if caption.strip():
             await self.send(chat_id, caption, f"{key}-caption" if key else "")

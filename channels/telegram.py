@@ -249,9 +249,13 @@ class TelegramChannel:
 
         async def call(body: str, mode: str | None) -> None:
             await bot.send_document(
-                chat, document, caption=body or None, parse_mode=mode if body else None,
-                message_thread_id=thread, request_timeout=UPLOAD_TIMEOUT_S,
-            )  # fmt: skip
+                chat,
+                document,
+                caption=body or None,
+                parse_mode=mode if body else None,
+                message_thread_id=thread,
+                request_timeout=UPLOAD_TIMEOUT_S,
+            )
 
         with delivery_errors():
             await _markup_or_plain(chat_id, text, html, call)

@@ -148,8 +148,9 @@ class Ingest:
             return False
         if step == "check":
             done = await store.redeem_pair_code(attempt.code, chat, msg.sender_id, now)
-            log.info("pairing chat=%s sender=%s: %s %s", chat, msg.sender_id, done.outcome,
-                     done.folder)  # fmt: skip
+            log.info(
+                "pairing chat=%s sender=%s: %s %s", chat, msg.sender_id, done.outcome, done.folder
+            )
             if done.outcome == "paired":
                 group = await store.group(done.folder)
                 trigger = None

@@ -101,11 +101,18 @@ class Message:
 def stored(msg_id: int, msg: InboundMessage) -> Message:
     """The `Message` the store holds for an inbound message it gave `msg_id`."""
     return Message(
-        id=msg_id, chat_id=msg.chat_id, platform_id=msg.platform_id, sender_id=msg.sender_id,
-        sender_name=msg.sender_name, text=msg.text, ts_ms=msg.ts_ms,
-        mentions_bot=msg.mentions_bot, reply_to_bot=msg.reply_to_bot,
-        reply_to_sender=msg.reply_to_sender, reply_to_text=msg.reply_to_text,
-    )  # fmt: skip
+        id=msg_id,
+        chat_id=msg.chat_id,
+        platform_id=msg.platform_id,
+        sender_id=msg.sender_id,
+        sender_name=msg.sender_name,
+        text=msg.text,
+        ts_ms=msg.ts_ms,
+        mentions_bot=msg.mentions_bot,
+        reply_to_bot=msg.reply_to_bot,
+        reply_to_sender=msg.reply_to_sender,
+        reply_to_text=msg.reply_to_text,
+    )
 
 
 @dataclass(frozen=True)

@@ -106,10 +106,13 @@ class Orchestrator:
         must not hold a slot that a task or another group's messages are waiting for.
         """
         idle = sorted(
-            ((lv.idle_since, folder, lv.run) for folder, lv in self.live.items()
-             if lv.idle_since is not None and lv.run is not None),
+            (
+                (lv.idle_since, folder, lv.run)
+                for folder, lv in self.live.items()
+                if lv.idle_since is not None and lv.run is not None
+            ),
             key=lambda entry: entry[0],
-        )  # fmt: skip
+        )
         slots = self.queue.waiting - sum(1 for _, _, run in idle if not run.accepting)
         for _, folder, run in idle:
             if folder in self._tasks_waiting:
@@ -145,9 +148,12 @@ class Orchestrator:
                 await self.consider(folder)
             except Exception:
                 again = folder in failed
-                log.log(logging.DEBUG if again else logging.ERROR,
-                        "group=%s consider failed; tried again next tick", folder,
-                        exc_info=True)  # fmt: skip
+                log.log(
+                    logging.DEBUG if again else logging.ERROR,
+                    "group=%s consider failed; tried again next tick",
+                    folder,
+                    exc_info=True,
+                )
                 self._failed.add(folder)
 
     async def consider(self, folder: str) -> None:
@@ -322,8 +328,12 @@ class Orchestrator:
         await self._store.finish_run(run_id, outcome.status, outcome.error)
         log.log(
             logging.INFO if outcome.ok else logging.WARNING,
-            "group=%s run=%s finished: %s %s", folder, run_id, outcome.status, outcome.error,
-        )  # fmt: skip
+            "group=%s run=%s finished: %s %s",
+            folder,
+            run_id,
+            outcome.status,
+            outcome.error,
+        )
         return outcome
 
     async def _done(self, folder: str, live: Live, name: str) -> None:

@@ -90,8 +90,9 @@ class GroupQueue:
                 self._retries.pop(folder, None)
                 log.error(
                     "queue group=%s failed %d times; its messages stay pending until the next one",
-                    folder, self._max_retries,
-                )  # fmt: skip
+                    folder,
+                    self._max_retries,
+                )
         if folder in self._again and folder not in self._timers:
             self._again.discard(folder)
             self._waiting.append(folder)  # behind groups already waiting: FIFO

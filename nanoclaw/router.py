@@ -98,8 +98,12 @@ class Router:
             delay = backoff_s(item.attempts, retry_after)
             log.warning(
                 "router outbox=%s chat=%s attempt=%d failed (%s); retry in %.1fs",
-                item.id, item.chat_id, item.attempts + 1, exc, delay,
-            )  # fmt: skip
+                item.id,
+                item.chat_id,
+                item.attempts + 1,
+                exc,
+                delay,
+            )
             await self._store.outbox_retry(item.id, int(delay * 1000), str(exc))
             return 0
         await self._store.outbox_sent(item.id)

@@ -72,9 +72,13 @@ def run_cli(home: Path, *args: str, **settings: str) -> subprocess.CompletedProc
     """`nanoclaw ARGS` as a subprocess in `home`, with `cli_env(home, **settings)`."""
     return subprocess.run(
         [sys.executable, "-m", "nanoclaw.cli.main", *args],
-        env=cli_env(home, **settings), cwd=home, capture_output=True, text=True, timeout=60,
+        env=cli_env(home, **settings),
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
-    )  # fmt: skip
+    )
 
 
 async def wait_for(

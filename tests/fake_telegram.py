@@ -358,9 +358,15 @@ class FakeTelegram:
         reply_to = reply_to or as_int(params.get("reply_to_message_id"))
         msg = self._outgoing(chat_id, thread, {"text": visible})
         sent = Sent(
-            chat_id, text, params.get("parse_mode"), thread, reply_to, visible,
-            msg["message_id"], params,
-        )  # fmt: skip
+            chat_id,
+            text,
+            params.get("parse_mode"),
+            thread,
+            reply_to,
+            visible,
+            msg["message_id"],
+            params,
+        )
         with self._cond:
             self._sent.append(sent)
             self._cond.notify_all()
@@ -375,9 +381,17 @@ class FakeTelegram:
         if visible:
             msg["caption"] = visible
         document = Document(
-            chat_id, upload.filename, upload.data, mime, str(params.get("caption") or ""),
-            params.get("parse_mode"), visible, thread, msg["message_id"], params,
-        )  # fmt: skip
+            chat_id,
+            upload.filename,
+            upload.data,
+            mime,
+            str(params.get("caption") or ""),
+            params.get("parse_mode"),
+            visible,
+            thread,
+            msg["message_id"],
+            params,
+        )
         with self._cond:
             self._documents.append(document)
             self._cond.notify_all()

@@ -46,10 +46,17 @@ def make_plan(base: Path, mode: str, limits: Limits | None = None, **kw: Any) ->
     if mode == "user":
         subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(base)], check=True)
     return SandboxPlan(
-        workspace=base / "ws", ipc=base / "ipc" / "probe", global_dir=base / "global",
-        global_writable=False, skills=base / "skills", agent_code=base / "agent",
-        etc=base / "etc", runtime=SYSTEM_RUNTIME, limits=limits or Limits(), **kw,
-    )  # fmt: skip
+        workspace=base / "ws",
+        ipc=base / "ipc" / "probe",
+        global_dir=base / "global",
+        global_writable=False,
+        skills=base / "skills",
+        agent_code=base / "agent",
+        etc=base / "etc",
+        runtime=SYSTEM_RUNTIME,
+        limits=limits or Limits(),
+        **kw,
+    )
 
 
 class Sandbox:

@@ -145,13 +145,42 @@ class Prosody:
             "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
         )
         for cmd in (
-            ["req", "-x509", *ec, "-keyout", ca_key, "-out", self.ca_file, "-days", "3",
-             "-subj", "/CN=nanoclaw test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            [
+                "req",
+                "-x509",
+                *ec,
+                "-keyout",
+                ca_key,
+                "-out",
+                self.ca_file,
+                "-days",
+                "3",
+                "-subj",
+                "/CN=nanoclaw test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
             ["req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={self.domain}"],
-            ["x509", "-req", "-in", csr, "-CA", self.ca_file, "-CAkey", ca_key,
-             "-CAcreateserial", "-out", cert, "-days", "3", "-extfile", ext],
-        ):  # fmt: skip
+            [
+                "x509",
+                "-req",
+                "-in",
+                csr,
+                "-CA",
+                self.ca_file,
+                "-CAkey",
+                ca_key,
+                "-CAcreateserial",
+                "-out",
+                cert,
+                "-days",
+                "3",
+                "-extfile",
+                ext,
+            ],
+        ):
             subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
         return key, cert
 
@@ -185,9 +214,11 @@ class Prosody:
         with self.console.open("ab") as out:
             self.proc = subprocess.Popen(
                 ["prosody", "-F", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         _RUNNING.add(self)
         ports = {"c2s": self.port, "c2s_direct_tls": self.tls_port}
         # Our own log line first: a TCP probe alone would also succeed if another process

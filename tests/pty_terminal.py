@@ -25,8 +25,13 @@ class Pty:
         self.master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CONTROLLING_TTY, *argv],
-            stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, start_new_session=True,
-        )  # fmt: skip
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
         os.close(slave)
         self.buffer = ""
 

@@ -75,39 +75,67 @@ class Synapse:
             with key.open("w") as f:
                 write_signing_keys(f, [generate_signing_key("a_test")])
         log_config = self.dir / "log.yaml"
-        log_config.write_text(json.dumps({
-            "version": 1,
-            "formatters": {"precise": {"format": "%(asctime)s %(name)s %(levelname)s "
-                                                 "%(request)s %(message)s"}},
-            "handlers": {"file": {"class": "logging.FileHandler", "formatter": "precise",
-                                  "filename": str(self.log)}},
-            "loggers": {"synapse.storage.SQL": {"level": "WARNING"}},
-            "root": {"level": "INFO", "handlers": ["file"]},
-            "disable_existing_loggers": False,
-        }, indent=1))  # fmt: skip
+        log_config.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "formatters": {
+                        "precise": {
+                            "format": "%(asctime)s %(name)s %(levelname)s %(request)s %(message)s"
+                        }
+                    },
+                    "handlers": {
+                        "file": {
+                            "class": "logging.FileHandler",
+                            "formatter": "precise",
+                            "filename": str(self.log),
+                        }
+                    },
+                    "loggers": {"synapse.storage.SQL": {"level": "WARNING"}},
+                    "root": {"level": "INFO", "handlers": ["file"]},
+                    "disable_existing_loggers": False,
+                },
+                indent=1,
+            )
+        )
         listener = {
-            "port": self.port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
-            "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}],
-        }  # fmt: skip
+            "port": self.port,
+            "bind_addresses": ["127.0.0.1"],
+            "type": "http",
+            "tls": False,
+            "x_forwarded": False,
+            "resources": [{"names": ["client"], "compress": False}],
+        }
         config: dict[str, Any] = {
-            "server_name": self.server_name, "listeners": [listener],
+            "server_name": self.server_name,
+            "listeners": [listener],
             "pid_file": str(self.dir / "homeserver.pid"),  # only written with --daemonize
             "database": {"name": "sqlite3", "args": {"database": str(self.dir / "homeserver.db")}},
-            "log_config": str(log_config), "media_store_path": str(self.dir / "media"),
-            "signing_key_path": str(key), "report_stats": False, "enable_metrics": False,
-            "enable_registration": True, "enable_registration_without_verification": True,
-            "registration_shared_secret": self.shared_secret, "bcrypt_rounds": 4,
-            "macaroon_secret_key": self._secrets[0], "form_secret": self._secrets[1],
+            "log_config": str(log_config),
+            "media_store_path": str(self.dir / "media"),
+            "signing_key_path": str(key),
+            "report_stats": False,
+            "enable_metrics": False,
+            "enable_registration": True,
+            "enable_registration_without_verification": True,
+            "registration_shared_secret": self.shared_secret,
+            "bcrypt_rounds": 4,
+            "macaroon_secret_key": self._secrets[0],
+            "form_secret": self._secrets[1],
             # No federation and no key servers: nothing ever leaves the machine.
-            "trusted_key_servers": [], "suppress_key_server_warning": True,
-            "federation_domain_whitelist": [], "presence": {"enabled": False},
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": True,
+            "federation_domain_whitelist": [],
+            "presence": {"enabled": False},
             "url_preview_enabled": False,
-            "rc_message": _FAST, "rc_registration": _FAST, "rc_joins_per_room": _FAST,
+            "rc_message": _FAST,
+            "rc_registration": _FAST,
+            "rc_joins_per_room": _FAST,
             "rc_login": {"address": _FAST, "account": _FAST, "failed_attempts": _FAST},
             "rc_joins": {"local": _FAST, "remote": _FAST},
             "rc_invites": {"per_room": _FAST, "per_user": _FAST, "per_issuer": _FAST},
             "rc_room_creation": _FAST,  # the default burst is 10 rooms
-        }  # fmt: skip
+        }
         self.config.write_text(json.dumps(config, indent=1))
 
     def _versions_ok(self) -> bool:
@@ -138,9 +166,12 @@ class Synapse:
         with self.console.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self.dir,
-            )  # fmt: skip
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.dir,
+            )
         _RUNNING.add(self)
         # Our own log line too: /versions alone would also answer if another server held the port.
         wanted = f"Synapse now listening on TCP port {self.port}\n".encode()
@@ -172,20 +203,30 @@ class Synapse:
         self.stop()
         self.start()
 
-    def register(self, name: str, password: str, admin: bool = False,
-                 displayname: str | None = None) -> str:  # fmt: skip
+    def register(
+        self, name: str, password: str, admin: bool = False, displayname: str | None = None
+    ) -> str:
         """Create an account with the shared-secret admin API; return its access token."""
         api = f"{self.url}/_synapse/admin/v1/register"
         with urllib.request.urlopen(api, timeout=10) as r:
             nonce = json.load(r)["nonce"]
         mac = hmac.new(self.shared_secret.encode(), digestmod=hashlib.sha1)
         mac.update(f"{nonce}\0{name}\0{password}\0{'admin' if admin else 'notadmin'}".encode())
-        body: dict[str, Any] = {"nonce": nonce, "username": name, "password": password,
-                                "admin": admin, "mac": mac.hexdigest()}  # fmt: skip
+        body: dict[str, Any] = {
+            "nonce": nonce,
+            "username": name,
+            "password": password,
+            "admin": admin,
+            "mac": mac.hexdigest(),
+        }
         if displayname is not None:
             body["displayname"] = displayname
-        req = urllib.request.Request(api, json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        req = urllib.request.Request(
+            api,
+            json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return str(json.load(r)["access_token"])
@@ -253,8 +294,9 @@ class Human:
         return await cls._connect(synapse, name, token=token)
 
     @classmethod
-    async def _connect(cls, synapse: Synapse, name: str, *, password: str = "",
-                       token: str = "") -> Human:  # fmt: skip
+    async def _connect(
+        cls, synapse: Synapse, name: str, *, password: str = "", token: str = ""
+    ) -> Human:
         # nio retries failed connections forever, backing off up to 60 s by default: cap the
         # wait so a sync loop is back within ~1 s of a Synapse restart.
         config = nio.AsyncClientConfig(max_timeout_retry_wait_time=1.0, request_timeout=30)
@@ -289,13 +331,19 @@ class Human:
             for ev in room.timeline.events:
                 src: dict[str, Any] = ev.source
                 content = src.get("content") or {}
-                self.events.append(Seen(
-                    room_id=room_id, sender=src.get("sender", ""), kind=type(ev).__name__,
-                    type=src.get("type", ""), event_id=src.get("event_id", ""),
-                    body=str(content.get("body", "")),
-                    formatted_body=str(content.get("formatted_body", "")),
-                    msgtype=str(content.get("msgtype", "")), source=src,
-                ))  # fmt: skip
+                self.events.append(
+                    Seen(
+                        room_id=room_id,
+                        sender=src.get("sender", ""),
+                        kind=type(ev).__name__,
+                        type=src.get("type", ""),
+                        event_id=src.get("event_id", ""),
+                        body=str(content.get("body", "")),
+                        formatted_body=str(content.get("formatted_body", "")),
+                        msgtype=str(content.get("msgtype", "")),
+                        source=src,
+                    )
+                )
             for eph in room.ephemeral:
                 if isinstance(eph, nio.TypingNoticeEvent):
                     self.typing.append(Typing(room_id, tuple(eph.users)))
@@ -325,13 +373,23 @@ class Human:
         """Like wait_event, for typing notices (user_ids is who types now; () when none)."""
         return await self._wait(self.typing, pred, timeout)
 
-    async def create_room(self, name: str | None = None, invite: list[str] | None = None, *,
-                          encrypted: bool = False, is_direct: bool = False) -> str:  # fmt: skip
+    async def create_room(
+        self,
+        name: str | None = None,
+        invite: list[str] | None = None,
+        *,
+        encrypted: bool = False,
+        is_direct: bool = False,
+    ) -> str:
         """Create a private room (preset private_chat); encrypted adds m.room.encryption."""
         megolm = {"algorithm": "m.megolm.v1.aes-sha2"}
         state = [{"type": "m.room.encryption", "state_key": "", "content": megolm}]
-        resp = await self.client.room_create(name=name, invite=invite or [], is_direct=is_direct,
-                                             initial_state=state if encrypted else [])  # fmt: skip
+        resp = await self.client.room_create(
+            name=name,
+            invite=invite or [],
+            is_direct=is_direct,
+            initial_state=state if encrypted else [],
+        )
         return str(_ok(resp, nio.RoomCreateResponse).room_id)
 
     async def invite(self, room_id: str, user_id: str) -> None:
@@ -351,10 +409,16 @@ class Human:
         return str(_ok(resp, nio.RoomSendResponse).event_id)
 
     async def send_text(
-        self, room_id: str, body: str, *, mentions_user: str | None = None,
-        mention_name: str | None = None, reply_to_event_id: str | None = None,
-        formatted_body: str | None = None, msgtype: str = "m.text",
-    ) -> str:  # fmt: skip
+        self,
+        room_id: str,
+        body: str,
+        *,
+        mentions_user: str | None = None,
+        mention_name: str | None = None,
+        reply_to_event_id: str | None = None,
+        formatted_body: str | None = None,
+        msgtype: str = "m.text",
+    ) -> str:
         """Send a message; return its event id.
 
         mentions_user adds `m.mentions` and, unless formatted_body is given, an HTML body where
@@ -369,8 +433,9 @@ class Human:
                 before, found, after = body.partition(shown)
                 formatted_body = (
                     f"{html.escape(before)}{pill}{html.escape(after)}"
-                    if found else f"{pill} {html.escape(body)}"
-                )  # fmt: skip
+                    if found
+                    else f"{pill} {html.escape(body)}"
+                )
         if formatted_body is not None:
             content.update(format="org.matrix.custom.html", formatted_body=formatted_body)
         if reply_to_event_id:
@@ -379,8 +444,13 @@ class Human:
 
     async def send_encrypted_like(self, room_id: str) -> str:
         """Send an m.room.encrypted event with fake megolm ciphertext (nobody can decrypt it)."""
-        content = {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x",
-                   "device_id": "X", "sender_key": "y", "session_id": "z"}  # fmt: skip
+        content = {
+            "algorithm": "m.megolm.v1.aes-sha2",
+            "ciphertext": "x",
+            "device_id": "X",
+            "sender_key": "y",
+            "session_id": "z",
+        }
         return await self.send(room_id, "m.room.encrypted", content)
 
     async def close(self) -> None:

@@ -54,9 +54,12 @@ def tg() -> Iterator[FakeTelegram]:
 @pytest_asyncio.fixture
 async def telegram(home: Path, tg: FakeTelegram) -> AsyncIterator[TelegramChannel]:
     settings = settings_for(
-        home, NO_MODEL, TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_API_URL=tg.base_url,
+        home,
+        NO_MODEL,
+        TELEGRAM_BOT_TOKEN=tg.token,
+        TELEGRAM_API_URL=tg.base_url,
         TELEGRAM_ALLOWED_CHAT_IDS=str(GROUP),
-    )  # fmt: skip
+    )
     store = await Store.open(settings.layout.db)
     channel = TelegramChannel(settings, settings.layout.store / "telegram")
     await channel.start(Ingest(store))
@@ -128,9 +131,14 @@ async def test_telegram_long_caption_is_cut_to_the_limit(
     ],
 )
 async def test_telegram_errors_map_like_send(
-    telegram: TelegramChannel, tg: FakeTelegram, payload: Path,
-    status: int, description: str | None, permanent: bool, retry_after: int | None,
-) -> None:  # fmt: skip
+    telegram: TelegramChannel,
+    tg: FakeTelegram,
+    payload: Path,
+    status: int,
+    description: str | None,
+    permanent: bool,
+    retry_after: int | None,
+) -> None:
     tg.fail_next("sendDocument", status, description=description, retry_after=retry_after)
     with pytest.raises(DeliveryError) as caught:
         await telegram.send_file(f"tg:{GROUP}", payload, "r.pdf", "c")
@@ -175,9 +183,13 @@ async def matrix(
 ) -> AsyncIterator[MatrixChannel]:
     home = tmp_path_factory.mktemp("mx-home")
     settings = settings_for(
-        home, NO_MODEL, MATRIX_HOMESERVER=synapse.url, MATRIX_USER_ID=BOT, MATRIX_PASSWORD=PW,
+        home,
+        NO_MODEL,
+        MATRIX_HOMESERVER=synapse.url,
+        MATRIX_USER_ID=BOT,
+        MATRIX_PASSWORD=PW,
         ALLOWED_SENDERS="mx:@alice:localhost",
-    )  # fmt: skip
+    )
     store = await Store.open(settings.layout.db)
     channel = MatrixChannel(settings, home / "matrix")
     await channel.start(Ingest(store))
@@ -197,10 +209,14 @@ async def alice(synapse: Synapse) -> AsyncIterator[Human]:
 async def room_with_bot(alice: Human) -> str:
     room = await alice.create_room(name="files", invite=[BOT])
     await alice.wait_event(
-        lambda e: e.room_id == room and e.type == "m.room.member"
-        and e.source.get("state_key") == BOT
-        and e.source["content"].get("membership") == "join", timeout=30,
-    )  # fmt: skip
+        lambda e: (
+            e.room_id == room
+            and e.type == "m.room.member"
+            and e.source.get("state_key") == BOT
+            and e.source["content"].get("membership") == "join"
+        ),
+        timeout=30,
+    )
     return room
 
 
@@ -242,8 +258,10 @@ async def test_matrix_image_is_m_image_and_retries_post_once(
     await alice.wait_event(lambda e: e.room_id == room and e.body == "marker", timeout=30)
     from_bot = [e for e in alice.events if said_by_bot(room)(e)]
     assert [(e.msgtype, e.body) for e in from_bot] == [
-        ("m.image", "chart.png"), ("m.text", "a chart"), ("m.text", "marker"),
-    ]  # fmt: skip
+        ("m.image", "chart.png"),
+        ("m.text", "a chart"),
+        ("m.text", "marker"),
+    ]
     assert from_bot[0].source["content"]["info"]["mimetype"] == "image/png"
 
 
@@ -271,9 +289,13 @@ def prosody(tmp_path: Path) -> Iterator[Prosody]:
 
 async def test_xmpp_says_files_are_unsupported(home: Path, prosody: Prosody, payload: Path) -> None:
     settings = settings_for(
-        home, NO_MODEL, XMPP_JID=prosody.jid("andy"), XMPP_PASSWORD=PW,
-        XMPP_SERVER=f"127.0.0.1:{prosody.port}", XMPP_TLS="off",
-    )  # fmt: skip
+        home,
+        NO_MODEL,
+        XMPP_JID=prosody.jid("andy"),
+        XMPP_PASSWORD=PW,
+        XMPP_SERVER=f"127.0.0.1:{prosody.port}",
+        XMPP_TLS="off",
+    )
     store = await Store.open(settings.layout.db)
     channel = XmppChannel(settings, settings.layout.store / "xmpp")
     await channel.start(Ingest(store))

@@ -22,10 +22,22 @@ from nanoclaw.models import Group
 from nanoclaw.store.messages import Store
 
 SETTINGS = (
-    "ASSISTANT_NAME", "TRIGGER_WORD", "ALLOWED_SENDERS", "ALLOWED_JIDS", "NANOCLAW_HOME",
-    "ANTHROPIC_API_KEY", "MAX_CONCURRENT_AGENTS", "POLL_INTERVAL_MS", "TZ", "LOG_LEVEL",
-    "TELEGRAM_BOT_TOKEN", "XMPP_JID", "XMPP_PASSWORD", "MATRIX_HOMESERVER", "MATRIX_USER_ID",
-)  # fmt: skip
+    "ASSISTANT_NAME",
+    "TRIGGER_WORD",
+    "ALLOWED_SENDERS",
+    "ALLOWED_JIDS",
+    "NANOCLAW_HOME",
+    "ANTHROPIC_API_KEY",
+    "MAX_CONCURRENT_AGENTS",
+    "POLL_INTERVAL_MS",
+    "TZ",
+    "LOG_LEVEL",
+    "TELEGRAM_BOT_TOKEN",
+    "XMPP_JID",
+    "XMPP_PASSWORD",
+    "MATRIX_HOMESERVER",
+    "MATRIX_USER_ID",
+)
 
 
 def settled(home: Path) -> Path:
@@ -79,8 +91,11 @@ def test_groups_list_shows_main_bound_to_terminal(tmp_path: Path) -> None:
 async def test_groups_add_set_list_remove(tmp_path: Path) -> None:
     out = ok(tmp_path, "groups", "add", "work", "--chat", "tg:-100123", "--set", "trigger=@bot")
     assert out.splitlines()[0] == HEADER and out.splitlines()[1].split() == [
-        "work", "@bot", "off", "tg:-100123"
-    ]  # fmt: skip
+        "work",
+        "@bot",
+        "off",
+        "tg:-100123",
+    ]
     assert listing(tmp_path)["work"].split() == ["work", "@bot", "off", "tg:-100123"]
     assert (tmp_path / "groups" / "work").is_dir()
 
@@ -192,11 +207,22 @@ def test_version_and_a_help_line_for_every_command(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code"),
     [
-        *((args, SIGPIPE_EXIT) for args in (["groups", "list"], ["groups", "show", "main"],
-          ["chats"], ["tasks", "list"], ["tasks", "runs"], ["usage"], ["doctor"])),
-        (["--version"], 0), (["--help"], 0),  # argparse drops what it cannot write, and exits
+        *(
+            (args, SIGPIPE_EXIT)
+            for args in (
+                ["groups", "list"],
+                ["groups", "show", "main"],
+                ["chats"],
+                ["tasks", "list"],
+                ["tasks", "runs"],
+                ["usage"],
+                ["doctor"],
+            )
+        ),
+        (["--version"], 0),
+        (["--help"], 0),  # argparse drops what it cannot write, and exits
     ],
-)  # fmt: skip
+)
 def test_a_closed_stdout_ends_any_command_quietly(
     tmp_path: Path, args: list[str], code: int
 ) -> None:
@@ -204,9 +230,15 @@ def test_a_closed_stdout_ends_any_command_quietly(
     os.close(read)  # the reader is gone before the first line: `| head -0`
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "nanoclaw.cli.main", *args], env=cli_env(settled(tmp_path)),
-            cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            [sys.executable, "-m", "nanoclaw.cli.main", *args],
+            env=cli_env(settled(tmp_path)),
+            cwd=tmp_path,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         os.close(write)
     assert proc.stderr == ""  # no BrokenPipeError traceback, no "Exception ignored"
@@ -221,9 +253,13 @@ async def test_output_cut_short_by_head_ends_quietly(tmp_path: Path) -> None:
     finally:
         await store.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanoclaw.cli.main", "chats"], env=cli_env(tmp_path), cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "nanoclaw.cli.main", "chats"],
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.readline() == CHATS_HEADER + "\n"  # `| head -1`
     proc.stdout.close()

@@ -19,8 +19,9 @@ from nanoclaw.store.messages import Store
 
 
 def start_daemon(home: Path, fake: FakeAnthropic) -> subprocess.Popen[bytes]:
-    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
-                  AGENT_IDLE_TIMEOUT_S="2")  # fmt: skip
+    env = cli_env(
+        home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50", AGENT_IDLE_TIMEOUT_S="2"
+    )
     return subprocess.Popen(
         [sys.executable, "-m", "nanoclaw.cli.main", "run"],
         cwd=home,
@@ -32,9 +33,13 @@ def start_daemon(home: Path, fake: FakeAnthropic) -> subprocess.Popen[bytes]:
 
 def message(text: str) -> InboundMessage:
     return InboundMessage(
-        chat_id="term:main", platform_id=uuid.uuid4().hex, sender_id="term:local",
-        sender_name="me", text=text, ts_ms=int(time.time() * 1000),
-    )  # fmt: skip
+        chat_id="term:main",
+        platform_id=uuid.uuid4().hex,
+        sender_id="term:local",
+        sender_name="me",
+        text=text,
+        ts_ms=int(time.time() * 1000),
+    )
 
 
 def sandboxes_alive(home: Path) -> list[str]:

@@ -18,8 +18,12 @@ from nanoclaw.cli.doctor import check_seccomp
 def doctor(home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nanoclaw.cli.main", "doctor"],
-        cwd=home, env=cli_env(home, **env), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=home,
+        env=cli_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def cgroup_lines_allowed() -> set[str]:

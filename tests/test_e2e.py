@@ -17,12 +17,18 @@ def piped_chat(
     home: Path, fake: FakeAnthropic, text: str, *args: str
 ) -> subprocess.CompletedProcess[str]:
     """`nanoclaw chat ARGS` with `text` on stdin, run in `home` (so it reads home/.env)."""
-    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, AGENT_IDLE_TIMEOUT_S="5",
-                  POLL_INTERVAL_MS="50")  # fmt: skip
+    env = cli_env(
+        home, ANTHROPIC_BASE_URL=fake.base_url, AGENT_IDLE_TIMEOUT_S="5", POLL_INTERVAL_MS="50"
+    )
     return subprocess.run(
         [sys.executable, "-m", "nanoclaw.cli.main", "chat", *args],
-        input=text, env=env, cwd=home, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        input=text,
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_piped_terminal_chat_runs_bash_in_sandbox_and_prints_answer(
@@ -37,8 +43,13 @@ def test_piped_terminal_chat_runs_bash_in_sandbox_and_prints_answer(
     assert len(bodies) == 2  # the bash call, then the answer after its result
     assert bodies[0]["messages"][-1]["content"].count("sandboxed-$((6*7))") == 1
     assert {t["name"] for t in bodies[0]["tools"]} >= {
-        "bash", "read_file", "write_file", "edit_file", "send_message", "update_memory",
-    }  # fmt: skip
+        "bash",
+        "read_file",
+        "write_file",
+        "edit_file",
+        "send_message",
+        "update_memory",
+    }
     assert all(r.api_key == SECRET_KEY for r in fake.requests)
 
 

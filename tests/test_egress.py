@@ -211,9 +211,10 @@ async def test_plain_http_is_forwarded_with_its_own_host(egress: Path, upstream:
     assert await asyncio.wait_for(reader.read(), 10) == b"hello from upstream\n"
     writer.close()
     assert upstream.heads == [
-        f"GET /x HTTP/1.1\r\nHost: allowed.test:{upstream.port}\r\nConnection: close\r\n\r\n"
-        .encode()
-    ]  # fmt: skip
+        (
+            f"GET /x HTTP/1.1\r\nHost: allowed.test:{upstream.port}\r\nConnection: close\r\n\r\n"
+        ).encode()
+    ]
 
 
 @pytest.mark.parametrize(
@@ -419,20 +420,23 @@ async def test_agent_in_sandbox_reaches_only_listed_domains(
     def factory(g: Group, label: str) -> EgressProxy:
         return EgressProxy(g.domains, label, ports={80, 443, port}, resolve=loopback)
 
-    script = "; ".join([
-        "echo PROXY=$https_proxy",
-        f"curl -sS --max-time 10 http://allowed.test:{port}/plain",
-        f"curl -sS --max-time 10 --proxytunnel http://www.allowed.test:{port}/tunnel",
-        f"curl -sS --max-time 10 http://denied.test:{port}/",
-        f"curl -sS --max-time 10 --proxytunnel http://93.184.216.34:{port}/ 2>&1 | tail -c 80",
-        f"curl -sS --max-time 10 http://93.184.216.34:{port}/",
-        f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{port}/ 2>&1 | tail -c 80",
-        "(exec 3<>/dev/tcp/1.1.1.1/80) 2>&1 || echo DIRECT-FAILED",
-        "echo DONE",
-    ])  # fmt: skip
+    script = "; ".join(
+        [
+            "echo PROXY=$https_proxy",
+            f"curl -sS --max-time 10 http://allowed.test:{port}/plain",
+            f"curl -sS --max-time 10 --proxytunnel http://www.allowed.test:{port}/tunnel",
+            f"curl -sS --max-time 10 http://denied.test:{port}/",
+            f"curl -sS --max-time 10 --proxytunnel http://93.184.216.34:{port}/ 2>&1 | tail -c 80",
+            f"curl -sS --max-time 10 http://93.184.216.34:{port}/",
+            f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{port}/ 2>&1 | tail -c 80",
+            "(exec 3<>/dev/tcp/1.1.1.1/80) 2>&1 || echo DIRECT-FAILED",
+            "echo DONE",
+        ]
+    )
     async with ClientSession() as session:
-        launcher = Launcher(store, settings.layout, agent_settings(settings), session,
-                            egress=factory)  # fmt: skip
+        launcher = Launcher(
+            store, settings.layout, agent_settings(settings), session, egress=factory
+        )
         run_id = await store.start_run("net", "message", None, None)
 
         async def done(name: str) -> None:

@@ -130,10 +130,14 @@ def test_runner_skills_global_and_runtime_are_read_only(base: Path, mode: str) -
     attempts = []
     for inside in ("/runtime/lib/agent/__main__.py", "/skills/SKILL.md", "/global/CLAUDE.md"):
         attempts += [
-            f"echo HACK >> {inside}", f"rm -f {inside}", f"mv {inside} {inside}.x",
-            f"chmod 777 {inside}", f"truncate -s 0 {inside}", f"ln -sf /tmp/x {inside}",
-            f"{PY} 'import os; os.rename(\"{os.path.dirname(inside)}\", \"/tmp/moved\")'",
-        ]  # fmt: skip
+            f"echo HACK >> {inside}",
+            f"rm -f {inside}",
+            f"mv {inside} {inside}.x",
+            f"chmod 777 {inside}",
+            f"truncate -s 0 {inside}",
+            f"ln -sf /tmp/x {inside}",
+            f'{PY} \'import os; os.rename("{os.path.dirname(inside)}", "/tmp/moved")\'',
+        ]
     attempts += ["touch /usr/bin/x", "touch /etc/passwd", "echo x > /runtime/x", "mkdir /x"]
     out = run(
         plan, "; ".join(f"{a} 2>/dev/null && echo DID-{i}" for i, a in enumerate(attempts)), mode
@@ -243,8 +247,16 @@ def test_only_harmless_devices(plan: SandboxPlan, mode: str) -> None:
         mode,
     )
     assert set(out.splitlines()[0].split()) == {
-        "fd", "full", "null", "random", "stderr", "stdin", "stdout", "urandom", "zero",
-    }  # fmt: skip
+        "fd",
+        "full",
+        "null",
+        "random",
+        "stderr",
+        "stdin",
+        "stdout",
+        "urandom",
+        "zero",
+    }
     assert not re.search(r"HAS-|MKNOD|DEV-WRITABLE", out)
     assert "null-works" in out
 

@@ -129,9 +129,18 @@ async def test_main_cannot_be_removed(tmp_path: Path) -> None:
 
 def test_show_prints_every_setting(tmp_path: Path) -> None:
     ok(tmp_path, "groups", "add", "work", "--chat", "tg:-100", "--set", "trigger=@bot")
-    ok(tmp_path, "groups", "set", "work", "allowed_senders=tg:1,tg:2", "model=claude-x",
-       "network=allowlist", "domains=example.org,api.github.com",
-       f"exports=reports={tmp_path / 'reports'}", "name=Work\x1b[2Jteam")  # fmt: skip
+    ok(
+        tmp_path,
+        "groups",
+        "set",
+        "work",
+        "allowed_senders=tg:1,tg:2",
+        "model=claude-x",
+        "network=allowlist",
+        "domains=example.org,api.github.com",
+        f"exports=reports={tmp_path / 'reports'}",
+        "name=Work\x1b[2Jteam",
+    )
     out = ok(tmp_path, "groups", "show", "work", ALLOWED_SENDERS="tg:9", GROUP_DAILY_TOKENS="0")
     shown = dict(line.split(":", 1) for line in out.splitlines())
     shown = {key: value.strip() for key, value in shown.items()}

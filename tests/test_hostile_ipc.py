@@ -36,23 +36,64 @@ from nanoclaw.store.messages import Store
 
 HUGE_TEXT = "x" * 100_001
 PATHS = [
-    "../../etc/passwd", "/etc/passwd", "..", ".", "", "/", "a/../../b", "a//b", "./a",
-    "/workspace/../../etc/passwd", "/workspace", "/workspace/", "/workspace/hello.txt",
-    "hello.txt", "escape/host-secret.json", "/workspace/escape/host-secret.json", "escape/new.txt",
-    "new/dir/file.txt", "a\\..\\b", "x\x00y", "../exports/beta/x", "%2e%2e/x", "\u202e/etc",
-    "a/" * 40 + "b", "é" * 600, "hello.txt/",
-]  # fmt: skip
+    "../../etc/passwd",
+    "/etc/passwd",
+    "..",
+    ".",
+    "",
+    "/",
+    "a/../../b",
+    "a//b",
+    "./a",
+    "/workspace/../../etc/passwd",
+    "/workspace",
+    "/workspace/",
+    "/workspace/hello.txt",
+    "hello.txt",
+    "escape/host-secret.json",
+    "/workspace/escape/host-secret.json",
+    "escape/new.txt",
+    "new/dir/file.txt",
+    "a\\..\\b",
+    "x\x00y",
+    "../exports/beta/x",
+    "%2e%2e/x",
+    "\u202e/etc",
+    "a/" * 40 + "b",
+    "é" * 600,
+    "hello.txt/",
+]
 CHATS = ["tg:-1", "tg:-2", "term:main", "tg:-999", "tg:-1\n", "../tg", "tg:", "xmpp:a@b/c"]
 FOLDERS = ["main", "alpha", "beta", "gamma", "global", "../x", "Alpha", "a" * 65, "x\x00"]
 TASK_IDS = [*OWN_TASKS, "alpha-md", "nope", "../x", "", "a" * 65]
 CRONS = [
-    "* * * * *", "0 8 * * 1-5", "0 0 30 2 *", "0 0 31 4 *", "61 * * * *", "* * * *", "*/0 * * * *",
-    "0 0 1 1 1#5", "@reboot", "H * * * *", "0 0 L 2 *", "x" * 201,
-]  # fmt: skip
+    "* * * * *",
+    "0 8 * * 1-5",
+    "0 0 30 2 *",
+    "0 0 31 4 *",
+    "61 * * * *",
+    "* * * *",
+    "*/0 * * * *",
+    "0 0 1 1 1#5",
+    "@reboot",
+    "H * * * *",
+    "0 0 L 2 *",
+    "x" * 201,
+]
 ZONES = [
-    "UTC", "Asia/Kolkata", "America", "Etc", "right", "../../etc/passwd", "/etc/localtime", "",
-    "posixrules", "a" * 64, "Europe/\x00", "zone.tab",
-]  # fmt: skip
+    "UTC",
+    "Asia/Kolkata",
+    "America",
+    "Etc",
+    "right",
+    "../../etc/passwd",
+    "/etc/localtime",
+    "",
+    "posixrules",
+    "a" * 64,
+    "Europe/\x00",
+    "zone.tab",
+]
 ODD = one_of_values(
     "\ud800", "a\x00b", "\u202e\u200d", "<internal>x</internal>", HUGE_TEXT, *PATHS[:6]
 )
@@ -87,15 +128,21 @@ SHAPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "update_memory": ({"content": TEXT | one_of_values("m" * 8193)}, {}),
     "write_file": (
-        {"target": st.sampled_from(["out", "out", "none"]),
-         "path": st.sampled_from(PATHS) | st.sampled_from(["notes.txt", "deep/er/notes.txt"]),
-         "content": TEXT | B64},
+        {
+            "target": st.sampled_from(["out", "out", "none"]),
+            "path": st.sampled_from(PATHS) | st.sampled_from(["notes.txt", "deep/er/notes.txt"]),
+            "content": TEXT | B64,
+        },
         {"encoding": st.sampled_from(["utf-8", "base64"])},
     ),
     "schedule_task": (
         {"prompt": TEXT, "schedule": SCHEDULES},
-        {"context": st.sampled_from(["group", "isolated"]), "script": TEXT,
-         "catch_up": st.sampled_from(["once", "skip"]), "group": st.sampled_from(FOLDERS)},
+        {
+            "context": st.sampled_from(["group", "isolated"]),
+            "script": TEXT,
+            "catch_up": st.sampled_from(["once", "skip"]),
+            "group": st.sampled_from(FOLDERS),
+        },
     ),
     "update_task": (
         {"task_id": TASK_ID},
@@ -108,7 +155,7 @@ SHAPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"chat": st.sampled_from([*CHATS, "tg:-7"]), "folder": st.sampled_from(FOLDERS)},
         {"trigger": TEXT, "requires_trigger": st.booleans()},
     ),
-}  # fmt: skip
+}
 WELL_FORMED = st.one_of(
     *(
         st.fixed_dictionaries({"type": st.just(kind), **required}, optional=optional)
@@ -167,10 +214,18 @@ VALID_NAMES = st.builds(
     ),
 )
 TRICKY_NAMES = [
-    b"1234567890123-a.json\n", "١٢٣٤٥٦٧٨٩٠١٢٣-a.json".encode(), b"1234567890123-a.JSON",
-    b"1234567890123-a.json.reason.txt", b"x!.reason.txt", b"x_", b"x?", b"\xff\xfe.json",
-    b"1234567890123-" + b"a" * 65 + b".json", b" 1234567890123-a.json", b"unnamed",
-]  # fmt: skip
+    b"1234567890123-a.json\n",
+    "١٢٣٤٥٦٧٨٩٠١٢٣-a.json".encode(),
+    b"1234567890123-a.JSON",
+    b"1234567890123-a.json.reason.txt",
+    b"x!.reason.txt",
+    b"x_",
+    b"x?",
+    b"\xff\xfe.json",
+    b"1234567890123-" + b"a" * 65 + b".json",
+    b" 1234567890123-a.json",
+    b"unnamed",
+]
 NAMES = st.one_of(
     VALID_NAMES,
     VALID_NAMES,

@@ -55,11 +55,29 @@ def loads_or_names_the_setting(name: str, load: Callable[[], Settings]) -> None:
 ENV_VALUES = st.one_of(
     st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=60),
     one_of_values(
-        "", " ", "0", "-1", "1e999", "inf", "-inf", "nan", "true", "[1, 2]", '{"a": 1}',
-        "9" * 5000, "tg:1,,bob", "xmpp:a@b/c", ":", "http://", "https://x y", "\u202e",
-        "Europe/Berlin", ":/etc/localtime", "x" * 10_000,
+        "",
+        " ",
+        "0",
+        "-1",
+        "1e999",
+        "inf",
+        "-inf",
+        "nan",
+        "true",
+        "[1, 2]",
+        '{"a": 1}',
+        "9" * 5000,
+        "tg:1,,bob",
+        "xmpp:a@b/c",
+        ":",
+        "http://",
+        "https://x y",
+        "\u202e",
+        "Europe/Berlin",
+        ":/etc/localtime",
+        "x" * 10_000,
     ),
-)  # fmt: skip
+)
 
 
 @given(st.sampled_from(NAMES_OF_SETTINGS), ENV_VALUES)

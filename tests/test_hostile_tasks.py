@@ -25,18 +25,43 @@ from nanoclaw.store.messages import Store
 
 GOOD_CRONS = ["* * * * *", "0 8 * * 1-5", "*/15 * * * *", "0 0 29 2 *", "0 0 L 2 *", "30 2 * * *"]
 BAD_CRONS = [
-    "", "0 0 30 2 *", "0 0 31 4,6 *", "61 * * * *", "* * * *", "* * * * * *", "*/0 * * * *",
-    "@daily", "H * * * *", "0 0 1 1 1#5", "\u0660 * * * *", "x" * 300,
-]  # fmt: skip
+    "",
+    "0 0 30 2 *",
+    "0 0 31 4,6 *",
+    "61 * * * *",
+    "* * * *",
+    "* * * * * *",
+    "*/0 * * * *",
+    "@daily",
+    "H * * * *",
+    "0 0 1 1 1#5",
+    "\u0660 * * * *",
+    "x" * 300,
+]
 GOOD_ZONES = ["UTC", "Asia/Kolkata", "America/New_York", "Etc/GMT+5"]
 BAD_ZONES = [
-    "", "Mars/Base", "America", "Etc", "posix", "../../etc/passwd", "/etc/localtime", "zone.tab",
-    "a" * 300, "Europe/\x00Berlin", "UTC\u2028",
-]  # fmt: skip
+    "",
+    "Mars/Base",
+    "America",
+    "Etc",
+    "posix",
+    "../../etc/passwd",
+    "/etc/localtime",
+    "zone.tab",
+    "a" * 300,
+    "Europe/\x00Berlin",
+    "UTC\u2028",
+]
 HEADINGS = [
-    "## Scheduled Tasks", "## scheduled tasks  ", "## Notes", "##", "### Sub", "#",
-    "## Scheduled Tasks!", "##Scheduled Tasks",
-]  # fmt: skip
+    "## Scheduled Tasks",
+    "## scheduled tasks  ",
+    "## Notes",
+    "##",
+    "### Sub",
+    "#",
+    "## Scheduled Tasks!",
+    "##Scheduled Tasks",
+]
 LINE_TEXT = st.text(st.characters(exclude_characters="\n", exclude_categories=["Cs"]), max_size=30)
 LINES = st.one_of(
     st.sampled_from(HEADINGS).map(lambda h: ("heading", h)),

@@ -160,8 +160,11 @@ async def test_non_main_cannot_send_to_another_groups_chat(env: Any) -> None:
 async def test_main_can_send_anywhere_and_register_groups(env: Any) -> None:
     store, handler, root = env
     drop(root, "main", {"type": "send_message", "text": "hi beta", "chat": "tg:-2"})
-    drop(root, "main", {"type": "register_group", "chat": "tg:-7", "folder": "gamma",
-                        "requires_trigger": False})  # fmt: skip
+    drop(
+        root,
+        "main",
+        {"type": "register_group", "chat": "tg:-7", "folder": "gamma", "requires_trigger": False},
+    )
     assert await handler.drain("main") == 2
     assert await outbox(store) == [("main", "tg:-2", "hi beta")]
     gamma = await store.group("gamma")
@@ -265,8 +268,9 @@ async def test_files_over_the_cap_are_moved_unread_and_pruned_without_following_
     env: Any,
 ) -> None:
     store, _handler, root = env
-    handler = IpcHandler(store, root / "ipc", root / "groups", ZoneInfo("UTC"),
-                         limits=FileLimits(files=1))  # fmt: skip
+    handler = IpcHandler(
+        store, root / "ipc", root / "groups", ZoneInfo("UTC"), limits=FileLimits(files=1)
+    )
     secret = root / "host-secret.txt"
     secret.write_text("host data")
     (root / "host-dir").mkdir()

@@ -108,10 +108,15 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 def agent_task(task_id: str, folder: str, status: str = "active") -> Task:
     now = now_ms()
     return Task(
-        id=task_id, folder=folder, source=AGENT, prompt=f"{folder}'s report",
-        schedule=Schedule("every", every_s=3600), status=status,
-        next_run_ms=None if status == "paused" else now + HOUR_MS, created_ms=now,
-    )  # fmt: skip
+        id=task_id,
+        folder=folder,
+        source=AGENT,
+        prompt=f"{folder}'s report",
+        schedule=Schedule("every", every_s=3600),
+        status=status,
+        next_run_ms=None if status == "paused" else now + HOUR_MS,
+        created_ms=now,
+    )
 
 
 def schedule(spec: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -288,8 +293,11 @@ async def test_cron_with_timezone(env: Env) -> None:
     assert first.weekday() < 5
     assert timedelta(0) < first - datetime.now(UTC) <= timedelta(days=3, hours=1)
     assert (task.context, task.catch_up, task.status, task.script) == (
-        "isolated", "once", "active", None,
-    )  # fmt: skip
+        "isolated",
+        "once",
+        "active",
+        None,
+    )
 
 
 async def test_every_and_options(env: Env) -> None:
@@ -426,9 +434,12 @@ async def test_a_claude_md_task_id_cannot_be_claimed(env: Env, md_task: Task) ->
 async def test_tasks_json_is_republished_for_the_group_and_main(env: Env) -> None:
     scheduler = Scheduler(env.store, env.root / "ipc", UTC_ZONE, submit=lambda folder: None)
     handler = IpcHandler(
-        env.store, env.root / "ipc", env.root / "groups", UTC_ZONE,
+        env.store,
+        env.root / "ipc",
+        env.root / "groups",
+        UTC_ZONE,
         on_tasks_changed=scheduler.changed,
-    )  # fmt: skip
+    )
     name = env.drop("main", schedule({"every_s": 600}, group="alpha"), rand="for-alpha")
     assert await handler.handle_file("main", name) == Handled("done")
     await scheduler.publish()

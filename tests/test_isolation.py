@@ -110,8 +110,17 @@ async def test_no_network_when_policy_is_off(probe: Running, model: FakeAnthropi
 
 
 async def test_cannot_write_outside_workspace_ipc_tmp(probe: Running) -> None:
-    targets = ["/x", "/usr/x", "/etc/x", "/runtime/x", "/runtime/lib/agent/x", "/skills/x",
-               "/global/x", "/proc/x", "/ipc/errors/x"]  # fmt: skip
+    targets = [
+        "/x",
+        "/usr/x",
+        "/etc/x",
+        "/runtime/x",
+        "/runtime/lib/agent/x",
+        "/skills/x",
+        "/global/x",
+        "/proc/x",
+        "/ipc/errors/x",
+    ]
     out = await sh(
         probe,
         "for t in " + " ".join(targets) + "; do touch $t 2>/dev/null && echo WROTE $t; done; "

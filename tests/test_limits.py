@@ -79,8 +79,10 @@ def test_memory_of_all_processes_together_is_capped_by_the_cgroup() -> None:
     with plan_dir() as base:
         plan = make_plan(base, "root", Limits(memory_bytes=128 * MiB))
         with Sandbox(plan, f"for i in 1 2 3 4; do {hog} & done; wait") as box:
-            if not any((d / "memory.max").exists() or (d / "memory.limit_in_bytes").exists()
-                       for d in box.cgroup.dirs):  # fmt: skip
+            if not any(
+                (d / "memory.max").exists() or (d / "memory.limit_in_bytes").exists()
+                for d in box.cgroup.dirs
+            ):
                 pytest.skip("no memory cgroup on this machine")
             _, out = box.output()
     assert out.splitlines().count("HELD") < 4  # some were OOM-killed
@@ -205,16 +207,21 @@ def test_jail_joins_every_cgroup_before_anything_runs(tmp_path: Path) -> None:
     procs = [tmp_path / "a b" / "cgroup.procs", tmp_path / "x" / "cgroup.procs"]
     for path in procs:
         path.parent.mkdir()
-    out = subprocess.run([*jail_prefix(procs), "/bin/sh", "-c", "echo $$"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [*jail_prefix(procs), "/bin/sh", "-c", "echo $$"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert [p.read_text() for p in procs] == [out.stdout] * 2
     jailed = [*jail_prefix(procs), "/usr/bin/env"]
     env = subprocess.run(jailed, env={}, cwd=tmp_path, capture_output=True, text=True, check=True)
     assert env.stdout == ""  # the shell's PWD (a host path) does not reach bwrap
     ran = tmp_path / "ran"
     missing = [procs[0], tmp_path / "gone" / "cgroup.procs"]
-    failed = subprocess.run([*jail_prefix(missing), "/usr/bin/touch", str(ran)],
-                            capture_output=True)  # fmt: skip
+    failed = subprocess.run(
+        [*jail_prefix(missing), "/usr/bin/touch", str(ran)], capture_output=True
+    )
     assert failed.returncode != 0 and not ran.exists()  # never runs outside its cgroups
 
 

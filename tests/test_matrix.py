@@ -52,9 +52,13 @@ def fake(model: FakeAnthropic) -> FakeAnthropic:
 
 def mx_settings(home: Path, fake: FakeAnthropic, server: Synapse) -> Settings:
     return settings_for(
-        home, fake.base_url, MATRIX_HOMESERVER=server.url, MATRIX_USER_ID=BOT,
-        MATRIX_PASSWORD=PW, ALLOWED_SENDERS="mx:@alice:localhost",
-    )  # fmt: skip
+        home,
+        fake.base_url,
+        MATRIX_HOMESERVER=server.url,
+        MATRIX_USER_ID=BOT,
+        MATRIX_PASSWORD=PW,
+        ALLOWED_SENDERS="mx:@alice:localhost",
+    )
 
 
 class Bot:
@@ -89,8 +93,9 @@ async def alice(server: Synapse) -> AsyncIterator[Human]:
 async def room_with_bot(bot: Bot, alice: Human, requires_trigger: bool = True) -> str:
     room = await alice.create_room(name="team", invite=[BOT])
     await alice.wait_event(lambda e: e.room_id == room and _joined(e, BOT), timeout=30)
-    await bot.running.add_group(f"g{abs(hash(room)) % 10**8}", f"mx:{room}",
-                                requires_trigger=requires_trigger)  # fmt: skip
+    await bot.running.add_group(
+        f"g{abs(hash(room)) % 10**8}", f"mx:{room}", requires_trigger=requires_trigger
+    )
     return room
 
 
@@ -132,9 +137,13 @@ async def test_invites_from_allowed_accepted_others_declined(
     try:
         other = await mallory.create_room(invite=[BOT])
         await mallory.wait_event(
-            lambda e: e.room_id == other and e.source.get("state_key") == BOT
-            and e.source["content"].get("membership") == "leave", timeout=30,
-        )  # fmt: skip
+            lambda e: (
+                e.room_id == other
+                and e.source.get("state_key") == BOT
+                and e.source["content"].get("membership") == "leave"
+            ),
+            timeout=30,
+        )
         assert not any(_joined(e, BOT) for e in mallory.events if e.room_id == other)
     finally:
         await mallory.close()
@@ -167,14 +176,19 @@ async def test_pairing_a_newcomers_room(bot: Bot, server: Synapse, fake: FakeAnt
         assert lab.allowed_senders == ("mx:@mallory:localhost",)
         await bot.channel.leave_unpaired(now_ms() + TTL_MS + 1)  # the step, past the expiry
         await mallory.wait_event(
-            lambda e: e.room_id == idle and e.source.get("state_key") == BOT
-            and e.source["content"].get("membership") == "leave", timeout=30,
-        )  # fmt: skip
+            lambda e: (
+                e.room_id == idle
+                and e.source.get("state_key") == BOT
+                and e.source["content"].get("membership") == "leave"
+            ),
+            timeout=30,
+        )
         assert not any(
-            e.room_id == room and e.source.get("state_key") == BOT
+            e.room_id == room
+            and e.source.get("state_key") == BOT
             and e.source.get("content", {}).get("membership") == "leave"
             for e in mallory.events
-        )  # fmt: skip
+        )
     finally:
         await mallory.close()
 
@@ -197,8 +211,11 @@ async def test_mention_and_reply_to_bot_trigger(
     room = await room_with_bot(bot, alice)
     await alice.send_text(room, "Andy, [[say: by pill]]", mentions_user=BOT, mention_name="Andy")
     first = await alice.wait_event(from_bot(room, "by pill"), timeout=60)
-    await alice.send_text(room, "> <@andy:localhost> by pill\n\nmore [[say: by reply]]",
-                          reply_to_event_id=first.event_id)  # fmt: skip
+    await alice.send_text(
+        room,
+        "> <@andy:localhost> by pill\n\nmore [[say: by reply]]",
+        reply_to_event_id=first.event_id,
+    )
     await alice.wait_event(from_bot(room, "by reply"), timeout=60)
     prompt = fake.requests[-1].body["messages"][-1]["content"]
     assert "by pill" in prompt  # the quoted answer is context

@@ -15,13 +15,26 @@ ROOM = "!room:localhost"
 
 
 def event(content: dict[str, Any], sender: str = "@alice:localhost", **kw: Any) -> dict[str, Any]:
-    return {"type": "m.room.message", "sender": sender, "event_id": "$e1",
-            "origin_server_ts": 1_700_000_000_000, "content": content, **kw}  # fmt: skip
+    return {
+        "type": "m.room.message",
+        "sender": sender,
+        "event_id": "$e1",
+        "origin_server_ts": 1_700_000_000_000,
+        "content": content,
+        **kw,
+    }
 
 
 def norm(ev: dict[str, Any], replied: str | None = None) -> Any:
-    return normalise(ev, ROOM, ME, sender_name="Alice", room_name="Team", is_group=True,
-                     replied_to_sender=replied)  # fmt: skip
+    return normalise(
+        ev,
+        ROOM,
+        ME,
+        sender_name="Alice",
+        room_name="Team",
+        is_group=True,
+        replied_to_sender=replied,
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,9 +88,10 @@ def test_normalise_message() -> None:
 
 def test_normalise_reply_to_bot_carries_the_quote() -> None:
     content = {
-        "msgtype": "m.text", "body": "> <@andy:localhost> 42\n\nwhy?",
+        "msgtype": "m.text",
+        "body": "> <@andy:localhost> 42\n\nwhy?",
         "m.relates_to": {"m.in_reply_to": {"event_id": "$bot"}},
-    }  # fmt: skip
+    }
     msg = norm(event(content), replied=ME)
     assert msg.reply_to_bot and msg.text == "why?" and msg.reply_to_text == "42"
 
@@ -104,12 +118,16 @@ def test_ignored(ev: dict[str, Any]) -> None:
         ({"msgtype": "m.image", "body": "look @Andy", "filename": "cat.png"}, False),
         ({"msgtype": "m.image", "body": "@Andy.png"}, False),  # a file name is not a caption
         (
-            {"msgtype": "m.image", "body": "> <@bob:localhost> earlier\n\n@Andy and this?",
-             "filename": "cat.png", "m.relates_to": {"m.in_reply_to": {"event_id": "$x"}}},
+            {
+                "msgtype": "m.image",
+                "body": "> <@bob:localhost> earlier\n\n@Andy and this?",
+                "filename": "cat.png",
+                "m.relates_to": {"m.in_reply_to": {"event_id": "$x"}},
+            },
             True,
         ),
     ],
-)  # fmt: skip
+)
 def test_a_caption_opens_with_the_trigger(content: dict[str, Any], wakes: bool) -> None:
     msg = norm(event(content))
     assert msg is not None

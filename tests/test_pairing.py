@@ -135,9 +135,14 @@ async def test_two_processes_racing_for_one_code_pair_one_chat(
 
 def message(chat: str, sender: str, text: str, private: bool = True) -> InboundMessage:
     return InboundMessage(
-        chat_id=chat, platform_id=uuid.uuid4().hex, sender_id=sender,
-        sender_name="Bob", text=text, ts_ms=NOW, is_group_chat=not private,
-    )  # fmt: skip
+        chat_id=chat,
+        platform_id=uuid.uuid4().hex,
+        sender_id=sender,
+        sender_name="Bob",
+        text=text,
+        ts_ms=NOW,
+        is_group_chat=not private,
+    )
 
 
 async def outbox(store: Store) -> list[tuple[str, str, str]]:
@@ -148,9 +153,11 @@ async def outbox(store: Store) -> list[tuple[str, str, str]]:
 async def test_the_inbound_step_answers_and_limits(store: Store, settings: Settings) -> None:
     replies: list[None] = []
     ingest = Ingest(
-        store, welcome=Welcome("Andy", "@Andy", ("tg:1",)), reply=lambda: replies.append(None),
+        store,
+        welcome=Welcome("Andy", "@Andy", ("tg:1",)),
+        reply=lambda: replies.append(None),
         clock=lambda: NOW,
-    )  # fmt: skip
+    )
     await store.save_group(Group(folder="work", name="work", chats=("tg:-100",)))
     code = (await store.create_pair_code("work", NOW)).code
     # a stranger's private chat: wrong codes, answered once; then the limit, then the code
@@ -167,8 +174,12 @@ async def test_the_inbound_step_answers_and_limits(store: Store, settings: Setti
     await ingest.unserved(message("tg:3", "tg:3", f"/pair {code.lower()}"))
     rows = await outbox(store)
     assert len(rows) == 3 and rows[1][:2] == ("", "tg:3") and "nanoclaw pair GROUP" in rows[1][2]
-    assert rows[2] == ("work", "tg:3", "Paired: this chat now talks to group work, and you "
-                       "(tg:3) may start a message with @Andy to wake me.")  # fmt: skip
+    assert rows[2] == (
+        "work",
+        "tg:3",
+        "Paired: this chat now talks to group work, and you "
+        "(tg:3) may start a message with @Andy to wake me.",
+    )
     assert await store.folder_of_chat("tg:3") == "work" and len(replies) == 3
     # a served group chat: an order number passes as a message while no code is live,
     # the paired person is allowed, a stranger in a group chat gets no hint
@@ -216,9 +227,13 @@ def tg() -> Iterator[FakeTelegram]:
 async def bot(home: Path, fake: FakeAnthropic, tg: FakeTelegram) -> AsyncIterator[Running]:
     """The daemon with Telegram; TELEGRAM_ALLOWED_CHAT_IDS lists one chat, not the strangers'."""
     settings = settings_for(
-        home, fake.base_url, TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_API_URL=tg.base_url,
-        TELEGRAM_ALLOWED_CHAT_IDS="-1001", ALLOWED_SENDERS="tg:111",
-    )  # fmt: skip
+        home,
+        fake.base_url,
+        TELEGRAM_BOT_TOKEN=tg.token,
+        TELEGRAM_API_URL=tg.base_url,
+        TELEGRAM_ALLOWED_CHAT_IDS="-1001",
+        ALLOWED_SENDERS="tg:111",
+    )
     channel = TelegramChannel(settings, settings.layout.store / "telegram")
     running, task = await start_core(settings, channel)
     yield running

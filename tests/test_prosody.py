@@ -73,8 +73,11 @@ async def test_one_to_one_chat(server: Prosody, alice: Client, bob: Client) -> N
     alice.send_chat(server.jid("bob"), "hi bob", chat_state="active")
     got = await bob.wait_message(lambda m: m.body == "hi bob")
     assert (got.type, got.from_jid, got.chat_state, got.has_delay) == (
-        "chat", "alice@localhost/test", "active", False,
-    )  # fmt: skip
+        "chat",
+        "alice@localhost/test",
+        "active",
+        False,
+    )
     bob.send_chat(alice.jid, "hi alice")
     back = await alice.wait_message(lambda m: m.body == "hi alice")
     assert back.from_jid == "bob@localhost/test"

@@ -181,9 +181,10 @@ async def test_a_tainted_tasks_gate_and_run_are_tainted(env: Env) -> None:
         await env.store.start_task_run(pending)  # then the orchestrator runs the gate
         await env.send("work", {"type": "update_memory", "content": f"gate of {pending.task_id}"})
         entry = next(
-            ln for ln in (env.home / "groups" / "work" / "CLAUDE.md").read_text().splitlines()
+            ln
+            for ln in (env.home / "groups" / "work" / "CLAUDE.md").read_text().splitlines()
             if ln.endswith(f"gate of {pending.task_id}")
-        )  # fmt: skip
+        )
         seen[pending.task_id] = UNTRUSTED_TAG in entry
         await env.store.finish_task_run(pending, "ok", "")
     assert seen == {steered.id: True, clean.id: False}
@@ -210,8 +211,10 @@ async def test_main_sees_other_groups_prompts_only_quoted(env: Env) -> None:
     entry = by_id[foreign.id]
     assert entry["prompt"] is None and entry["script"] is None
     assert entry[QUOTED] == {
-        "written_by": "the agent of group work", "prompt": INJECTION, "script": None,
-    }  # fmt: skip
+        "written_by": "the agent of group work",
+        "prompt": INJECTION,
+        "script": None,
+    }
     assert by_id[for_work.id][QUOTED]["written_by"] == "the agent of group work"
     assert main["errors"] == [{"group": "work", "line": 3, "message": problem, QUOTED: True}]
     work = json.loads((env.ipc / "work" / "tasks.json").read_text())

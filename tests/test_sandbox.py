@@ -30,10 +30,16 @@ def plan_in(base: Path, runtime: Runtime, **kw: object) -> SandboxPlan:
     (base / "ipc" / "llm.sock").touch()
     write_etc(base / "etc")
     return SandboxPlan(
-        workspace=base / "ws", ipc=base / "ipc", global_dir=base / "global",
-        global_writable=False, skills=base / "skills", agent_code=base / "agent",
-        etc=base / "etc", runtime=runtime, **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
+        workspace=base / "ws",
+        ipc=base / "ipc",
+        global_dir=base / "global",
+        global_writable=False,
+        skills=base / "skills",
+        agent_code=base / "agent",
+        etc=base / "etc",
+        runtime=runtime,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def mounts(argv: list[str]) -> dict[str, tuple[str, str]]:
@@ -71,7 +77,7 @@ def test_plan_has_exactly_the_spec_mounts(tmp_path: Path) -> None:
         "--new-session",
         "--clearenv",
     ):
-        assert flag in argv  # fmt: skip
+        assert flag in argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert argv[argv.index("--tmpfs", argv.index("--size")) + 1] == "/tmp"
     assert argv.index("--remount-ro") < argv.index("--chdir")

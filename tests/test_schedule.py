@@ -34,13 +34,21 @@ def test_spec_example_parses() -> None:
     tasks, errors = parse_tasks(SPEC_EXAMPLE)
     assert errors == []
     assert tasks == [
-        CronTask(6, "0 8 * * 1-5", "Asia/Kolkata",
-                 "Summarise the top 10 stories from the feeds in /workspace/feeds.txt.\n"
-                 "Keep it under 10 lines."),
-        CronTask(11, "*/15 * * * *", None,
-                 'Read /workspace/alerts.json. If any item has "severity": "P1", tell me now.\n'
-                 "Otherwise stay silent."),
-    ]  # fmt: skip
+        CronTask(
+            6,
+            "0 8 * * 1-5",
+            "Asia/Kolkata",
+            "Summarise the top 10 stories from the feeds in /workspace/feeds.txt.\n"
+            "Keep it under 10 lines.",
+        ),
+        CronTask(
+            11,
+            "*/15 * * * *",
+            None,
+            'Read /workspace/alerts.json. If any item has "severity": "P1", tell me now.\n'
+            "Otherwise stay silent.",
+        ),
+    ]
 
 
 def test_broken_lines_are_reported_and_the_rest_load() -> None:

@@ -63,8 +63,12 @@ def tasks_json(running: Running, folder: str) -> dict[str, Any]:
 
 async def test_claude_md_tasks_follow_the_file_while_the_daemon_runs(running: Running) -> None:
     store = running.store
-    claude_md(running, "main", "# Cron: 0 8 * * 1-5\n# TZ: Asia/Kolkata\nMorning news.\n\n"
-                               "# Cron: */15 * * * *\nCheck alerts.\n")  # fmt: skip
+    claude_md(
+        running,
+        "main",
+        "# Cron: 0 8 * * 1-5\n# TZ: Asia/Kolkata\nMorning news.\n\n"
+        "# Cron: */15 * * * *\nCheck alerts.\n",
+    )
 
     async def prompts() -> list[str]:
         return sorted(t.prompt for t in await store.tasks("main"))
@@ -75,10 +79,14 @@ async def test_claude_md_tasks_follow_the_file_while_the_daemon_runs(running: Ru
     assert first["Morning news."].context == "group"
 
     # Edit one prompt, drop the other, add a broken line next to a good one.
-    claude_md(running, "main", "# Cron: 0 8 * * 1-5\n# TZ: Asia/Kolkata\nMorning news, short.\n\n"
-                               "# Cron: 61 * * * *\nNever valid.\n\n"
-                               "# Cron: 0 18 * * *\n# TZ: Mars/Olympus\nNo such zone.\n\n"
-                               "# Cron: 0 9 * * *\nStand-up.\n")  # fmt: skip
+    claude_md(
+        running,
+        "main",
+        "# Cron: 0 8 * * 1-5\n# TZ: Asia/Kolkata\nMorning news, short.\n\n"
+        "# Cron: 61 * * * *\nNever valid.\n\n"
+        "# Cron: 0 18 * * *\n# TZ: Mars/Olympus\nNo such zone.\n\n"
+        "# Cron: 0 9 * * *\nStand-up.\n",
+    )
     await wait_for(lambda: prompts_are(prompts, ["Morning news, short.", "Stand-up."]))
     problems = await store.problems("main")
     assert [line for _, line, _ in problems] == [10, 14]  # the cron line, the TZ line
@@ -106,10 +114,15 @@ async def prompts_are(prompts: Any, wanted: list[str]) -> bool:
 async def test_agent_task_runs_once_in_the_sandbox_and_says_it_is_scheduled(
     running: Running, fake: FakeAnthropic
 ) -> None:
-    task_id = drop(running, "main", {
-        "type": "schedule_task", "prompt": "Brief me. [[say: briefing ready]]",
-        "schedule": {"at": soon()},
-    })  # fmt: skip
+    task_id = drop(
+        running,
+        "main",
+        {
+            "type": "schedule_task",
+            "prompt": "Brief me. [[say: briefing ready]]",
+            "schedule": {"at": soon()},
+        },
+    )
     out = await running.reply_containing("briefing ready")
     assert out.count("briefing ready") == 1
     await wait_for(lambda: finished_runs(running, task_id))
@@ -124,10 +137,15 @@ async def test_agent_task_runs_once_in_the_sandbox_and_says_it_is_scheduled(
 
 
 async def test_internal_only_answer_sends_nothing(running: Running, fake: FakeAnthropic) -> None:
-    task_id = drop(running, "main", {
-        "type": "schedule_task", "schedule": {"at": soon()},
-        "prompt": "Alerts? [[say: <internal>no P1 alerts, staying quiet</internal>]]",
-    })  # fmt: skip
+    task_id = drop(
+        running,
+        "main",
+        {
+            "type": "schedule_task",
+            "schedule": {"at": soon()},
+            "prompt": "Alerts? [[say: <internal>no P1 alerts, staying quiet</internal>]]",
+        },
+    )
     await wait_for(lambda: finished_runs(running, task_id), 60)
     [run] = await finished_runs(running, task_id)
     assert run.status == "silent"
@@ -137,10 +155,16 @@ async def test_internal_only_answer_sends_nothing(running: Running, fake: FakeAn
 
 
 async def test_gate_that_says_no_wakes_nothing(running: Running, fake: FakeAnthropic) -> None:
-    task_id = drop(running, "main", {
-        "type": "schedule_task", "prompt": "[[say: woken]]", "schedule": {"at": soon()},
-        "script": "echo checking; echo '{\"wake\": false}'",
-    })  # fmt: skip
+    task_id = drop(
+        running,
+        "main",
+        {
+            "type": "schedule_task",
+            "prompt": "[[say: woken]]",
+            "schedule": {"at": soon()},
+            "script": "echo checking; echo '{\"wake\": false}'",
+        },
+    )
     await wait_for(lambda: finished_runs(running, task_id), 60)
     [run] = await finished_runs(running, task_id)
     assert run.status == "skipped" and "gate" in (run.result or "")
@@ -153,10 +177,16 @@ async def test_gate_that_says_yes_passes_its_data(running: Running, fake: FakeAn
         'echo "{\\"wake\\": true, \\"data\\": {\\"files\\": $n, \\"who\\": \\"gate-7\\"}}"'
     )
     (running.settings.layout.groups / "main" / "a.txt").write_text("x")
-    task_id = drop(running, "main", {
-        "type": "schedule_task", "prompt": "[[say: woken by gate]]",
-        "schedule": {"at": soon()}, "script": script,
-    })  # fmt: skip
+    task_id = drop(
+        running,
+        "main",
+        {
+            "type": "schedule_task",
+            "prompt": "[[say: woken by gate]]",
+            "schedule": {"at": soon()},
+            "script": script,
+        },
+    )
     await running.reply_containing("woken by gate")
     await wait_for(lambda: finished_runs(running, task_id), 60)
     [request] = fake.requests
@@ -171,10 +201,16 @@ async def test_group_context_task_continues_the_conversation(
 ) -> None:
     await running.say("remember the word pelican [[say: noted]]")
     await running.reply_containing("noted")  # the agent stays live; the task closes it
-    task_id = drop(running, "main", {
-        "type": "schedule_task", "prompt": "[[say: scheduled follow-up]]",
-        "schedule": {"at": soon()}, "context": "group",
-    })  # fmt: skip
+    task_id = drop(
+        running,
+        "main",
+        {
+            "type": "schedule_task",
+            "prompt": "[[say: scheduled follow-up]]",
+            "schedule": {"at": soon()},
+            "context": "group",
+        },
+    )
     await running.reply_containing("scheduled follow-up")
     await wait_for(lambda: finished_runs(running, task_id), 60)
     contents = json.dumps(fake.requests[-1].body["messages"])
@@ -184,9 +220,15 @@ async def test_group_context_task_continues_the_conversation(
 async def test_non_main_group_cannot_touch_mains_task(running: Running) -> None:
     await running.add_group("team", "tg:-100", requires_trigger=True)
     await wait_for(lambda: (running.settings.layout.ipc / "team" / "outbound").is_dir())
-    task_id = drop(running, "main", {
-        "type": "schedule_task", "prompt": "main's", "schedule": {"every_s": 3600},
-    })  # fmt: skip
+    task_id = drop(
+        running,
+        "main",
+        {
+            "type": "schedule_task",
+            "prompt": "main's",
+            "schedule": {"every_s": 3600},
+        },
+    )
     await wait_for(lambda: running.store.task(task_id))
     drop(running, "team", {"type": "cancel_task", "task_id": task_id})
     errors = running.settings.layout.ipc / "team" / "errors"

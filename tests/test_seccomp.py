@@ -18,12 +18,36 @@ from nanoclaw.sandbox.seccomp import ARCHES, CLONE_NEW, RULES, FilterUnavailable
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="probes switch users: needs root")
 # What the issue names; the rules may deny more.
 ISSUE_DENIED = (
-    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "kexec_load",
-    "kexec_file_load", "init_module", "finit_module", "delete_module", "mount", "umount2",
-    "pivot_root", "move_mount", "open_tree", "fsopen", "swapon", "swapoff", "reboot", "acct",
-    "quotactl", "iopl", "ioperm", "unshare", "setns", "io_uring_setup", "name_to_handle_at",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "iopl",
+    "ioperm",
+    "unshare",
+    "setns",
+    "io_uring_setup",
+    "name_to_handle_at",
     "open_by_handle_at",
-)  # fmt: skip
+)
 SIGCHLD = 17
 READ_IMPLIES_EXEC = 0x0400000
 
@@ -89,8 +113,11 @@ def test_rules_cover_the_issue_and_compile_for_both_architectures() -> None:
     assert denied_whole["clone3"] == errno.ENOSYS  # glibc falls back to clone, checked below
     clone = {r.when.value for r in RULES if r.syscall == "clone" and r.when is not None}
     assert clone == set(CLONE_NEW.values())
-    assert all(r.when.op == "masked_eq" and r.when.mask == r.when.value
-               for r in RULES if r.syscall == "clone" and r.when is not None)  # fmt: skip
+    assert all(
+        r.when.op == "masked_eq" and r.when.mask == r.when.value
+        for r in RULES
+        if r.syscall == "clone" and r.when is not None
+    )
     assert "ptrace" not in denied_whole  # a choice: kept for gdb and strace
     built = {arch: build_filter(arch=arch) for arch in ARCHES}
     for arch, program in built.items():

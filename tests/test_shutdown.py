@@ -23,14 +23,22 @@ async def test_sigterm_logs_runs_in_flight_and_a_chat_beside_shows_work(
     store: no typing reaches it), its Ctrl+C says the run goes on; SIGTERM then ends the
     daemon cleanly with one line saying how many runs were in flight."""
     await ensure_main(store)
-    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
-                  AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
+    env = cli_env(
+        home,
+        ANTHROPIC_BASE_URL=fake.base_url,
+        POLL_INTERVAL_MS="50",
+        AGENT_IDLE_TIMEOUT_S="5",
+        TERM="dumb",
+    )
     fake.script(replace(text_reply("too late"), delay=120))
     with (home / "daemon.log").open("ab") as log:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "nanoclaw.cli.main", "run"],
-            cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+            cwd=home,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     until(lambda: "nanoclaw running" in (home / "daemon.log").read_text())  # holds the lock
     term = Pty([sys.executable, "-m", "nanoclaw.cli.main", "chat"], home, env)
     try:

@@ -66,16 +66,25 @@ def answers(body: dict[str, Any]) -> Reply:
 def start_daemon(home: Path, fake: FakeAnthropic, tg: FakeTelegram) -> subprocess.Popen[bytes]:
     chats = ",".join(str(chat_of(g)) for g in range(GROUPS))
     env = cli_env(
-        home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="100",
-        AGENT_IDLE_TIMEOUT_S="3", MAX_CONCURRENT_AGENTS="5", LOG_LEVEL="info",
-        TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_API_URL=tg.base_url,
-        TELEGRAM_ALLOWED_CHAT_IDS=chats, ALLOWED_SENDERS="tg:111",
-    )  # fmt: skip
+        home,
+        ANTHROPIC_BASE_URL=fake.base_url,
+        POLL_INTERVAL_MS="100",
+        AGENT_IDLE_TIMEOUT_S="3",
+        MAX_CONCURRENT_AGENTS="5",
+        LOG_LEVEL="info",
+        TELEGRAM_BOT_TOKEN=tg.token,
+        TELEGRAM_API_URL=tg.base_url,
+        TELEGRAM_ALLOWED_CHAT_IDS=chats,
+        ALLOWED_SENDERS="tg:111",
+    )
     log = (home / "daemon.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "nanoclaw.cli.main", "run"],
-        cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=log,
-    )  # fmt: skip
+        cwd=home,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
 
 
 def kill(daemon: subprocess.Popen[bytes]) -> None:
@@ -88,8 +97,9 @@ async def test_soak_messages_survive_sigkill(home: Path, fake: FakeAnthropic) ->
     fake.responder = answers
     store = await Store.open(home / "store" / "nanoclaw.db")
     for g in range(GROUPS):
-        group = Group(folder=f"g{g}", name=f"g{g}", chats=(f"tg:{chat_of(g)}",),
-                      requires_trigger=False)  # fmt: skip
+        group = Group(
+            folder=f"g{g}", name=f"g{g}", chats=(f"tg:{chat_of(g)}",), requires_trigger=False
+        )
         await store.save_group(group)
         (home / "groups" / group.folder).mkdir(parents=True, exist_ok=True)
     await store.close()

@@ -72,8 +72,9 @@ def test_starts_fast_on_loopback_without_federation(synapse: Synapse) -> None:
     with urllib.request.urlopen(f"{synapse.url}/_matrix/client/versions") as r:
         assert "v1.11" in json.load(r)["versions"]
     config = json.loads(synapse.config.read_text())  # JSON is YAML
-    assert [lst["resources"] for lst in config["listeners"]] == [[{"names": ["client"],
-                                                                   "compress": False}]]  # fmt: skip
+    assert [lst["resources"] for lst in config["listeners"]] == [
+        [{"names": ["client"], "compress": False}]
+    ]
     assert synapse.user_id("andy") == "@andy:localhost"
 
 
@@ -112,9 +113,12 @@ async def test_message_reaches_bob_with_body_and_html(pair: Pair) -> None:
 async def test_mention_and_reply_are_in_the_source(pair: Pair) -> None:
     first = await pair.bob.send_text(pair.room, "anyone?")
     sent = await pair.alice.send_text(
-        pair.room, "Andy: yes", mentions_user="@andy:localhost", mention_name="Andy",
+        pair.room,
+        "Andy: yes",
+        mentions_user="@andy:localhost",
+        mention_name="Andy",
         reply_to_event_id=first,
-    )  # fmt: skip
+    )
     got = await pair.bob.wait_event(lambda e: e.event_id == sent)
     content = got.source["content"]
     assert content["m.mentions"] == {"user_ids": ["@andy:localhost"]}

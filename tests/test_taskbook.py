@@ -49,10 +49,15 @@ def agent_task(
     task_id: str = "t1", schedule: Schedule = DAILY, next_run_ms: int | None = D, **kw: Any
 ) -> Task:
     return Task(
-        id=task_id, folder=str(kw.pop("folder", "work")), source=AGENT, prompt=f"do {task_id}",
-        schedule=schedule, next_run_ms=next_run_ms, created_ms=int(kw.pop("created_ms", D - DAY)),
+        id=task_id,
+        folder=str(kw.pop("folder", "work")),
+        source=AGENT,
+        prompt=f"do {task_id}",
+        schedule=schedule,
+        next_run_ms=next_run_ms,
+        created_ms=int(kw.pop("created_ms", D - DAY)),
         **kw,
-    )  # fmt: skip
+    )
 
 
 async def tick(store: Store, now: int) -> list[tuple[Task, Claim]]:

@@ -77,21 +77,34 @@ async def tasks_home(tmp_path: Path) -> Path:
         created = now_ms() - 86_400_000
         for task in (
             Task(
-                id="brief", folder="main", source=AGENT, prompt="Morning brief\nsecond line",
+                id="brief",
+                folder="main",
+                source=AGENT,
+                prompt="Morning brief\nsecond line",
                 schedule=Schedule("cron", cron="0 8 * * 1-5", tz="Asia/Kolkata"),
-                next_run_ms=ms("2030-01-02T08:00:00+05:30"), created_ms=created,
+                next_run_ms=ms("2030-01-02T08:00:00+05:30"),
+                created_ms=created,
             ),
             Task(
-                id="poll", folder="work", source=AGENT, prompt="Poll the feed",
-                schedule=Schedule("every", every_s=3600), script="test -s /workspace/feed",
-                next_run_ms=ms("2030-01-01T00:00:00+00:00"), created_ms=created + 1,
+                id="poll",
+                folder="work",
+                source=AGENT,
+                prompt="Poll the feed",
+                schedule=Schedule("every", every_s=3600),
+                script="test -s /workspace/feed",
+                next_run_ms=ms("2030-01-01T00:00:00+00:00"),
+                created_ms=created + 1,
             ),
             Task(
-                id="old", folder="work", source=AGENT, prompt="An old one",
-                schedule=Schedule("every", every_s=600), status="cancelled",
+                id="old",
+                folder="work",
+                source=AGENT,
+                prompt="An old one",
+                schedule=Schedule("every", every_s=600),
+                status="cancelled",
                 created_ms=created + 2,
             ),
-        ):  # fmt: skip
+        ):
             assert await store.add_task(task)
         clock = ms("2030-01-05T12:00:00+00:00")
         sync = TaskFile(store, tmp_path / "groups", UTC_ZONE, lambda f: None, clock=lambda: clock)

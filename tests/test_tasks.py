@@ -61,9 +61,14 @@ def hourly(start: int, count: int) -> list[int]:
 
 def agent_task(schedule: Schedule, next_run_ms: int | None, **kw: object) -> Task:
     return Task(
-        id=str(kw.pop("id", "t1")), folder="work", source=AGENT, prompt="do it",
-        schedule=schedule, next_run_ms=next_run_ms, **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
+        id=str(kw.pop("id", "t1")),
+        folder="work",
+        source=AGENT,
+        prompt="do it",
+        schedule=schedule,
+        next_run_ms=next_run_ms,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 # timezones
@@ -78,8 +83,10 @@ def test_kolkata_eight_am_fires_at_0230_utc() -> None:
     # created just after today's run: the first run is tomorrow's
     assert first_run(schedule, UTC_ZONE, ms(2026, 11, 22, 2, 31)) == ms(2026, 11, 23, 2, 30)
     assert fires(schedule, ms(2026, 11, 22), ms(2026, 11, 25)) == [
-        ms(2026, 11, 22, 2, 30), ms(2026, 11, 23, 2, 30), ms(2026, 11, 24, 2, 30),
-    ]  # fmt: skip
+        ms(2026, 11, 22, 2, 30),
+        ms(2026, 11, 23, 2, 30),
+        ms(2026, 11, 24, 2, 30),
+    ]
 
 
 def test_the_default_zone_applies_when_a_cron_has_no_tz() -> None:
@@ -144,8 +151,12 @@ def test_daily_0230_on_spring_forward_day_runs_once_after_the_gap() -> None:
     """02:30 does not exist on 2026-03-29; the run moves forward by the gap, to 03:30 CEST
     (01:30Z), once. The days around it run at 02:30 local (01:30Z CET, 00:30Z CEST)."""
     got = fires(cron("30 2 * * *", BERLIN), ms(2026, 3, 27), ms(2026, 3, 31))
-    assert got == [ms(2026, 3, 27, 1, 30), ms(2026, 3, 28, 1, 30), ms(2026, 3, 29, 1, 30),
-                   ms(2026, 3, 30, 0, 30)]  # fmt: skip
+    assert got == [
+        ms(2026, 3, 27, 1, 30),
+        ms(2026, 3, 28, 1, 30),
+        ms(2026, 3, 29, 1, 30),
+        ms(2026, 3, 30, 0, 30),
+    ]
 
 
 def test_daily_0230_on_fall_back_day_runs_once() -> None:
@@ -154,8 +165,9 @@ def test_daily_0230_on_fall_back_day_runs_once() -> None:
     got = fires(cron("30 2 * * *", BERLIN), ms(2026, 10, 24), ms(2026, 10, 27))
     assert got == [ms(2026, 10, 24, 0, 30), ms(2026, 10, 25, 0, 30), ms(2026, 10, 26, 1, 30)]
     # counted from a due time inside the repeated hour, it still does not fire again
-    assert following(cron("30 2 * * *", BERLIN), UTC_ZONE, ms(2026, 10, 25, 0, 30),
-                     ms(2026, 10, 25, 1, 10)) == ms(2026, 10, 26, 1, 30)  # fmt: skip
+    assert following(
+        cron("30 2 * * *", BERLIN), UTC_ZONE, ms(2026, 10, 25, 0, 30), ms(2026, 10, 25, 1, 10)
+    ) == ms(2026, 10, 26, 1, 30)
 
 
 def test_every_two_hours_on_fall_back_day_keeps_its_wall_clock_hours() -> None:
@@ -300,8 +312,11 @@ def test_task_json_gives_times_in_the_zone() -> None:
     assert data["last_run"] is None
     assert data["schedule"] == {"cron": "0 8 * * *", "tz": "Asia/Kolkata"}
     assert (data["id"], data["group"], data["source"], data["status"]) == (
-        "t1", "work", AGENT, "active",
-    )  # fmt: skip
+        "t1",
+        "work",
+        AGENT,
+        "active",
+    )
 
 
 # CLAUDE.md tasks

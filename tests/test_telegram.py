@@ -36,9 +36,14 @@ def tg() -> Iterator[FakeTelegram]:
 
 def tg_settings(home: Path, fake: FakeAnthropic, tg: FakeTelegram, **extra: Any) -> Settings:
     return settings_for(
-        home, fake.base_url, TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_API_URL=tg.base_url,
-        TELEGRAM_ALLOWED_CHAT_IDS=f"{GROUP},111", ALLOWED_SENDERS="tg:111", **extra,
-    )  # fmt: skip
+        home,
+        fake.base_url,
+        TELEGRAM_BOT_TOKEN=tg.token,
+        TELEGRAM_API_URL=tg.base_url,
+        TELEGRAM_ALLOWED_CHAT_IDS=f"{GROUP},111",
+        ALLOWED_SENDERS="tg:111",
+        **extra,
+    )
 
 
 async def start(settings: Settings) -> tuple[Running, asyncio.Task[None], TelegramChannel]:
@@ -239,14 +244,22 @@ async def test_media_placeholders_topics_and_a_caption_trigger(
         ("voice", "@Andy", "@Andy [Voice message]", True),
         ("photo", "look @Andy", "look @Andy [Photo]", False),
         ("photo", "", "[Photo]", False),
-        ("forwarded", "@Andy what is this", "[forwarded from Mallory (tg:666)] @Andy what is "
-         "this [Photo]", False),  # someone else's caption, passed on: never a trigger
+        (
+            "forwarded",
+            "@Andy what is this",
+            "[forwarded from Mallory (tg:666)] @Andy what is this [Photo]",
+            False,
+        ),  # someone else's caption, passed on: never a trigger
     ],
-)  # fmt: skip
+)
 def test_a_caption_opens_with_the_trigger(kind: str, caption: str, text: str, wakes: bool) -> None:
     builder = FakeTelegram()  # only its message builders: no server
-    make = {"photo": builder.photo_message, "document": builder.document_message,
-            "voice": builder.voice_message, "forwarded": builder.photo_message}[kind]  # fmt: skip
+    make = {
+        "photo": builder.photo_message,
+        "document": builder.document_message,
+        "voice": builder.voice_message,
+        "forwarded": builder.photo_message,
+    }[kind]
     opts: MsgOpts = {"caption": caption} if caption else {}
     raw = make(GROUP, **opts)
     if kind == "forwarded":
@@ -314,9 +327,12 @@ async def test_webhook_mode_checks_the_secret(
 ) -> None:
     port = free_port()
     settings = tg_settings(
-        home, fake, tg, TELEGRAM_WEBHOOK_URL="https://bot.example.org/telegram",
+        home,
+        fake,
+        tg,
+        TELEGRAM_WEBHOOK_URL="https://bot.example.org/telegram",
         TELEGRAM_WEBHOOK_LISTEN=f"127.0.0.1:{port}",
-    )  # fmt: skip
+    )
     running, task, _ = await start(settings)
     try:
         await running.add_group("dm", "tg:111", requires_trigger=False)

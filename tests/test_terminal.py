@@ -55,8 +55,13 @@ async def test_agent_text_reaches_the_terminal_without_escape_sequences(tmp_path
 
 
 def test_repl_commands_and_a_reply(home: Path, fake: FakeAnthropic) -> None:
-    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
-                  AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
+    env = cli_env(
+        home,
+        ANTHROPIC_BASE_URL=fake.base_url,
+        POLL_INTERVAL_MS="50",
+        AGENT_IDLE_TIMEOUT_S="5",
+        TERM="dumb",
+    )
     term = Pty([sys.executable, "-m", "nanoclaw.cli.main", "chat"], home, env)
     try:
         term.expect("[main] > ")
@@ -90,8 +95,13 @@ async def test_ctrl_c_stops_the_run_at_once_and_the_batch_is_not_asked_again(
     task_run = await store.start_run("main", "task", None, None)
     await store.enqueue_reply("main", "term:main", "morning report", task_run)
     await store.finish_run(task_run, "ok")
-    env = cli_env(home, ANTHROPIC_BASE_URL=fake.base_url, POLL_INTERVAL_MS="50",
-                  AGENT_IDLE_TIMEOUT_S="5", TERM="dumb")  # fmt: skip
+    env = cli_env(
+        home,
+        ANTHROPIC_BASE_URL=fake.base_url,
+        POLL_INTERVAL_MS="50",
+        AGENT_IDLE_TIMEOUT_S="5",
+        TERM="dumb",
+    )
     argv = [sys.executable, "-m", "nanoclaw.cli.main", "chat"]
     fake.script(replace(text_reply("too late"), delay=120))
     term = Pty(argv, home, env)
@@ -168,14 +178,22 @@ async def test_a_reply_over_the_prompt_draws_it_again_and_work_shows_once() -> N
     ("kind", "created", "now", "mark"),
     [
         ("task", "2026-03-02T08:00:00+00:00", "2026-03-02T12:00:00+00:00", " [scheduled 13:30]"),
-        ("task", "2026-03-01T08:00:00+00:00", "2026-03-02T12:00:00+00:00",
-         " [scheduled 2026-03-01 13:30]"),
-        ("task", "2026-03-02T17:00:00+00:00", "2026-03-02T20:00:00+00:00",
-         " [scheduled 2026-03-02 22:30]"),  # one day in UTC, two in the owner's zone
+        (
+            "task",
+            "2026-03-01T08:00:00+00:00",
+            "2026-03-02T12:00:00+00:00",
+            " [scheduled 2026-03-01 13:30]",
+        ),
+        (
+            "task",
+            "2026-03-02T17:00:00+00:00",
+            "2026-03-02T20:00:00+00:00",
+            " [scheduled 2026-03-02 22:30]",
+        ),  # one day in UTC, two in the owner's zone
         ("message", "2026-03-02T08:00:00+00:00", "2026-03-02T12:00:00+00:00", ""),
         ("", "2026-03-02T08:00:00+00:00", "2026-03-02T12:00:00+00:00", ""),
     ],
-)  # fmt: skip
+)
 def test_scheduled_mark(kind: str, created: str, now: str, mark: str) -> None:
     def ms(iso: str) -> int:
         return int(datetime.fromisoformat(iso).timestamp() * 1000)
@@ -185,9 +203,14 @@ def test_scheduled_mark(kind: str, created: str, now: str, mark: str) -> None:
 
 @pytest.mark.parametrize(
     ("key", "item"),
-    [("nanoclaw-42-0-0badf00d", 42), ("nanoclaw-7-file", 7), ("nanoclaw-x-1", None),
-     ("other-42-0", None), ("", None)],
-)  # fmt: skip
+    [
+        ("nanoclaw-42-0-0badf00d", 42),
+        ("nanoclaw-7-file", 7),
+        ("nanoclaw-x-1", None),
+        ("other-42-0", None),
+        ("", None),
+    ],
+)
 def test_outbox_id_of_a_delivery_key(key: str, item: int | None) -> None:
     assert outbox_id(key) == item
 

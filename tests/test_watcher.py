@@ -58,8 +58,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         ipcfs.ensure_dirs(ipc, folder)
         (tmp_path / "groups" / folder).mkdir(parents=True)
     runs = {"alpha": 7}
-    handler = IpcHandler(store, ipc, tmp_path / "groups", ZoneInfo("UTC"),
-                         current_run=runs.get, limits=LIMITS)  # fmt: skip
+    handler = IpcHandler(
+        store, ipc, tmp_path / "groups", ZoneInfo("UTC"), current_run=runs.get, limits=LIMITS
+    )
     yield Env(store, IpcWatcher(handler, store, ipc), ipc, runs)
     await store.close()
 

@@ -39,10 +39,13 @@ def prosody(tmp_path: Path) -> Iterator[Prosody]:
 
 def xmpp_settings(home: Path, fake: FakeAnthropic, server: Prosody, **extra: Any) -> Settings:
     values: dict[str, Any] = {
-        "XMPP_JID": server.jid("andy"), "XMPP_PASSWORD": PW,
-        "XMPP_SERVER": f"127.0.0.1:{server.port}", "XMPP_TLS": "off",
-        "XMPP_ROOMS": ROOM, "ALLOWED_SENDERS": f"xmpp:{server.jid('alice')}",
-    }  # fmt: skip
+        "XMPP_JID": server.jid("andy"),
+        "XMPP_PASSWORD": PW,
+        "XMPP_SERVER": f"127.0.0.1:{server.port}",
+        "XMPP_TLS": "off",
+        "XMPP_ROOMS": ROOM,
+        "ALLOWED_SENDERS": f"xmpp:{server.jid('alice')}",
+    }
     values.update(extra)
     return settings_for(home, fake.base_url, **values)
 
@@ -251,13 +254,18 @@ async def test_tls_with_a_self_signed_ca(home: Path, fake: FakeAnthropic, tmp_pa
             server.register(user, PW)
         assert server.ca_file is not None
         settings = xmpp_settings(
-            home, fake, server, XMPP_TLS="required", XMPP_CA_FILE=str(server.ca_file),
+            home,
+            fake,
+            server,
+            XMPP_TLS="required",
+            XMPP_CA_FILE=str(server.ca_file),
             XMPP_SERVER=f"localhost:{server.port}",
-        )  # fmt: skip
+        )
         daemon = await start(settings)
         try:
-            await daemon.running.add_group("alice", f"xmpp:{server.jid('alice')}",
-                                           requires_trigger=False)  # fmt: skip
+            await daemon.running.add_group(
+                "alice", f"xmpp:{server.jid('alice')}", requires_trigger=False
+            )
             alice = await Client.connect(server, "alice", PW)
             alice.send_chat(server.jid("andy"), "[[say: over tls]]")
             await alice.wait_message(from_andy("chat", "over tls"), 60)

@@ -13,9 +13,12 @@ ROOMS = {ROOM}
 
 def seen(**kw: object) -> Seen:
     base: dict[str, object] = {
-        "kind": "chat", "from_bare": "alice@localhost", "from_resource": "phone",
-        "body": "hello", "delayed": False,
-    }  # fmt: skip
+        "kind": "chat",
+        "from_bare": "alice@localhost",
+        "from_resource": "phone",
+        "body": "hello",
+        "delayed": False,
+    }
     base.update(kw)
     return Seen(**base)  # type: ignore[arg-type]
 
@@ -30,17 +33,25 @@ def seen(**kw: object) -> Seen:
         (seen(body="  "), "no body (chat state, receipt or subject)"),
         (seen(from_bare=ME), "from our own account"),
         (seen(kind="groupchat", from_bare=ROOM, from_resource="alice"), None),
-        (seen(kind="groupchat", from_bare=ROOM, from_resource="alice", delayed=True),
-         "room history replayed on join"),
-        (seen(kind="groupchat", from_bare=ROOM, from_resource="Andy"),
-         "our own message reflected by the room"),
-        (seen(kind="groupchat", from_bare=ROOM, from_resource="other", real_jid=ME),
-         "our own message reflected by the room"),
+        (
+            seen(kind="groupchat", from_bare=ROOM, from_resource="alice", delayed=True),
+            "room history replayed on join",
+        ),
+        (
+            seen(kind="groupchat", from_bare=ROOM, from_resource="Andy"),
+            "our own message reflected by the room",
+        ),
+        (
+            seen(kind="groupchat", from_bare=ROOM, from_resource="other", real_jid=ME),
+            "our own message reflected by the room",
+        ),
         (seen(kind="groupchat", from_bare=ROOM, from_resource=""), "message from the room itself"),
-        (seen(kind="groupchat", from_bare="elsewhere@conference.localhost", from_resource="x"),
-         "groupchat from a room we are not in"),
+        (
+            seen(kind="groupchat", from_bare="elsewhere@conference.localhost", from_resource="x"),
+            "groupchat from a room we are not in",
+        ),
     ],
-)  # fmt: skip
+)
 def test_ignore_reason(stanza: Seen, reason: str | None) -> None:
     assert ignore_reason(stanza, ME, "Andy", ROOMS) == reason
 
@@ -68,9 +79,15 @@ def test_private_message_through_a_room_is_untrusted() -> None:
 
 @pytest.mark.parametrize(
     ("body", "yes"),
-    [("Andy: hi", True), ("andy, what now", True), ("  ANDY : x", True),
-     ("Andy hi", False), ("hi Andy:", False), ("Andyx: hi", False)],
-)  # fmt: skip
+    [
+        ("Andy: hi", True),
+        ("andy, what now", True),
+        ("  ANDY : x", True),
+        ("Andy hi", False),
+        ("hi Andy:", False),
+        ("Andyx: hi", False),
+    ],
+)
 def test_addressed(body: str, yes: bool) -> None:
     assert addressed(body, "Andy") is yes
 

@@ -26,9 +26,13 @@ def proxy_env(port: int = RELAY_PORT) -> tuple[tuple[str, str], ...]:
     url = f"http://127.0.0.1:{port}"
     local = "localhost,127.0.0.1,::1"
     return (
-        ("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),
-        ("NO_PROXY", local), ("no_proxy", local),
-    )  # fmt: skip
+        ("HTTP_PROXY", url),
+        ("HTTPS_PROXY", url),
+        ("http_proxy", url),
+        ("https_proxy", url),
+        ("NO_PROXY", local),
+        ("no_proxy", local),
+    )
 
 
 async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

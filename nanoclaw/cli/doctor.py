@@ -42,8 +42,20 @@ def check_bwrap() -> Check:
 
 
 def check_userns() -> Check:
-    argv = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/",
-            "--proc", "/proc", "--dev", "/dev", "true"]  # fmt: skip
+    argv = [
+        "bwrap",
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "true",
+    ]
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=20, env={})
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -66,10 +78,15 @@ def _probe_plan(settings: Settings) -> SandboxPlan:
         (probe / sub).mkdir(parents=True, exist_ok=True)
     (probe / "ipc" / "llm.sock").touch()
     return SandboxPlan(
-        workspace=probe / "workspace", ipc=probe / "ipc", global_dir=probe / "global",
-        global_writable=False, skills=probe / "skills", agent_code=AGENT_CODE,
-        etc=write_etc(layout.sandbox_etc), runtime=detect_runtime(),
-    )  # fmt: skip
+        workspace=probe / "workspace",
+        ipc=probe / "ipc",
+        global_dir=probe / "global",
+        global_writable=False,
+        skills=probe / "skills",
+        agent_code=AGENT_CODE,
+        etc=write_etc(layout.sandbox_etc),
+        runtime=detect_runtime(),
+    )
 
 
 def _run_sandboxed(
@@ -127,8 +144,12 @@ def check_cgroup() -> Check:
     try:
         group = RunCgroup.create(Limits(), "doctor")
     except SandboxError as exc:
-        return Check(False, str(exc), "run the daemon as an ordinary user, or give it a "
-                     "writable cgroup hierarchy with the pids controller")  # fmt: skip
+        return Check(
+            False,
+            str(exc),
+            "run the daemon as an ordinary user, or give it a "
+            "writable cgroup hierarchy with the pids controller",
+        )
     made = bool(group.dirs)
     group.remove()
     if not made:
@@ -211,9 +232,11 @@ async def check_channels(settings: Settings) -> list[Check]:
 async def run_checks(settings: Settings) -> list[Check]:
     checks = [check_bwrap()]
     sync: list[Callable[[], Check]] = [
-        check_userns, check_cgroup, lambda: check_sandbox(settings),
+        check_userns,
+        check_cgroup,
+        lambda: check_sandbox(settings),
         lambda: check_seccomp(settings),
-    ]  # fmt: skip
+    ]
     if checks[0].ok:
         for fn in sync:
             checks.append(await asyncio.to_thread(fn))

@@ -72,8 +72,11 @@ async def cmd_run(settings: Settings) -> int:
         raise ConfigError("another nanoclaw daemon holds store/daemon.lock; stop it first")
     channels = load_channels(settings, enabled_channels(settings))
     async with open_store(settings) as store:
-        log.info("nanoclaw running: channels=%s home=%s", ",".join(channels) or "none",
-                 settings.nanoclaw_home)  # fmt: skip
+        log.info(
+            "nanoclaw running: channels=%s home=%s",
+            ",".join(channels) or "none",
+            settings.nanoclaw_home,
+        )
         async with Core.open(settings, store, channels) as core:
             await core.serve()
     return 0

@@ -50,8 +50,15 @@ CLAUDE_MD_ID_PREFIX = "md-"  # tasks.claude_md_id: an agent must not squat a fut
 
 def _request_part(task: Task) -> tuple[object, ...]:
     """What a schedule_task file decides about its task (not times or state)."""
-    return (task.folder, task.source, task.prompt, task.schedule, task.context, task.script,
-            task.catch_up)  # fmt: skip
+    return (
+        task.folder,
+        task.source,
+        task.prompt,
+        task.schedule,
+        task.context,
+        task.script,
+        task.catch_up,
+    )
 
 
 # done: acted on; duplicate: acted on before (only removed); rejected: set aside in errors/;
@@ -150,8 +157,13 @@ class IpcHandler:
         self._quota.set_aside(folder, moved)
         run = self._current_run(folder)
         if self._quota.first_excess(folder):
-            log.warning("ipc group=%s run=%s over its cap of %s: %d files set aside unread",
-                        folder, run, cap, moved)  # fmt: skip
+            log.warning(
+                "ipc group=%s run=%s over its cap of %s: %d files set aside unread",
+                folder,
+                run,
+                cap,
+                moved,
+            )
         if self._quota.first_for_run(folder, run):
             chat = await self._store.default_chat(folder)
             if chat is not None:
@@ -282,11 +294,18 @@ class IpcHandler:
         if isinstance(req, ScheduleTask):
             schedule = to_schedule(req.schedule, now)
             task = Task(
-                id=task_id_of(name), folder=req.group or folder, source=AGENT,
-                prompt=req.prompt, schedule=schedule, context=req.context, script=req.script,
-                catch_up=req.catch_up, next_run_ms=first_run(schedule, self._zone, now),
-                created_ms=now, tainted=tainted,
-            )  # fmt: skip
+                id=task_id_of(name),
+                folder=req.group or folder,
+                source=AGENT,
+                prompt=req.prompt,
+                schedule=schedule,
+                context=req.context,
+                script=req.script,
+                catch_up=req.catch_up,
+                next_run_ms=first_run(schedule, self._zone, now),
+                created_ms=now,
+                tainted=tainted,
+            )
             if task.id.startswith(CLAUDE_MD_ID_PREFIX):
                 raise IpcRejected(f"task id {task.id}: '{CLAUDE_MD_ID_PREFIX}' is for CLAUDE.md")
             if not await self._store.add_task(task):
@@ -304,11 +323,14 @@ class IpcHandler:
                 raise IpcRejected(f"task {task.id} comes from CLAUDE.md: edit the file instead")
             schedule = to_schedule(req.schedule, now) if req.schedule else task.schedule
             changed = replace(
-                task, prompt=req.prompt or task.prompt, schedule=schedule,
-                context=req.context or task.context, script=req.script or task.script,
+                task,
+                prompt=req.prompt or task.prompt,
+                schedule=schedule,
+                context=req.context or task.context,
+                script=req.script or task.script,
                 catch_up=req.catch_up or task.catch_up,
                 tainted=task.tainted or (tainted and bool(req.prompt or req.script)),
-            )  # fmt: skip
+            )
             if req.schedule and task.status == "active":
                 changed = replace(changed, next_run_ms=first_run(schedule, self._zone, now))
         else:

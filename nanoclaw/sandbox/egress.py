@@ -32,12 +32,26 @@ HEAD_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 NUMERIC_RE = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")  # what inet_aton reads as a number
-HOP_HEADERS = frozenset({
-    "connection", "keep-alive", "proxy-connection", "proxy-authorization",
-    "proxy-authenticate", "te", "trailer", "upgrade", "host",
-})  # fmt: skip
-PHRASES = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large",
-           502: "Bad Gateway", 503: "Service Unavailable"}  # fmt: skip
+HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+    }
+)
+PHRASES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 Refusal = tuple[int, str, str]  # status, target, reason
 
@@ -152,8 +166,12 @@ def parse_request(head: bytes) -> Request:
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
     fields = [line for line in lines[1:] if line]
     named = [(f.partition(":")[0].strip().lower(), f) for f in fields]
-    dropped = {part.strip().lower() for n, f in named if n == "connection"
-               for part in f.partition(":")[2].split(",")}  # fmt: skip
+    dropped = {
+        part.strip().lower()
+        for n, f in named
+        if n == "connection"
+        for part in f.partition(":")[2].split(",")
+    }
     kept = [f for n, f in named if n not in HOP_HEADERS and n not in dropped]
     authority = name if number == 80 else f"{name}:{number}"
     out = [f"{method} {path} {version}", f"Host: {authority}", *kept, "Connection: close", "", ""]

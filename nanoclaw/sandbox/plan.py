@@ -31,12 +31,20 @@ from nanoclaw.models import NetworkPolicy
 RUNTIME = "/runtime"
 SANDBOX_UID = 1000
 # Global (not per-process) parts of /proc, bound read-only over the sandbox's own /proc.
-PROC_RO = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "driver", "mtrr",
-           "pressure")  # fmt: skip
+PROC_RO = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "driver", "mtrr", "pressure")
 # Global files of /proc hidden behind /dev/null (Docker's masked paths and more): kernel
 # addresses and timers of the host, and the host's keys, readable by uid 0.
-PROC_MASKED = ("kcore", "keys", "key-users", "latency_stats", "timer_list", "timer_stats",
-               "sched_debug", "slabinfo", "vmallocinfo")  # fmt: skip
+PROC_MASKED = (
+    "kcore",
+    "keys",
+    "key-users",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "slabinfo",
+    "vmallocinfo",
+)
 # Single files from /etc that programs need and that hold no secret of the host.
 ETC_FILES = (
     "/etc/ld.so.cache",
@@ -50,8 +58,12 @@ ETC_FILES = (
 )
 # A minimal /dev: the nodes programs open, and the usual links into /proc.
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
-DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))  # fmt: skip
+DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+)
 NET_ETC_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/gai.conf")
 ETC_PASSWD = "root:x:0:0:root:/root:/bin/false\nagent:x:1000:1000:agent:/workspace:/bin/bash\n"  # noqa: S105 (no secret: the sandbox user list)
 ETC_GROUP = "root:x:0:\nagent:x:1000:\n"

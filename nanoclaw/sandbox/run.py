@@ -109,9 +109,12 @@ class AgentRun:
             raise
         try:
             self._proc = await start_sandbox(
-                self._plan, agent_command(self._plan.runtime), self._cgroup.prefix(),
-                stdin=asyncio.subprocess.PIPE, limit=LINE_CAP,
-            )  # fmt: skip
+                self._plan,
+                agent_command(self._plan.runtime),
+                self._cgroup.prefix(),
+                stdin=asyncio.subprocess.PIPE,
+                limit=LINE_CAP,
+            )
         except OSError as exc:
             await self._stop_proxies()
             await asyncio.to_thread(self._cgroup.remove)

@@ -77,10 +77,12 @@ class Scheduler:
         for task, decision in claimed:
             log.info(
                 "scheduler task=%s group=%s due=%s %s next=%s",
-                task.id, task.folder, iso(decision.due_ms, self._zone),
+                task.id,
+                task.folder,
+                iso(decision.due_ms, self._zone),
                 "queued" if decision.run else f"skipped ({decision.reason})",
                 iso(decision.next_run_ms, self._zone),
-            )  # fmt: skip
+            )
             self._dirty.add(task.folder)
         for folder in dict.fromkeys(t.folder for t, c in claimed if c.run):
             self._submit(folder)

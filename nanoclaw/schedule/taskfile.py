@@ -72,8 +72,11 @@ class TaskFile:
         if plan.add or plan.remove:
             log.info(
                 "tasks group=%s CLAUDE.md: %d added, %d kept, %d removed",
-                folder, len(plan.add), len(plan.keep), len(plan.remove),
-            )  # fmt: skip
+                folder,
+                len(plan.add),
+                len(plan.keep),
+                len(plan.remove),
+            )
         if problems != self._reported.get(folder):
             for line, message in problems:
                 log.warning("tasks group=%s CLAUDE.md line %d: %s", folder, line, message)

@@ -161,10 +161,16 @@ class Ledger(Database):
                     "INSERT INTO outbox (folder, chat_id, text, run_id, ipc_name, created_ms, "
                     "file_path, file_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        folder, reply.chat_id, reply.text, reply.run_id, name, now_ms(),
-                        reply.file_path, reply.file_name,
+                        folder,
+                        reply.chat_id,
+                        reply.text,
+                        reply.run_id,
+                        name,
+                        now_ms(),
+                        reply.file_path,
+                        reply.file_name,
                     ),
-                )  # fmt: skip
+                )
         return True
 
     async def enqueue_reply(

@@ -38,9 +38,17 @@ INSERT_MESSAGE = (
 
 def _values(msg: InboundMessage) -> tuple[object, ...]:
     return (
-        msg.chat_id, msg.platform_id, msg.sender_id, msg.sender_name, msg.text, msg.ts_ms,
-        int(msg.mentions_bot), int(msg.reply_to_bot), msg.reply_to_sender, msg.reply_to_text,
-    )  # fmt: skip
+        msg.chat_id,
+        msg.platform_id,
+        msg.sender_id,
+        msg.sender_name,
+        msg.text,
+        msg.ts_ms,
+        int(msg.mentions_bot),
+        int(msg.reply_to_bot),
+        msg.reply_to_sender,
+        msg.reply_to_text,
+    )
 
 
 def _message(row: Sequence[Any]) -> Message:

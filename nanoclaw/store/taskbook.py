@@ -29,19 +29,40 @@ Problem = tuple[str, int, str]  # folder, line, message
 
 def _task(row: Sequence[Any]) -> Task:
     return Task(
-        id=row[0], folder=row[1], source=row[2], prompt=row[3],
-        schedule=Sched.from_json(json.loads(row[4])), context=row[5], script=row[6],
-        catch_up=row[7], status=row[8], next_run_ms=row[9], last_run_ms=row[10],
-        created_ms=row[11], line=row[12], tainted=bool(row[13]),
-    )  # fmt: skip
+        id=row[0],
+        folder=row[1],
+        source=row[2],
+        prompt=row[3],
+        schedule=Sched.from_json(json.loads(row[4])),
+        context=row[5],
+        script=row[6],
+        catch_up=row[7],
+        status=row[8],
+        next_run_ms=row[9],
+        last_run_ms=row[10],
+        created_ms=row[11],
+        line=row[12],
+        tainted=bool(row[13]),
+    )
 
 
 def _values(task: Task) -> tuple[Any, ...]:
     return (
-        task.id, task.folder, task.source, task.prompt, json.dumps(task.schedule.to_json()),
-        task.context, task.script, task.catch_up, task.status, task.next_run_ms,
-        task.last_run_ms, task.created_ms or now_ms(), task.line, int(task.tainted),
-    )  # fmt: skip
+        task.id,
+        task.folder,
+        task.source,
+        task.prompt,
+        json.dumps(task.schedule.to_json()),
+        task.context,
+        task.script,
+        task.catch_up,
+        task.status,
+        task.next_run_ms,
+        task.last_run_ms,
+        task.created_ms or now_ms(),
+        task.line,
+        int(task.tainted),
+    )
 
 
 class TaskBook(Database):
@@ -61,10 +82,17 @@ class TaskBook(Database):
             "UPDATE tasks SET prompt = ?, schedule = ?, context = ?, script = ?, catch_up = ?, "
             "status = ?, next_run_ms = ?, tainted = ? WHERE id = ?",
             (
-                task.prompt, json.dumps(task.schedule.to_json()), task.context, task.script,
-                task.catch_up, task.status, task.next_run_ms, int(task.tainted), task.id,
+                task.prompt,
+                json.dumps(task.schedule.to_json()),
+                task.context,
+                task.script,
+                task.catch_up,
+                task.status,
+                task.next_run_ms,
+                int(task.tainted),
+                task.id,
             ),
-        )  # fmt: skip
+        )
 
     async def task(self, task_id: str) -> Task | None:
         row = await self._one(f"SELECT {TASK_COLS} FROM tasks WHERE id = ?", (task_id,))
@@ -151,11 +179,14 @@ class TaskBook(Database):
                     "ended_ms = excluded.ended_ms, started_ms = NULL, run_id = NULL "
                     "WHERE status = 'cancelled'",
                     (
-                        task.id, task.folder, decision.due_ms,
-                        "pending" if decision.run else "skipped", decision.reason,
+                        task.id,
+                        task.folder,
+                        decision.due_ms,
+                        "pending" if decision.run else "skipped",
+                        decision.reason,
                         None if decision.run else now,
                     ),
-                )  # fmt: skip
+                )
                 if decision.next_run_ms is None and (logged.rowcount == 0 or not decision.run):
                     await self._db.execute(
                         "UPDATE tasks SET status = 'done' WHERE id = ?", (task.id,)
