@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from nanoclaw.agent.protocol import LLM_SOCK
 from nanoclaw.channel import enabled_channels, load_channels
 from nanoclaw.cli import credcheck
 from nanoclaw.config import Settings
@@ -76,7 +77,7 @@ def _probe_plan(settings: Settings) -> SandboxPlan:
     probe = layout.store / "sandbox" / "probe"
     for sub in ("workspace", "ipc/errors", "global", "skills"):
         (probe / sub).mkdir(parents=True, exist_ok=True)
-    (probe / "ipc" / "llm.sock").touch()
+    (probe / "ipc" / LLM_SOCK).touch()
     return SandboxPlan(
         workspace=probe / "workspace",
         ipc=probe / "ipc",
