@@ -7,14 +7,13 @@ way dotenv gives it back unchanged: bare when plainly safe, else single-quoted w
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from dotenv import dotenv_values
+
+from nanoclaw.memory import write_atomic
 
 SAFE = re.compile(r"^[A-Za-z0-9_\-.:/@+,~%]+$")
 ACTIVE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
@@ -61,14 +60,4 @@ def with_values(text: str, values: Mapping[str, str]) -> str:
 
 def write_private(path: Path, text: str) -> None:
     """Replace `path` atomically by a file only its owner can read (it holds the keys)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text, mode=0o600)
