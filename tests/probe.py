@@ -23,7 +23,7 @@ from nanoclaw.sandbox.seccomp import sandbox_filter
 from nanoclaw.sandbox.spawn import CWD, bwrap_launch
 
 NOBODY = 65534
-SYSTEM_RUNTIME = Runtime(mounts=(), python="/usr/bin/python3", site_dirs=(), host=detect_host())
+SYSTEM_RUNTIME = Runtime(mounts=(), python="/usr/bin/python3", masked=(), host=detect_host())
 MODES = ("root", "user")  # the daemon as root (RLIMIT_NPROC void: a cgroup), or not
 
 

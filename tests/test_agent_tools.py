@@ -2,7 +2,7 @@
 
 A `FakeHost` stands in for the daemon's side of /ipc: requests land in outbound/ through the
 runner's own `write_json`, and a thread publishes /ipc/tasks.json the way the host does. The
-isolated-context tests run the real Agent and anthropic SDK against the fake Messages API.
+isolated-context tests run the real Agent and its stdlib model client against the fake API.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import pytest
-from fake_anthropic import FakeAnthropic
+from fake_anthropic import FakeAnthropic, text_reply, tool_reply
 
 from nanoclaw.agent.__main__ import Agent
 from nanoclaw.agent.conversation import History, history_for
 from nanoclaw.agent.ipcfiles import write_json
-from nanoclaw.agent.protocol import RunConfig
+from nanoclaw.agent.model import ModelClient
+from nanoclaw.agent.protocol import CLOSE, RunConfig, follow_up
 from nanoclaw.agent.tools import TOOL_SPECS, Toolbox
 
 HOST_DELAY_S = 0.2
@@ -602,7 +602,7 @@ def agent_root(tmp_path: Path) -> Path:
 
 
 def make_agent(root: Path, fake: FakeAnthropic, **cfg: Any) -> Agent:
-    client = anthropic.Anthropic(api_key="test", base_url=fake.base_url, max_retries=0)
+    client = ModelClient(fake.base_url, max_retries=0)
     return Agent(RunConfig("claude-test", **cfg), root, client)
 
 
@@ -647,3 +647,30 @@ def test_agent_calls_schedule_task_and_writes_the_request(
         f"RESULT: requested task {random_part(request.name)}; {NOT_CONFIRMED} "
         "(a bad schedule is refused: check list_tasks)"
     )
+
+
+def test_a_follow_up_reaches_the_agent_between_tool_steps(
+    agent_root: Path, fake: FakeAnthropic, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A message (and the host's close) arriving while the agent runs its tools goes into
+    its next model call; the turn then reports that follow-up done, and the agent exits."""
+    staged = agent_root / "staged"
+    staged.mkdir()
+    name = write_json(staged, follow_up("<message>also bring milk</message>"))
+    (staged / CLOSE).touch()
+    # the follow-up lands in input/ only while the first tool runs
+    fake.script(
+        tool_reply("bash", {"command": "mv ../staged/* ../ipc/input/"}),
+        text_reply("bread and milk"),
+    )
+    agent = make_agent(agent_root, fake)
+    agent.serve("buy bread", idle_timeout=60)  # returns at once: close came mid-turn
+    assert len(fake.requests) == 2  # answered within the same turn
+    results, arrived = fake.requests[1].body["messages"][-1]["content"]
+    assert results["type"] == "tool_result"
+    assert arrived["type"] == "text" and "also bring milk" in arrived["text"]
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["event"], e.get("input")) for e in events] == [("turn_done", name)]
+    assert list((agent_root / "ipc" / "input").iterdir()) == []
+    [sent] = [json.loads(p.read_text()) for p in (agent_root / "ipc" / "outbound").iterdir()]
+    assert sent["text"] == "bread and milk"

@@ -1,6 +1,6 @@
 """The model proxy's paths and per-group daily budget: the pure verdict, then the real proxy
 on a unix socket forwarding to the fake Anthropic server, with a real store and the
-agent's own SDK client."""
+agent's own model client."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import anthropic
 import pytest
 import pytest_asyncio
 from aiohttp import ClientSession, UnixConnector
 from fake_anthropic import FakeAnthropic, text_reply
 from pydantic import SecretStr
 
-from nanoclaw.agent.__main__ import proxy_client
+from nanoclaw.agent.model import ModelClient, ModelError
+from nanoclaw.agent.protocol import LLM_SOCK
 from nanoclaw.config import load_settings
 from nanoclaw.errors import ConfigError
 from nanoclaw.layout import Layout
@@ -288,21 +288,19 @@ async def test_the_agents_client_surfaces_the_refusal_without_retrying(
 ) -> None:
     await spend(store, "work", Usage(requests=500))
     proxy, served = await serve(tmp_path, store, session, fake, Budget(500, 0))
-    client = proxy_client(tmp_path, max_retries=5)
+    client = ModelClient(tmp_path / LLM_SOCK, max_retries=5)
 
     def ask() -> None:
-        client.messages.create(
-            model="m", max_tokens=10, messages=[{"role": "user", "content": "q"}]
-        )
+        client.create(model="m", max_tokens=10, messages=[{"role": "user", "content": "q"}])
 
     try:
         with caplog.at_level(logging.WARNING, logger="nanoclaw.proxy.server"):
             for _ in range(2):
-                with pytest.raises(anthropic.RateLimitError) as info:
+                with pytest.raises(ModelError) as info:
                     await asyncio.to_thread(ask)
     finally:
-        client.close()
         await proxy.stop()
+    assert info.value.status == 429 and not info.value.retryable
     assert "group work is over its daily request budget (500 of 500)" in str(info.value)
     assert len(served.checks) == 2  # one request per call reached the proxy: no retries
     assert fake.requests == []

@@ -50,7 +50,7 @@ def test_doctor_passes_with_credential(tmp_path: Path, fake: FakeAnthropic) -> N
     assert "ok    Telegram bot @andy_bot" in proc.stdout
     assert [r.path for r in fake.requests] == ["/v1/messages/count_tokens"]
     assert "ok    user, pid and network namespaces work" in proc.stdout
-    assert "starts inside the sandbox" in proc.stdout
+    assert "starts in the sandbox" in proc.stdout
     assert [line for line in proc.stdout.splitlines() if "cgroup" in line] in (
         [[line] for line in cgroup_lines_allowed()]
     )

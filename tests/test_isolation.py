@@ -149,3 +149,28 @@ async def test_sees_no_host_process(probe: Running) -> None:
     assert count < 10
     assert "pytest" not in out and "nanoclaw.cli.main" not in out
     assert str(probe.settings.nanoclaw_home) not in out  # bwrap's argv is hidden in an fd
+
+
+async def test_runner_has_the_standard_library_and_no_package(probe: Running) -> None:
+    """The runner's interpreter, with the runner's own flags and with `site` on too: the
+    standard library and the runner import, no installed package does, and nothing is
+    inside any site-packages dir under /runtime (the interpreter's own are masked empty)."""
+    code = (
+        "import sys, importlib.util as u; sys.path.insert(0, '/runtime/lib'); "
+        "import json, http.client, agent.model; print('STDLIB-OK'); "
+        "print('PATHS', [p for p in sys.path if 'site-packages' in p]); "
+        "print('FOUND', [m for m in ('anthropic', 'aiohttp', 'httpx', 'pydantic') "
+        "if u.find_spec(m)])"
+    )
+    out = await sh(
+        probe,
+        'py=$(readlink /proc/$PPID/exe); echo "EXE $py"; '
+        "tr '\\0' ' ' < /proc/$PPID/cmdline | cut -c1-60; echo; "
+        f'"$py" -I -S -B -c "{code}"; "$py" -I -B -c "{code}"; '
+        "echo FIND-BEGIN; find /runtime -path '*-packages/*' 2>/dev/null | head -3; echo FIND-DONE",
+    )
+    assert " -I -S -B -c " in out  # the runner's own flags, as checked by the first run
+    assert out.count("STDLIB-OK") == 2
+    assert "FOUND []" in out and "FOUND [" not in out.replace("FOUND []", "")
+    assert "PATHS []" in out  # with -S: no site dir on sys.path at all
+    assert out.split("FIND-BEGIN")[1].split("FIND-DONE")[0].strip() == ""  # nothing found

@@ -3,13 +3,13 @@ an unreachable model endpoint is retried by the queue with one short log line pe
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import anthropic
 import pytest
 from conftest import (
     SECRET_KEY,
@@ -23,6 +23,7 @@ from conftest import (
 from fake_anthropic import FakeAnthropic
 
 from nanoclaw.agent.__main__ import describe_error
+from nanoclaw.agent.model import error_of
 from nanoclaw.config import Settings
 
 NOTICE = "the model refused the key: check ANTHROPIC_API_KEY"
@@ -99,15 +100,6 @@ async def test_an_unreachable_model_is_one_short_line_per_failed_run(
     assert "Traceback" not in log_text
 
 
-def _status_error(status: int, body: object) -> anthropic.APIStatusError:
-    import httpx2 as httpx
-
-    request = httpx.Request("POST", "http://model-proxy.invalid/v1/messages")
-    response = httpx.Response(status, request=request, json=body)
-    cls = {401: anthropic.AuthenticationError, 403: anthropic.PermissionDeniedError}
-    return cls.get(status, anthropic.InternalServerError)("x", response=response, body=body)
-
-
 @pytest.mark.parametrize(
     ("status", "kind", "message", "expected"),
     [
@@ -126,7 +118,7 @@ def test_describe_error_is_one_short_line(
     status: int, kind: str, message: str, expected: str
 ) -> None:
     body = {"type": "error", "error": {"type": kind, "message": message + "\n" + "x" * 2000}}
-    line = describe_error(_status_error(status, body))
+    line = describe_error(error_of(status, json.dumps(body).encode(), None))
     assert expected in line
     assert "\n" not in line and len(line) < 400 and "Error code" not in line
 

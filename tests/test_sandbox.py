@@ -112,7 +112,7 @@ def test_argv_is_a_pure_function_of_the_plan() -> None:
     runtime = Runtime(
         mounts=((str(NOWHERE / "py"), "/runtime/python"),),
         python="/runtime/python/bin/python3",
-        site_dirs=(),
+        masked=("/runtime/python/lib/python3/site-packages",),
         host=IMAGINED,
         prlimit="/imagined/prlimit",
     )
@@ -139,6 +139,7 @@ def test_argv_is_a_pure_function_of_the_plan() -> None:
         argv[i + 2] for i, a in enumerate(argv) if a == "--ro-bind" and argv[i + 1] == "/dev/null"
     }
     assert masked == {"/proc/no_such_file"}
+    assert ("--tmpfs", "/runtime/python/lib/python3/site-packages", "--remount-ro") in triples
     assert ("--ro-bind", str(NOWHERE / "sock" / "llm.sock"), "/ipc/llm.sock") in triples
     assert ("--ro-bind-try", str(NOWHERE / "sock" / "egress.sock"), "/ipc/egress.sock") in triples
     assert argv[argv.index("--chdir") + 3] == "/imagined/prlimit"
@@ -175,12 +176,13 @@ def test_agent_command_is_isolated_python() -> None:
     rt = Runtime(
         mounts=(),
         python="/runtime/python/bin/python3.11",
-        site_dirs=("/runtime/sp",),
+        masked=("/runtime/python/lib/python3.11/site-packages",),
         host=IMAGINED,
     )
     cmd = agent_command(rt)
-    assert cmd[:3] == [rt.python, "-I", "-B"]
-    assert "/runtime/sp" in cmd[-1] and "run_module('agent'" in cmd[-1]
+    assert cmd[:4] == [rt.python, "-I", "-S", "-B"]  # no `site`: no site dir on sys.path
+    assert "'/runtime/lib'" in cmd[-1] and "run_module('agent'" in cmd[-1]
+    assert "site-packages" not in " ".join(cmd)
 
 
 def test_sandbox_runs_and_is_killed_with_its_parent(tmp_path: Path) -> None:
@@ -200,7 +202,7 @@ def test_mount_plan_works_for_an_ordinary_user() -> None:
     base = Path(tempfile.mkdtemp(prefix="nanoclaw-user-"))
     try:
         os.chmod(base, 0o755)
-        system = Runtime(mounts=(), python="/usr/bin/python3", site_dirs=(), host=detect_host())
+        system = Runtime(mounts=(), python="/usr/bin/python3", masked=(), host=detect_host())
         plan = plan_in(base, system)
         subprocess.run(["chown", "-R", "65534:65534", str(base)], check=True)
         code = "import os; print(os.getuid(), os.listdir('/workspace'))"

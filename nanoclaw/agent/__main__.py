@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import anthropic
-
-try:  # the SDK's own HTTP library: httpx2 in anthropic 2.x, httpx before
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover
-    import httpx  # type: ignore[no-redef,import-not-found,unused-ignore]
-
 from .conversation import history_for, strip_internal, system_prompt
 from .ipcfiles import Inbox, event, write_json
+from .model import ModelClient, ModelError
 from .protocol import EGRESS_SOCK, INITIAL_INPUT, INPUT, LLM_SOCK, OUTBOUND, RunConfig, request
 from .relay import start_relay
 from .tools import TOOL_SPECS, Toolbox
@@ -29,26 +23,29 @@ from .tools import TOOL_SPECS, Toolbox
 MAX_STEPS = 40
 
 
-def _block(block: Any) -> dict[str, Any]:
-    if block.type == "text":
-        return {"type": "text", "text": block.text}
-    if block.type == "tool_use":
-        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
-    data: dict[str, Any] = block.model_dump(mode="json", exclude_none=True)
-    return data
+def _block(block: dict[str, Any]) -> dict[str, Any]:
+    """A reply's content block as it goes back into the history: text and tool calls with
+    only the fields the API takes back; any other block (thinking...) as it came."""
+    if block.get("type") == "text":
+        return {"type": "text", "text": block.get("text", "")}
+    if block.get("type") == "tool_use":
+        return {k: block.get(k) for k in ("type", "id", "name", "input")}
+    return {k: v for k, v in block.items() if v is not None}
 
 
-def describe_error(exc: anthropic.APIError) -> str:
+def _input(block: dict[str, Any]) -> dict[str, Any]:
+    value = block.get("input")
+    return value if isinstance(value, dict) else {}
+
+
+def describe_error(exc: ModelError) -> str:
     """One short line for the host's log: the status, the API's error type and message, never
-    the SDK's dump of the whole body. The host decides what an error means (it saw the
-    upstream answer in its proxy); this line only says it in words."""
-    if isinstance(exc, anthropic.APIConnectionError):  # the proxy socket itself: timeouts too
-        return f"model: cannot reach the model proxy ({exc.__class__.__name__})"
-    status = exc.status_code if isinstance(exc, anthropic.APIStatusError) else "?"
-    err = exc.body.get("error") if isinstance(exc.body, dict) else None
-    kind = str(err.get("type", "")) if isinstance(err, dict) else ""
-    text = str(err.get("message", "")) if isinstance(err, dict) else exc.__class__.__name__
-    text = " ".join(text.split())[:300]  # one line, bounded
+    the whole body. The host decides what an error means (it saw the upstream answer in its
+    proxy); this line only says it in words."""
+    if exc.status is None:  # the proxy socket itself: timeouts too
+        return f"model: cannot reach the model proxy ({exc.kind})"
+    status, kind = exc.status, exc.kind
+    text = " ".join(exc.message.split())[:300]  # one line, bounded
     if text.startswith("nanoclaw:"):  # the host's own refusal (policy, size, budget)
         return f"model: {text}"
     if status == 502:
@@ -58,26 +55,14 @@ def describe_error(exc: anthropic.APIError) -> str:
     return f"model: {status} {kind}: {text}"
 
 
-def proxy_client(ipc: Path, max_retries: int) -> anthropic.Anthropic:
-    """The model, reached only through the host's proxy on /ipc/llm.sock."""
-    # Plain HTTP over a unix socket: no TLS context to build (saves ~30 ms at start).
-    transport = httpx.HTTPTransport(uds=str(ipc / LLM_SOCK), verify=False)
-    return anthropic.Anthropic(
-        api_key="sandbox-has-no-key",
-        base_url="http://model-proxy.invalid",
-        http_client=anthropic.DefaultHttpxClient(transport=transport, timeout=600),
-        max_retries=max_retries,
-    )
-
-
 class Agent:
     def __init__(
-        self, cfg: RunConfig, root: Path = Path("/"), client: anthropic.Anthropic | None = None
+        self, cfg: RunConfig, root: Path = Path("/"), client: ModelClient | None = None
     ) -> None:
         self.cfg = cfg
         self.workspace = root / "workspace"
         self.ipc = root / "ipc"
-        self.client = client or proxy_client(self.ipc, cfg.max_retries)
+        self.client = client or ModelClient(self.ipc / LLM_SOCK, cfg.max_retries)
         self.tools = Toolbox(
             self.workspace,
             self.send,
@@ -87,6 +72,9 @@ class Agent:
         )
         self.history = history_for(cfg, self.workspace)
         self.root = root
+        self.inbox = Inbox(self.ipc / INPUT)
+        self.last_input = INITIAL_INPUT  # the newest input this agent took: its turn_done names it
+        self.closing = False  # the host asked to close while a turn ran: exit after it
 
     def send(self, payload: dict[str, Any]) -> str:
         return write_json(self.ipc / OUTBOUND, payload)
@@ -102,45 +90,57 @@ class Agent:
         messages.append({"role": "user", "content": f"[now: {now}]\n{prompt}"})
         final = ""
         for _ in range(MAX_STEPS):
-            reply = self.client.messages.create(
+            reply = self.client.create(
                 model=self.cfg.model,
                 max_tokens=self.cfg.max_tokens,
                 system=[{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
-                tools=tools,  # type: ignore[arg-type]
-                messages=messages,  # type: ignore[arg-type]
+                tools=tools,
+                messages=messages,
             )
-            messages.append({"role": "assistant", "content": [_block(b) for b in reply.content]})
-            uses = [b for b in reply.content if b.type == "tool_use"]
-            final = "".join(b.text for b in reply.content if b.type == "text")
-            if reply.stop_reason != "tool_use" or not uses:
+            content = [b for b in reply["content"] if isinstance(b, dict)]
+            messages.append({"role": "assistant", "content": [_block(b) for b in content]})
+            uses = [b for b in content if b.get("type") == "tool_use"]
+            final = "".join(str(b.get("text", "")) for b in content if b.get("type") == "text")
+            if reply.get("stop_reason") != "tool_use" or not uses:
                 break
             results = [
                 {
                     "type": "tool_result",
-                    "tool_use_id": b.id,
-                    "content": self.tools.run(b.name, b.input),
+                    "tool_use_id": b.get("id"),
+                    "content": self.tools.run(str(b.get("name")), _input(b)),
                 }
                 for b in uses
             ]
-            messages.append({"role": "user", "content": results})
+            messages.append({"role": "user", "content": [*results, *self._arrived()]})
         else:
             final = final or "I stopped after too many steps; ask me to continue."
         self.history.save(messages)
         return strip_internal(final)
 
+    def _arrived(self) -> list[dict[str, Any]]:
+        """Follow-ups that came while tools ran, as a text block for the next model call:
+        the agent reads them between tool steps, not only after its turn."""
+        items, close = self.inbox.take()
+        self.closing = self.closing or close
+        if not items:
+            return []
+        self.last_input = items[-1][0]
+        text = "\n\n".join(p for _, p in items)
+        return [{"type": "text", "text": f"[new messages while you were working]\n{text}"}]
+
     def serve(self, prompt: str, idle_timeout: float) -> None:
-        inbox = Inbox(self.ipc / INPUT)
-        name = INITIAL_INPUT
         while True:
             answer = self.turn(prompt)
             if answer:
                 self.send(request("send_message", text=answer))
-            event("turn_done", input=name)
-            items, close = inbox.wait(idle_timeout)
+            event("turn_done", input=self.last_input)
+            if self.closing:
+                idle_timeout = 0.0
+            items, close = self.inbox.wait(idle_timeout)
             if not items:
                 return
             prompt = "\n\n".join(p for _, p in items)
-            name = items[-1][0]
+            self.last_input = items[-1][0]
             if close:
                 idle_timeout = 0.0
 
@@ -160,7 +160,7 @@ def main() -> int:
     event("ready", startup_ms=int((time.monotonic() - started) * 1000))
     try:
         agent.serve(cfg.prompt, cfg.idle_timeout_s)
-    except anthropic.APIError as exc:
+    except ModelError as exc:
         event("error", error=describe_error(exc))
         return 1
     return 0

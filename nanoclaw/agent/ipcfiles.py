@@ -54,6 +54,8 @@ class Inbox:
         """Consume every waiting input file: ([(name, prompt)], close_requested)."""
         items: list[tuple[str, str]] = []
         close = False
+        if not self.directory.is_dir():  # a run without follow-ups (tests): nothing waits
+            return items, close
         for path in sorted(self.directory.iterdir()):
             name = path.name
             if name == CLOSE:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import sys
-import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,12 +83,14 @@ class Host:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where the interpreter and packages come from on the host, and how they appear inside;
-    with the host's own layout, so that building the argv reads nothing."""
+    """Where the interpreter comes from on the host, and how it appears inside; with the
+    host's own layout, so that building the argv reads nothing. No package is mounted: the
+    runner needs the standard library only, and the interpreter's own site dirs (`masked`,
+    paths inside) are hidden behind empty directories."""
 
     mounts: tuple[tuple[str, str], ...]
     python: str
-    site_dirs: tuple[str, ...]
+    masked: tuple[str, ...]
     host: Host
     env: tuple[tuple[str, str], ...] = ()
     prlimit: str = "/usr/bin/prlimit"  # the host's, run inside: under /usr or /nix/store
@@ -170,30 +172,30 @@ def detect_host() -> Host:
 
 
 def detect_runtime() -> Runtime:
-    """The running interpreter, seen read-only at /runtime inside; /usr and /nix as they are."""
+    """The running interpreter (the base one, not a venv's), seen read-only at /runtime
+    inside; /usr and /nix as they are. Its standard library comes with it, its site dirs not."""
     base = Path(sys.base_prefix).resolve()
-    site = Path(sysconfig.get_paths()["purelib"]).resolve()
-    plat = Path(sysconfig.get_paths()["platlib"]).resolve()
     mounts: list[tuple[str, str]] = []
     ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    inside = base
     if base.is_relative_to("/usr") or base.is_relative_to("/nix"):
         python = str(Path(sys.base_prefix) / "bin" / ver)
         env: tuple[tuple[str, str], ...] = ()
     else:
-        mounts.append((str(base), f"{RUNTIME}/python"))
+        inside = Path(f"{RUNTIME}/python")
+        mounts.append((str(base), str(inside)))
         python = f"{RUNTIME}/python/bin/{ver}"
         env = (("LD_LIBRARY_PATH", f"{RUNTIME}/python/lib"),)
-    sites: list[str] = []
-    for index, src in enumerate(dict.fromkeys([site, plat])):
-        if src.is_relative_to(base) and base.is_relative_to("/usr"):
-            sites.append(str(src))
-            continue
-        dst = f"{RUNTIME}/site-packages" + (f"-{index}" if index else "")
-        mounts.append((str(src), dst))
-        sites.append(dst)
+    masked: list[str] = []
+    for site_dir in site.getsitepackages([str(base)]):
+        path = Path(site_dir).resolve()
+        # only under /runtime/python: a /usr or /nix interpreter's dirs are the system's (-S
+        # keeps them off the runner's sys.path; the group's own tools may use them)
+        if inside != base and path.is_dir() and path.is_relative_to(base):
+            masked.append(str(inside / path.relative_to(base)))
     found = shutil.which("prlimit")
     prlimit = os.path.realpath(found) if found else Runtime.prlimit
-    return Runtime(tuple(mounts), python, tuple(sites), detect_host(), env, prlimit)
+    return Runtime(tuple(mounts), python, tuple(dict.fromkeys(masked)), detect_host(), env, prlimit)
 
 
 def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = None) -> list[str]:
@@ -220,6 +222,8 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = N
         a += ["--ro-bind", NIX_STORE, NIX_STORE]
     for src, dst in plan.runtime.mounts:
         a += ["--ro-bind", src, dst]
+    for path in plan.runtime.masked:  # the interpreter's installed packages: none inside
+        a += ["--tmpfs", path, "--remount-ro", path]
     a += ["--ro-bind", str(plan.agent_code), f"{RUNTIME}/lib/agent"]
     a += ["--proc", "/proc"]
     for name in PROC_RO:
@@ -297,10 +301,10 @@ def limits_prefix(limits: Limits, prlimit: str = "prlimit") -> list[str]:
 
 
 def agent_command(runtime: Runtime) -> list[str]:
-    """Start the runner with an isolated interpreter; it finds its packages via sys.path."""
-    paths = [f"{RUNTIME}/lib", *runtime.site_dirs]
+    """Start the runner with an isolated interpreter and no `site` (-S: no site dir on
+    sys.path); it imports the standard library and its own package only."""
     boot = (
-        f"import sys; sys.path[:0] = {paths!r}; import runpy; "
+        f"import sys; sys.path[:0] = [{RUNTIME + '/lib'!r}]; import runpy; "
         "runpy.run_module('agent', run_name='__main__')"
     )
-    return [runtime.python, "-I", "-B", "-c", boot]
+    return [runtime.python, "-I", "-S", "-B", "-c", boot]
