@@ -1,6 +1,7 @@
 """Scripted fake of the Anthropic Messages API (POST /v1/messages) for tests.
 Owns the aiohttp server thread, request recording, reply scripting (FIFO script -> custom
-responder -> default [[directive]] responder), count_tokens, and an optional key check."""
+responder -> default [[directive]] responder), count_tokens, an optional key check, and the
+usage of each answer, prompt cache reads and writes included (`prompt_cache`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from prompt_cache import PromptCache
 from served import Served
 
 ERROR_TYPES: dict[int, str] = {
@@ -196,11 +198,13 @@ def _output_len(content: Sequence[dict[str, Any]]) -> int:
 class FakeAnthropic:
     """`with FakeAnthropic() as fake:` then point the SDK at `fake.base_url`."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.base_url = ""
+        self.cache = PromptCache(clock)  # `clock`: when cached prefixes expire
         self.responder: Responder | None = None
         self._cond = threading.Condition()
         self._requests: list[Recorded] = []
+        self._usages: list[dict[str, int]] = []  # of each 200 answer, in order
         self._script: deque[Reply] = deque()
         self._served = Served("fake-anthropic")
         self._delayed: set[asyncio.Task[Any]] = set()  # answers waiting out their delay
@@ -212,6 +216,11 @@ class FakeAnthropic:
         with self._cond:
             return list(self._requests)
 
+    @property
+    def usages(self) -> list[dict[str, int]]:
+        with self._cond:
+            return list(self._usages)
+
     def script(self, *replies: Reply) -> None:
         with self._cond:
             self._script.extend(replies)
@@ -220,7 +229,9 @@ class FakeAnthropic:
         with self._cond:
             self._script.clear()
             self._requests.clear()
+            self._usages.clear()
             self.responder = None
+            self.cache.clear()
 
     def wait_for_requests(self, n: int, timeout: float = 10.0) -> list[Recorded]:
         with self._cond:
@@ -317,12 +328,20 @@ class FakeAnthropic:
             err = _error_json(reply.error_type, reply.error_message or f"HTTP {reply.status}")
             return web.json_response(err, status=reply.status, headers=headers)
         n_in, n_out = reply.input_tokens, reply.output_tokens
+        read = write = 0
+        if n_in is None:  # a scripted count is the whole input, the cache left out
+            with self._cond:
+                cached = self.cache.account(body)
+            read, write = cached.read, cached.write
+            n_in = max(0, len(json.dumps(body)) // 4 - read - write)
         usage = {
-            "input_tokens": len(json.dumps(body)) // 4 if n_in is None else n_in,
+            "input_tokens": n_in,
             "output_tokens": _output_len(reply.content) // 4 + 1 if n_out is None else n_out,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": write,
+            "cache_read_input_tokens": read,
         }
+        with self._cond:
+            self._usages.append(usage)
         message = {
             "id": _rid("msg_"),
             "type": "message",

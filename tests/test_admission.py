@@ -44,7 +44,14 @@ def agent_request() -> dict[str, Any]:
             },
             {
                 "role": "user",
-                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "a\nb"}],
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": "a\nb",
+                        "cache_control": {"type": "ephemeral"},  # the conversation's breakpoint
+                    }
+                ],
             },
         ],
     }

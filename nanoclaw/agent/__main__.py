@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .conversation import history_for, strip_internal, system_prompt
+from .conversation import history_for, strip_internal, system_prompt, with_breakpoint
 from .ipcfiles import Inbox, event, write_json
 from .model import ModelClient, ModelError
 from .protocol import EGRESS_SOCK, INITIAL_INPUT, INPUT, LLM_SOCK, OUTBOUND, RunConfig, request
@@ -95,7 +95,7 @@ class Agent:
                 max_tokens=self.cfg.max_tokens,
                 system=[{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
                 tools=tools,
-                messages=messages,
+                messages=with_breakpoint(messages),  # the history itself stays unmarked
             )
             content = [b for b in reply["content"] if isinstance(b, dict)]
             messages.append({"role": "assistant", "content": [_block(b) for b in content]})

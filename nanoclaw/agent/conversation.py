@@ -1,8 +1,9 @@
 """The agent's context: the system prompt read fresh from memory files, and the kept history.
 
 History lives at /workspace/.nanoclaw/conversation.json and is trimmed from the oldest
-exchange to a character budget; an isolated run keeps its own only in memory. The system
-prompt and tools are the cached prefix. Memory below the marker is the agent's own notes.
+exchange to a character budget; an isolated run keeps its own only in memory. Each request
+is cached up to its last block (tools, system prompt, then the conversation, byte for byte as
+sent before). Memory below the marker is the agent's own notes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .protocol import RunConfig
 
 INTERNAL_RE = re.compile(r"<internal>.*?(</internal>|\Z)", re.S | re.I)
 MEMORY_CAP = 40_000
+TRIM_TO = 75  # percent of the history budget kept when it is cut: room for the next turns
 # The host appends update_memory entries below this marker of CLAUDE.md, one "- (time) "
 # line each (continuation lines indented), tagged when written by a run that saw untrusted
 # senders. Defined here because the sandbox, which reads them, has only this package.
@@ -120,6 +122,37 @@ def system_prompt(cfg: RunConfig, workspace: Path, global_dir: Path, skills: Pat
     return "\n\n".join(parts)
 
 
+MARKABLE = frozenset({"text", "image", "document", "tool_use", "tool_result"})
+
+
+def _markable(block: object) -> bool:
+    """A block Anthropic takes a breakpoint on: not thinking, not an empty text."""
+    if not isinstance(block, dict) or block.get("type") not in MARKABLE:
+        return False
+    return block.get("type") != "text" or bool(block.get("text"))
+
+
+def with_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as one request sends them, a cache breakpoint on the last block that can
+    carry one, for the next request to read its prefix up to there. Nothing else changes: a
+    new prompt (a string, with its "[now: ...]") stays as it is and the mark goes on the
+    previous reply; converting it would make it other bytes than later requests send. A
+    copy: marks of earlier requests must not pile up (Anthropic takes four; tools and system
+    hold two) nor be saved in the history."""
+    sent = list(messages)
+    for i in range(len(sent) - 1, -1, -1):
+        content = sent[i].get("content")
+        if not isinstance(content, list):
+            continue
+        for j in range(len(content) - 1, -1, -1):
+            if _markable(content[j]):
+                blocks = list(content)
+                blocks[j] = {**content[j], "cache_control": {"type": "ephemeral"}}
+                sent[i] = {**sent[i], "content": blocks}
+                return sent
+    return sent
+
+
 def _starts_exchange(message: dict[str, Any]) -> bool:
     return message.get("role") == "user" and isinstance(message.get("content"), str)
 
@@ -157,12 +190,16 @@ class History:
         return trim_history(data, self.budget)
 
     def save(self, messages: list[dict[str, Any]]) -> None:
+        # Over the budget, cut to a part of it: the conversation's front then stays the same
+        # bytes for the next turns, read from the prompt cache, instead of changing each turn.
+        full = len(json.dumps(messages)) > self.budget
+        kept = trim_history(messages, self.budget * TRIM_TO // 100 if full else self.budget)
         if self.path is None:
-            self._kept = trim_history(messages, self.budget)
+            self._kept = kept
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(trim_history(messages, self.budget)), encoding="utf-8")
+        tmp.write_text(json.dumps(kept), encoding="utf-8")
         os.replace(tmp, self.path)
 
 
