@@ -68,6 +68,18 @@ def cli_env(home: Path, **settings: str) -> dict[str, str]:
     return env
 
 
+def chat_env(home: Path, model_url: str) -> dict[str, str]:
+    """`cli_env` for a `nanoclaw chat` or `run` driven by a test: the fake model, quick polls,
+    an agent idle for 5 s, a terminal that draws no colours."""
+    return cli_env(
+        home,
+        ANTHROPIC_BASE_URL=model_url,
+        POLL_INTERVAL_MS="50",
+        AGENT_IDLE_TIMEOUT_S="5",
+        TERM="dumb",
+    )
+
+
 def run_cli(home: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     """`nanoclaw ARGS` as a subprocess in `home`, with `cli_env(home, **settings)`."""
     return subprocess.run(

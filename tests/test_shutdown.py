@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from conftest import cli_env
+from conftest import chat_env
 from fake_anthropic import FakeAnthropic, text_reply
 from pty_terminal import Pty, alive, descendants, until
 
@@ -23,13 +23,7 @@ async def test_sigterm_logs_runs_in_flight_and_a_chat_beside_shows_work(
     store: no typing reaches it), its Ctrl+C says the run goes on; SIGTERM then ends the
     daemon cleanly with one line saying how many runs were in flight."""
     await ensure_main(store)
-    env = cli_env(
-        home,
-        ANTHROPIC_BASE_URL=fake.base_url,
-        POLL_INTERVAL_MS="50",
-        AGENT_IDLE_TIMEOUT_S="5",
-        TERM="dumb",
-    )
+    env = chat_env(home, fake.base_url)
     fake.script(replace(text_reply("too late"), delay=120))
     with (home / "daemon.log").open("ab") as log:
         daemon = subprocess.Popen(

@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import cli_env
+from conftest import chat_env
 from fake_anthropic import FakeAnthropic, text_reply
 from pty_terminal import Pty, alive, descendants, until
 
@@ -55,13 +55,7 @@ async def test_agent_text_reaches_the_terminal_without_escape_sequences(tmp_path
 
 
 def test_repl_commands_and_a_reply(home: Path, fake: FakeAnthropic) -> None:
-    env = cli_env(
-        home,
-        ANTHROPIC_BASE_URL=fake.base_url,
-        POLL_INTERVAL_MS="50",
-        AGENT_IDLE_TIMEOUT_S="5",
-        TERM="dumb",
-    )
+    env = chat_env(home, fake.base_url)
     term = Pty([sys.executable, "-m", "nanoclaw.cli.main", "chat"], home, env)
     try:
         term.expect("[main] > ")
@@ -95,13 +89,7 @@ async def test_ctrl_c_stops_the_run_at_once_and_the_batch_is_not_asked_again(
     task_run = await store.start_run("main", "task", None, None)
     await store.enqueue_reply("main", "term:main", "morning report", task_run)
     await store.finish_run(task_run, "ok")
-    env = cli_env(
-        home,
-        ANTHROPIC_BASE_URL=fake.base_url,
-        POLL_INTERVAL_MS="50",
-        AGENT_IDLE_TIMEOUT_S="5",
-        TERM="dumb",
-    )
+    env = chat_env(home, fake.base_url)
     argv = [sys.executable, "-m", "nanoclaw.cli.main", "chat"]
     fake.script(replace(text_reply("too late"), delay=120))
     term = Pty(argv, home, env)
