@@ -6,8 +6,9 @@ the scripted model for `[[say: {ans-G-K}]]`, waits until the answers reach the f
 sendMessage, then sends the next burst. So every message goes channel -> store ->
 orchestrator -> bwrap agent -> model proxy -> fake model -> IPC file -> watcher -> outbox ->
 router -> channel send, with the batching and follow-ups of real use. Reported per level:
-msg/s over first push -> last answer, push -> answer latency, the daemon's own CPU (its
-/proc utime + stime; the agents' is not in it) and its RSS high-water mark.
+msg/s over first push -> last answer against issue 15's targets (`TARGETS`), push -> answer
+latency, the daemon's own CPU (its /proc utime + stime; the agents' is not in it) and its
+RSS high-water mark.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from processes import stop_process
 from bench.home import make_home
 from bench.idle import _wait_ready
 from bench.report import Figure, failed, percentile
+from bench.usage import Usage, usage
 from nanoclaw.config import Settings
 from nanoclaw.models import Group
 from nanoclaw.store.messages import Store
@@ -46,7 +48,6 @@ GAP_S = (0.0, 0.03)  # between the messages of one burst
 IDLE_TIMEOUT_S = 2.0
 SENDER = 111  # the fake's default user id, allowed as tg:111
 ANSWER = re.compile(r"\{ans-(\d+)-(\d+)\}")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def chat_of(g: int) -> int:
@@ -81,29 +82,6 @@ class TimedTelegram(FakeTelegram):
             fut = self._waiting.pop(token, None)
             if fut is not None and not fut.done():
                 fut.set_result(at)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """From /proc/<pid>/stat and status: seconds on CPU (all threads), RSS and its peak."""
-
-    cpu_s: float
-    rss_mb: float
-    peak_mb: float
-
-
-def usage(pid: int) -> Usage:
-    """The process's own use, not its children's: the agents' CPU is not even in cutime, as
-    bwrap with its own pid namespace exits without reaping the agent."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # comm may hold spaces
-    utime, stime = (int(x) / TICK for x in fields[11:13])
-    kb = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            kb[key] = int(value.split()[0])
-    return Usage(utime + stime, kb["VmRSS"] / 1024, kb["VmHWM"] / 1024)
 
 
 async def _register(home: Path, groups: int) -> None:
@@ -219,39 +197,74 @@ def _name(groups: int) -> str:
     return f"load: {groups} group{'s' if groups > 1 else ''}, whole pipeline"
 
 
+@dataclass(frozen=True)
+class Target:
+    """Issue 15's target for a level: `factor` x the msg/s of the runner built on the SDK
+    (`sdk_rate`, same bench and machine), and a p50 latency bound if any."""
+
+    sdk_rate: float
+    factor: float
+    p50_ms: float | None = None
+
+    def text(self) -> str:
+        rate = f">= {self.factor:g}x {self.sdk_rate:g} msg/s"
+        return rate if self.p50_ms is None else f"{rate}, p50 <= {self.p50_ms / 1000:g} s"
+
+    def met(self, rate: float, p50_ms: float) -> bool:
+        fast = self.p50_ms is None or p50_ms <= self.p50_ms
+        return rate >= self.sdk_rate * self.factor and fast
+
+
+TARGETS = {5: Target(9.7, 2.0), 20: Target(1.5, 10.0, 2000.0)}
+
+
+def _target_text(groups: int) -> str:
+    target = TARGETS.get(groups)
+    return "-" if target is None else target.text()
+
+
 def _figure(level: Level, base_rate: float | None, max_agents: int) -> Figure:
     n, ms = len(level.latencies), [x * 1000 for x in level.latencies]
-    rate = n / level.wall_s
+    rate, p50 = n / level.wall_s, percentile(ms, 50)
     runs, bad, error = level.runs
+    cpu_s = level.after.cpu_s - level.before.cpu_s
+    target = TARGETS.get(level.groups)
+    notes: list[str] = []
     if base_rate is None:
-        notes = [f"MAX_CONCURRENT_AGENTS={max_agents}, AGENT_IDLE_TIMEOUT_S={IDLE_TIMEOUT_S:g}"]
-    else:
-        notes = ["ratio: over the 1-group msg/s"]
+        notes.append(f"MAX_CONCURRENT_AGENTS={max_agents}, AGENT_IDLE_TIMEOUT_S={IDLE_TIMEOUT_S:g}")
+    if target is not None:
+        notes.append("floor: the msg/s with the SDK runner (issue 15)")
     if level.groups > max_agents:
-        notes.append(f"a group past the first {max_agents} waits for an agent to go idle")
+        notes.append(f"past {max_agents} groups one waits for an idle agent")
     if bad:
         notes.append(f"{bad} agent runs did not end ok, first: {error}")
+    extra = {
+        "n": n,
+        "wall_s": level.wall_s,
+        "p50_ms": p50,
+        "p95_ms": percentile(ms, 95),
+        "daemon_cpu_s": cpu_s,
+        "daemon_cpu_pct": cpu_s / level.wall_s * 100,
+        "peak_rss_mb": level.after.peak_mb,
+        "start_rss_mb": level.before.rss_mb,
+        "agent_runs": runs,
+        "model_requests": level.requests,
+        "sends": level.sends,
+    }
+    if base_rate is not None:
+        extra["vs_1_group"] = rate / base_rate
     return Figure(
         f"load_{level.groups}",
         _name(level.groups),
         rate,
         "msg/s",
-        "-",
-        None,
-        ratio=None if base_rate is None else rate / base_rate,
-        extra={
-            "n": n,
-            "wall_s": level.wall_s,
-            "p50_ms": percentile(ms, 50),
-            "p95_ms": percentile(ms, 95),
-            "daemon_cpu_pct": (level.after.cpu_s - level.before.cpu_s) / level.wall_s * 100,
-            "peak_rss_mb": level.after.peak_mb,
-            "start_rss_mb": level.before.rss_mb,
-            "agent_runs": runs,
-            "model_requests": level.requests,
-            "sends": level.sends,
-        },
+        _target_text(level.groups),
+        None if target is None else target.met(rate, p50),
+        floor=None if target is None else target.sdk_rate,
+        ratio=None if target is None else rate / target.sdk_rate,
+        extra=extra,
         note="; ".join(notes),
+        floor_label="" if target is None else "with the SDK runner",
     )
 
 
@@ -267,7 +280,7 @@ def load(fake: FakeAnthropic, messages: int) -> list[Figure]:
                 home = make_home(Path(tmp))
                 level = asyncio.run(_level(fake, groups, math.ceil(messages / groups), home))
         except Exception as exc:  # one level failing leaves the others measured
-            figures.append(failed(f"load_{groups}", _name(groups), "-", exc))
+            figures.append(failed(f"load_{groups}", _name(groups), _target_text(groups), exc))
             continue
         figures.append(_figure(level, base_rate, max_agents))
         if groups == 1:

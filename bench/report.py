@@ -31,6 +31,7 @@ class Figure:
     ratio: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    floor_label: str = ""  # what the floor is, a few words for the README's table
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -106,6 +107,24 @@ def table(figures: Sequence[Figure]) -> str:
             bits.append(f.note)
         if bits:
             out.append(f"  {f.key}: " + ", ".join(bits))
+    return "\n".join(out)
+
+
+def markdown(figures: Sequence[Figure]) -> str:
+    """The table as the README shows it: one row per figure, the floor named."""
+    out = [
+        "| figure | measured | floor | ratio | SPEC target | result |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in figures:
+        floor = _num(f.floor, f.unit)
+        if f.floor is not None and f.floor_label:
+            floor = f"{floor} ({f.floor_label})"
+        ratio = "-" if f.ratio is None else f"{f.ratio:.2f}×"
+        target = f.target.replace("<=", "≤").replace(">=", "≥")
+        cells = [f.name.strip(), _num(f.value, f.unit), floor, ratio, target]
+        cells.append(_result(f.passed, f.value))
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(out)
 
 
