@@ -77,15 +77,25 @@
             ];
             # The daemon starts every agent run with bwrap, under a seccomp filter that
             # nanoclaw/sandbox/seccomp.py compiles with libseccomp (loaded by name through ctypes).
+            # Groups' Nix environments build from this flake's pinned nixpkgs unless
+            # NANOCLAW_NIXPKGS says otherwise (in the environment or .env), with the host's
+            # Nix when it has one (a suffix: its daemon and its version first).
             makeWrapperArgs = [
               "--prefix"
               "PATH"
               ":"
               (lib.makeBinPath [ pkgs.bubblewrap ])
+              "--suffix"
+              "PATH"
+              ":"
+              (lib.makeBinPath [ pkgs.nix ])
               "--prefix"
               "LD_LIBRARY_PATH"
               ":"
               (lib.makeLibraryPath [ pkgs.libseccomp ])
+              "--set-default"
+              "NANOCLAW_FLAKE_NIXPKGS"
+              "${nixpkgs}"
             ];
             # Templates and skills, for the NixOS module to seed a fresh home with.
             postInstall = ''
@@ -198,6 +208,9 @@
               wants = [ "network-online.target" ];
               after = [ "network-online.target" ];
               environment.NANOCLAW_HOME = cfg.home;
+              # nix-build for the groups' environments, talking to the system's Nix daemon;
+              # their GC roots live under ${cfg.home}/store/envs.
+              path = [ config.nix.package ];
               # Seed the group templates once; keep skills/ pointing at the current package.
               preStart = ''
                 for f in groups/main/CLAUDE.md groups/global/CLAUDE.md; do

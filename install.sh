@@ -22,9 +22,12 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 if [ "$mode" = "--test" ]; then
   # Prosody: the real XMPP server of the XMPP tests (Debian's package may also start a
   # system service; the tests use their own instances on random ports). nix-bin parses
-  # flake.nix; openssl makes the tests' TLS certificates; procps gives pgrep.
+  # flake.nix and builds the groups' environments; openssl makes the tests' TLS
+  # certificates; procps gives pgrep.
   command -v prosody >/dev/null || need_apt+=(prosody)
   command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
+  # the tests' stub nixpkgs (tests/nixpkgs) builds its packages from a static /bin/busybox
+  ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
   command -v openssl >/dev/null || need_apt+=(openssl)
   command -v pgrep >/dev/null || need_apt+=(procps)
 fi

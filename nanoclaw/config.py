@@ -39,6 +39,7 @@ FIXES = {
     "TELEGRAM_ALLOWED_CHAT_IDS": "use numeric chat ids like -1001234567890, comma-separated",
     "MATRIX_USER_ID": "use the bot's full id, like @andy:example.org",
     "MATRIX_HOMESERVER": "use the homeserver's URL, like https://matrix.example.org",
+    "NANOCLAW_NIXPKGS": "use an absolute path to a nixpkgs (checkout or store path) or <nixpkgs>",
 }
 
 
@@ -74,6 +75,12 @@ def _host_tz() -> str:
     return link.split(marker, 1)[1] if marker in link else "UTC"
 
 
+def _default_nixpkgs() -> str:
+    """The flake's wrapper names its pinned nixpkgs in NANOCLAW_FLAKE_NIXPKGS, a default and
+    not the setting itself: an environment variable would outrank NANOCLAW_NIXPKGS in .env."""
+    return os.environ.get("NANOCLAW_FLAKE_NIXPKGS") or "<nixpkgs>"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
@@ -98,6 +105,7 @@ class Settings(BaseSettings):
     # Per group and calendar day in TZ; 0 is unlimited. Tokens: input + cache writes + output.
     group_daily_requests: int = Field(500, ge=0, alias="GROUP_DAILY_REQUESTS")
     group_daily_tokens: int = Field(2_000_000, ge=0, alias="GROUP_DAILY_TOKENS")
+    nanoclaw_nixpkgs: str = Field(default_factory=_default_nixpkgs, alias="NANOCLAW_NIXPKGS")
     tz: str = Field(default_factory=_host_tz, alias="TZ")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
 
@@ -175,6 +183,19 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a tzdata dir
             raise ValueError(f"unknown timezone {value[:64]!r}") from exc
         return value
+
+    @field_validator("nanoclaw_nixpkgs")
+    @classmethod
+    def _nixpkgs(cls, value: str) -> str:
+        """A lookup path (<nixpkgs>, resolved through NIX_PATH) or an absolute path; whether
+        it exists is for `doctor` and the build to say (Nix may not be installed yet)."""
+        value = value.strip()
+        if re.match(r"^<[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*>$", value):
+            return value
+        path = os.path.expanduser(value)
+        if not os.path.isabs(path) or "\n" in path:
+            raise ValueError(f"{value[:64]!r} is neither an absolute path nor <nixpkgs>")
+        return os.path.normpath(path)
 
     @field_validator("anthropic_base_url", "telegram_api_url")
     @classmethod

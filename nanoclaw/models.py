@@ -128,6 +128,8 @@ class Group:
     exports: tuple[str, ...] = ()
     model: str | None = None
     domains: tuple[str, ...] = ()  # reachable under network="allowlist", subdomains included
+    packages: tuple[str, ...] = ()  # nixpkgs attribute names for the group's Nix environment
+    profile: str | None = None  # a built-in profile of nanoclaw.nixenv.catalog
 
     @property
     def is_main(self) -> bool:

@@ -363,3 +363,29 @@ def test_cli_named_env_file_must_exist(tmp_path: Path) -> None:
     (tmp_path / "prod.env").write_text("LOG_LEVEL=loud\n")  # and it is the file read
     proc = run_cli(tmp_path, "--env-file", "prod.env", "chats")
     assert proc.returncode == 2 and "LOG_LEVEL" in proc.stderr
+
+
+def test_nixpkgs_defaults_to_the_flake_pin_else_the_lookup_path(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env.delenv("NANOCLAW_FLAKE_NIXPKGS", raising=False)
+    assert load_settings(env_file=None).nanoclaw_nixpkgs == "<nixpkgs>"
+    env.setenv("NANOCLAW_FLAKE_NIXPKGS", "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-source")
+    pinned = load_settings(env_file=None).nanoclaw_nixpkgs
+    assert pinned == "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-source"
+    # the pin is only a default: .env (and the environment) choose another nixpkgs
+    (tmp_path / ".env").write_text("NANOCLAW_NIXPKGS=/srv/nixpkgs/\n")
+    assert load_settings(env_file=tmp_path / ".env").nanoclaw_nixpkgs == "/srv/nixpkgs"
+    env.setenv("NANOCLAW_NIXPKGS", "<nixos-unstable>")
+    assert load_settings(env_file=tmp_path / ".env").nanoclaw_nixpkgs == "<nixos-unstable>"
+    env.setenv("NANOCLAW_NIXPKGS", "~/nixpkgs")
+    assert load_settings(env_file=None).nanoclaw_nixpkgs == str(Path.home() / "nixpkgs")
+
+
+@pytest.mark.parametrize("value", ["nixpkgs", "./nixpkgs", "<nix pkgs>", "<>", "<a>b"])
+def test_nixpkgs_must_be_absolute_or_a_lookup_path(env: pytest.MonkeyPatch, value: str) -> None:
+    env.setenv("NANOCLAW_NIXPKGS", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env_file=None)
+    assert str(info.value).startswith("setting NANOCLAW_NIXPKGS: ")
+    assert "use an absolute path to a nixpkgs" in str(info.value)

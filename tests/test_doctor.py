@@ -11,8 +11,11 @@ from pathlib import Path
 from conftest import cli_env, settings_for
 from fake_anthropic import FakeAnthropic
 from fake_telegram import FakeTelegram
+from nixhome import STUB, need_nix
 
-from nanoclaw.cli.doctor import check_seccomp
+from nanoclaw.cli.doctor import check_nix, check_seccomp
+from nanoclaw.models import Group
+from nanoclaw.store.messages import Store
 
 
 def doctor(home: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -94,3 +97,38 @@ def test_doctor_says_which_credential_is_refused(tmp_path: Path, fake: FakeAnthr
     assert lines[bot].startswith("FAIL") and "TELEGRAM_BOT_TOKEN" in lines[bot + 1]
     assert "wrong-5e1" not in proc.stdout + proc.stderr
     assert "wrong-token-0c4" not in proc.stdout + proc.stderr
+
+
+async def test_doctor_says_nix_is_missing_and_how_to_install_it(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, "http://127.0.0.1:9", NANOCLAW_NIXPKGS="<nixpkgs>")
+    empty = tmp_path / "no-nix"
+    empty.mkdir()
+    # no group declares packages: a host without Nix is fine
+    quiet = await check_nix(settings, search_path=str(empty))
+    assert quiet.ok and "none needs Nix" in quiet.what
+    store = await Store.open(settings.layout.db)
+    await store.save_group(Group("work", "work", packages=("jq",)))
+    await store.close()
+    check = await check_nix(settings, search_path=str(empty))
+    assert not check.ok
+    assert check.what.startswith("Nix is not installed on this host")
+    assert "group(s) work declare packages: their runs fail" in check.what
+    assert "sudo apt-get install nix-bin" in check.fix and "nixos.org/download" in check.fix
+
+
+async def test_doctor_checks_nixpkgs_and_counts_built_environments(tmp_path: Path) -> None:
+    need_nix()
+    settings = settings_for(tmp_path, "http://127.0.0.1:9", NANOCLAW_NIXPKGS=str(STUB))
+    store = await Store.open(settings.layout.db)
+    await store.save_group(Group("work", "work", profile="strict"))
+    await store.close()
+    check = await check_nix(settings)
+    assert check.ok, check.what
+    assert check.what.startswith("nix-build (Nix) ") and f"with nixpkgs {STUB}: " in check.what
+    assert check.what.endswith(
+        "0 of 1 group environments built; build the rest: nanoclaw env build --all"
+    )
+    bad = settings_for(tmp_path, "http://127.0.0.1:9", NANOCLAW_NIXPKGS=str(tmp_path / "none"))
+    check = await check_nix(bad)
+    assert not check.ok and "no such file or directory" in check.what
+    assert check.fix.startswith("set NANOCLAW_NIXPKGS to a nixpkgs")

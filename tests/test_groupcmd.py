@@ -192,3 +192,40 @@ async def test_an_agent_cannot_register_a_held_or_impossible_chat(tmp_path: Path
         assert not (tmp_path / "groups" / "grab").exists()
     finally:
         await store.close()
+
+
+def test_packages_and_profile_are_set_checked_and_shown(tmp_path: Path) -> None:
+    ok(tmp_path, "groups", "add", "work", "--chat", "tg:-100")
+    said = ok(tmp_path, "groups", "set", "work", "packages=jq, ripgrep,python312", "profile=strict")
+    assert "nanoclaw env build work" in said or "Nix is not installed" in said
+    shown = ok(tmp_path, "groups", "show", "work")
+    assert "profile:         strict\n" in shown
+    assert "packages:        jq, ripgrep, python312\n" in shown
+    assert (
+        "environment:     Nix: bash, cacert, coreutils, jq, python312, ripgrep "
+        "(nanoclaw env show work)\n"
+    ) in shown
+    # refused before any Nix is asked: nothing changes
+    assert "'jq;rm' is not a nixpkgs attribute name" in refused(
+        tmp_path, "groups", "set", "work", "packages=jq;rm"
+    )
+    assert "unknown profile 'strct' (did you mean strict?)" in refused(
+        tmp_path, "groups", "set", "work", "profile=strct"
+    )
+    assert ok(tmp_path, "groups", "show", "work") == shown
+    # a profile sets packages only: network stays off, with a hint
+    said = ok(tmp_path, "groups", "set", "work", "profile=build-install")
+    assert "hint: profile build-install expects network=full" in said
+    assert "network:         off\n" in ok(tmp_path, "groups", "show", "work")
+    ok(tmp_path, "groups", "set", "work", "packages=", "profile=")
+    cleared = ok(tmp_path, "groups", "show", "work")
+    assert "environment:     the host runtime (no packages or profile)" in cleared
+
+
+def test_without_nix_the_wish_is_recorded_and_the_fate_said(tmp_path: Path) -> None:
+    ok(tmp_path, "groups", "add", "work")
+    empty = tmp_path / "no-nix"
+    empty.mkdir()
+    said = ok(tmp_path, "groups", "set", "work", "packages=jq", PATH=str(empty))
+    assert "Nix is not installed here: runs of group work fail until it is" in said
+    assert "packages:        jq\n" in ok(tmp_path, "groups", "show", "work")

@@ -8,6 +8,7 @@ checked with one live call each (`credcheck`): "ok" means the call worked.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from nanoclaw.channel import enabled_channels, load_channels
 from nanoclaw.cli import credcheck
 from nanoclaw.config import Settings
 from nanoclaw.errors import SandboxError, StoreError
+from nanoclaw.nixenv import EnvError, Environments, nix
 from nanoclaw.sandbox.cgroup import RunCgroup
 from nanoclaw.sandbox.launcher import AGENT_CODE
 from nanoclaw.sandbox.plan import Limits, SandboxPlan, detect_runtime, write_etc
@@ -219,6 +221,37 @@ async def check_store(settings: Settings) -> Check:
     return Check(True, f"store {settings.layout.db} ({len(groups)} groups)")
 
 
+async def check_nix(settings: Settings, search_path: str | None = None) -> Check:
+    """Nix and NANOCLAW_NIXPKGS, for the groups that declare packages or a profile; a host
+    where none does passes without Nix. `search_path` replaces PATH for finding Nix."""
+    environ = dict(os.environ) if search_path is None else {**os.environ, "PATH": search_path}
+    envs = Environments(settings.layout, settings.nanoclaw_nixpkgs, environ=environ)
+    try:
+        store = await Store.open(settings.layout.db)
+        groups = await store.groups()
+        await store.close()
+    except StoreError:
+        groups = []  # check_store says why
+    wanting = [g for g in groups if g.packages or g.profile is not None]
+    need = f"group(s) {', '.join(g.folder for g in wanting)} declare packages"
+    fix = nix.INSTALL_NIX
+    try:
+        tools = envs.tools()
+        fix = "set NANOCLAW_NIXPKGS to a nixpkgs that `import PATH {}` turns into a package set"
+        path = await asyncio.to_thread(envs.nixpkgs_path, tools)
+        version = await asyncio.to_thread(nix.probe, tools, path)
+    except EnvError as exc:
+        if wanting:
+            return Check(False, f"{exc} ({need}: their runs fail)", fix)
+        return Check(True, f"no group declares packages, so none needs Nix ({exc})")
+    built = sum(await asyncio.to_thread(lambda: [envs.cached(g) is not None for g in wanting]))
+    todo = "; build the rest: nanoclaw env build --all" if built < len(wanting) else ""
+    return Check(
+        True,
+        f"{version} with nixpkgs {path}: {built} of {len(wanting)} group environments built{todo}",
+    )
+
+
 async def check_channels(settings: Settings) -> list[Check]:
     names = enabled_channels(settings)
     loaded = load_channels(settings, names) if names else {}
@@ -241,7 +274,11 @@ async def run_checks(settings: Settings) -> list[Check]:
     if checks[0].ok:
         for fn in sync:
             checks.append(await asyncio.to_thread(fn))
-    later: list[Awaitable[Check]] = [check_credential(settings), check_store(settings)]
+    later: list[Awaitable[Check]] = [
+        check_credential(settings),
+        check_store(settings),
+        check_nix(settings),
+    ]
     checks += [await c for c in later]
     checks += await check_channels(settings)
     return checks

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from nanoclaw.errors import ConfigError
 from nanoclaw.home import ensure_main, open_store
 from nanoclaw.ipc import exports
 from nanoclaw.models import MAIN, Group, chat_id_problem, chat_problem, valid_folder
+from nanoclaw.nixenv import catalog
 from nanoclaw.sandbox.egress import parse_domains
 from nanoclaw.schedule.tasks import CLAUDE_MD, Task
 from nanoclaw.store.messages import Store
@@ -32,6 +34,8 @@ GROUP_KEYS = (
     "chat",
     "exports",
     "domains",
+    "packages",
+    "profile",
 )
 HEADER = f"{'group':<16} {'trigger':<20} {'network':<10} chats"
 
@@ -67,6 +71,12 @@ def apply_setting(group: Group, key: str, value: str) -> Group:
         return replace(group, exports=exports.format_exports(exports.parse_exports(entries)))
     if key == "domains":
         return replace(group, domains=parse_domains(value.split(",")))
+    if key == "packages":
+        return replace(group, packages=catalog.parse_packages(value))
+    if key == "profile":
+        if value and (problem := catalog.profile_problem(value)):
+            raise ValueError(problem)
+        return replace(group, profile=value or None)
     if key == "name":
         return replace(group, name=value or group.folder)
     if key == "trigger":
@@ -106,11 +116,44 @@ def show_lines(g: Group, settings: Settings, tasks: list[Task], workspace: Path)
         f"domains:         {listed(g.domains)}",
         f"exports:         {listed(g.exports)}",
         f"mounts:          {listed(g.mounts)}",
+        f"profile:         {g.profile or 'none'}",
+        f"packages:        {listed(g.packages)}",
+        f"environment:     {environment_line(g)}",
         f"budget:          {budget} (GROUP_DAILY_REQUESTS, GROUP_DAILY_TOKENS: every group)",
         f"tasks:           {len(tasks) - paused} active, {paused} paused",
         f"workspace:       {workspace}" + ("" if claude_md.is_file() else " (no CLAUDE.md)"),
     ]
     return [printable_line(line) for line in lines]  # names and ids may be a platform's
+
+
+def environment_line(g: Group) -> str:
+    """Pure: what the group's runs get: the host runtime, or the Nix environment's names."""
+    try:
+        names = catalog.wanted_packages(g)
+    except catalog.EnvError as exc:
+        return f"none: {exc}"
+    if names is None:
+        return "the host runtime (no packages or profile)"
+    return f"Nix: {', '.join(names)} (nanoclaw env show {g.folder})"
+
+
+def environment_notes(g: Group, nix_found: bool) -> list[str]:
+    """Pure: what to say after `packages` or `profile` changed: the profile's network hint,
+    and whether the wish can come true on this host."""
+    if catalog.wanted_packages(g) is None:
+        return []
+    hint = catalog.network_hint(g.profile, g.network, g.folder)
+    notes = [hint] if hint else []
+    if nix_found:
+        notes.append(
+            f"its environment is built at its next run, or now: nanoclaw env build {g.folder}"
+        )
+    else:
+        notes.append(
+            f"Nix is not installed here: runs of group {g.folder} fail until it is "
+            "(nanoclaw doctor says how)"
+        )
+    return notes
 
 
 async def _held(store: Store, group: Group, move: bool) -> list[str]:
@@ -193,6 +236,9 @@ async def cmd_groups(settings: Settings, args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise ConfigError(f"group {args.folder}: {exc}") from exc
         notes = await _held(store, group, args.move)
+        keys = {pair.partition("=")[0].strip() for pair in pairs}
+        if keys & {"packages", "profile"}:
+            notes += environment_notes(group, shutil.which("nix-build") is not None)
         await store.save_group(group)
         (settings.layout.groups / group.folder).mkdir(parents=True, exist_ok=True)
         print(HEADER)

@@ -1,4 +1,4 @@
-"""The `nanoclaw` command (SPEC section 9): run, chat, groups, chats, tasks, usage, doctor.
+"""The `nanoclaw` command (SPEC section 9): run, chat, groups, chats, tasks, usage, env, doctor.
 
 Settings are built here, once, and passed down; a bad setting ends the command with one
 line naming it and exit code 2, never a traceback, and a closed stdout ends it quietly.
@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
+from nanoclaw.cli import env as envcmd
 from nanoclaw.cli import groups as groupcmd
 from nanoclaw.cli import pair as paircmd
 from nanoclaw.cli import setup as setupcmd
@@ -168,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     usagecmd.add_parser(sub)
     paircmd.add_parser(sub)
     setupcmd.add_parser(sub)
+    envcmd.add_parser(sub)
     sub.add_parser("doctor", help="check bwrap, namespaces, credential, store, channels")
     return p
 
@@ -191,6 +193,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(usagecmd.run(settings, args))
     if args.command == "pair":
         return asyncio.run(paircmd.run(settings, args))
+    if args.command == "env":
+        return asyncio.run(envcmd.run(settings, args))
     return asyncio.run(cmd_doctor(settings))
 
 

@@ -27,7 +27,7 @@ MSG_COLS = (
 )
 GROUP_COLS = (
     "folder, name, trigger, requires_trigger, network, allowed_senders, mounts, exports, model, "
-    "domains"
+    "domains, packages, profile"
 )
 INSERT_MESSAGE = (
     "INSERT INTO messages (chat_id, platform_id, sender_id, sender_name, text, ts_ms, "
@@ -180,6 +180,8 @@ class Store(Ledger, TaskBook, PairBook):
             exports=tuple(json.loads(row[7])),
             model=row[8],
             domains=tuple(json.loads(row[9])),
+            packages=tuple(json.loads(row[10])),
+            profile=row[11],
             chats=tuple(chats),
         )
 
@@ -199,12 +201,13 @@ class Store(Ledger, TaskBook, PairBook):
         async with self.transaction():
             await self._db.execute(
                 "INSERT INTO groups (folder, name, trigger, requires_trigger, network, "
-                "allowed_senders, mounts, exports, model, domains, created_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder) DO UPDATE SET "
+                "allowed_senders, mounts, exports, model, domains, packages, profile, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder) DO UPDATE SET "
                 "name=excluded.name, trigger=excluded.trigger, "
                 "requires_trigger=excluded.requires_trigger, network=excluded.network, "
                 "allowed_senders=excluded.allowed_senders, mounts=excluded.mounts, "
-                "exports=excluded.exports, model=excluded.model, domains=excluded.domains",
+                "exports=excluded.exports, model=excluded.model, domains=excluded.domains, "
+                "packages=excluded.packages, profile=excluded.profile",
                 (
                     group.folder,
                     group.name,
@@ -216,6 +219,8 @@ class Store(Ledger, TaskBook, PairBook):
                     json.dumps(list(group.exports)),
                     group.model,
                     json.dumps(list(group.domains)),
+                    json.dumps(list(group.packages)),
+                    group.profile,
                     now_ms(),
                 ),
             )

@@ -169,4 +169,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (target, kind)
     );
     """,
+    # 7: per-group Nix environments (issue 16): nixpkgs attribute names and a built-in profile
+    """
+    ALTER TABLE groups ADD COLUMN packages TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE groups ADD COLUMN profile TEXT;
+    """,
 )
