@@ -1,9 +1,9 @@
 """Figure 2: agent cold start (`Launcher.launch()` to the fake's first request) and
 the resident memory of that agent once it answered and waits for input.
 
-The launch is the daemon's own (real `Store`, `main` group, model proxy, bwrap sandbox).
-Before each launch its floor runs once in the group's own plan, started as the runner is
-(cgroup, `--args FD`, seccomp, prlimit, the runner's interpreter and flags).
+The launch is the daemon's own (real `Store`, `main` group, the model client and proxy,
+bwrap sandbox). Before each launch its floor runs once in the group's own plan, started as
+the runner is (cgroup, `--args FD`, seccomp, prlimit, the runner's interpreter and flags).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import ClientSession
 from fake_anthropic import FakeAnthropic, Recorded
 from pydantic import SecretStr
 
@@ -33,6 +32,7 @@ from nanoclaw.home import ensure_main
 from nanoclaw.ipc import files as ipcfs
 from nanoclaw.layout import Layout
 from nanoclaw.models import MAIN
+from nanoclaw.proxy.upstream import upstream_client
 from nanoclaw.sandbox.cgroup import RunCgroup
 from nanoclaw.sandbox.launcher import AgentSettings, Launcher
 from nanoclaw.sandbox.plan import SandboxPlan, agent_command
@@ -90,11 +90,9 @@ async def _cold_runs(fake: FakeAnthropic, home: Path, n: int) -> ColdRuns:
             tz="UTC",
             idle_timeout_s=RUN_TIMEOUT_S,
             timeout_s=RUN_TIMEOUT_S * 2,
-            api_key=SecretStr("k"),
-            base_url=fake.base_url,
         )
-        async with ClientSession() as session:
-            launcher = Launcher(store, Layout(home), agent, session)
+        async with upstream_client(SecretStr("k"), fake.base_url) as client:
+            launcher = Launcher(store, Layout(home), agent, client)
             plan = await launcher.prepare(group)  # the group's own plan, as launch() makes it
             runner_argv = agent_command(plan.runtime)
             for i in range(n + 1):

@@ -1,6 +1,6 @@
 """The composition root: builds store, router, orchestrator, IPC handler and watcher, runs them.
 
-`Core.open` builds it where the HTTP session exists; it is shared by `nanoclaw run` (network
+`Core.open` builds it where the model client exists; it is shared by `nanoclaw run` (network
 channels) and a `nanoclaw chat` that finds no daemon (terminal only). One process at a time
 holds the store's daemon lock; `settle()` runs the pipeline until idle for tests and bench.
 """
@@ -13,7 +13,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Mapping
 
-from aiohttp import ClientSession
+from anthropic import AsyncAnthropic
 from pydantic import SecretStr
 
 from nanoclaw.channel import Channel, Ingest, welcome_of
@@ -25,6 +25,7 @@ from nanoclaw.live import LiveRuns
 from nanoclaw.models import Group
 from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.proxy.budget import Budget
+from nanoclaw.proxy.upstream import upstream_client
 from nanoclaw.router import Router
 from nanoclaw.sandbox.gate import Gate, run_gate
 from nanoclaw.sandbox.launcher import AgentSettings, Launcher
@@ -44,21 +45,24 @@ def agent_settings(settings: Settings) -> AgentSettings:
         tz=settings.tz,
         idle_timeout_s=settings.agent_idle_timeout_s,
         timeout_s=settings.agent_timeout_s,
-        api_key=settings.anthropic_api_key or SecretStr(""),
-        base_url=settings.anthropic_base_url,
         budget=Budget(settings.group_daily_requests, settings.group_daily_tokens),
     )
 
 
+def model_client(settings: Settings) -> AsyncAnthropic:
+    """The daemon's one model client, which every run's proxy sends through; close it."""
+    return upstream_client(settings.anthropic_api_key or SecretStr(""), settings.anthropic_base_url)
+
+
 class Core:
-    """The daemon's parts wired together; built by `Core.open`, which owns the HTTP session."""
+    """The daemon's parts wired together; built by `Core.open`, which owns the model client."""
 
     def __init__(
         self,
         settings: Settings,
         store: Store,
         channels: Mapping[str, Channel],
-        session: ClientSession,
+        client: AsyncAnthropic,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -84,7 +88,7 @@ class Core:
             on_tasks_changed=task_changes.changed,
             files_root=layout.files,
         )
-        self.launcher = Launcher(store, layout, agent_settings(settings), session)
+        self.launcher = Launcher(store, layout, agent_settings(settings), client)
         rules = Rules(
             allowed_senders=tuple(settings.allowed_senders),
             default_trigger=settings.trigger,
@@ -114,9 +118,9 @@ class Core:
     async def open(
         cls, settings: Settings, store: Store, channels: Mapping[str, Channel]
     ) -> AsyncIterator[Core]:
-        """The core with its HTTP session (the model proxies' upstream), closed on the way out."""
-        async with ClientSession() as session:
-            yield cls(settings, store, channels, session)
+        """The core with its model client (the model proxies' upstream), closed on the way out."""
+        async with model_client(settings) as client:
+            yield cls(settings, store, channels, client)
 
     def _groups_changed(self) -> None:
         """A group was registered over IPC: watch its dirs, read its CLAUDE.md, look at it."""

@@ -1,7 +1,8 @@
 """Scripted fake of the Anthropic Messages API (POST /v1/messages) for tests.
 Owns the aiohttp server thread, request recording, reply scripting (FIFO script -> custom
-responder -> default [[directive]] responder), count_tokens, an optional key check, and the
-usage of each answer, prompt cache reads and writes included (`prompt_cache`)."""
+responder -> default [[directive]] responder), count_tokens, an optional key check, the
+usage of each answer, prompt cache reads and writes included (`prompt_cache`), and a
+streamed answer (`fake_stream`) when the request asks `"stream": true`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from fake_stream import encode, error_event, message_events
 from prompt_cache import PromptCache
 from served import Served
 
@@ -63,6 +65,10 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     input_tokens: int | None = None
     output_tokens: int | None = None
+    # Streamed answers only: the connection dropped after this many events; an `error`
+    # event of this type sent after message_start (the stream then ends).
+    cut_after: int | None = None
+    error_event: str = ""
 
 
 Responder = Callable[[dict[str, Any]], Reply]
@@ -303,7 +309,7 @@ class FakeAnthropic:
             {"input_tokens": len(json.dumps(body)) // 4}
         )
 
-    async def _messages(self, request: web.Request) -> web.Response:
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         refused = self._refused(request)
         if refused is not None:
@@ -352,4 +358,23 @@ class FakeAnthropic:
             "stop_sequence": None,
             "usage": usage,
         }
+        if body.get("stream") is True:
+            return await self._stream(request, message, reply, headers)
         return web.json_response(message, headers=headers)
+
+    async def _stream(
+        self, request: web.Request, message: dict[str, Any], reply: Reply, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        events = message_events(message)
+        if reply.error_event:
+            events = [events[0], error_event(reply.error_event, "fake error event")]
+        kind = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+        response = web.StreamResponse(headers={**headers, **kind})
+        await response.prepare(request)
+        for sent, (name, data) in enumerate(events):
+            if sent == reply.cut_after and request.transport is not None:
+                request.transport.close()  # no end of the chunked body: a broken reply
+                return response
+            await response.write(encode(name, data))
+        await response.write_eof()
+        return response

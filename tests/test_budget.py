@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import pytest_asyncio
 from aiohttp import ClientSession, UnixConnector
+from anthropic import AsyncAnthropic
 from fake_anthropic import FakeAnthropic, text_reply
 from pydantic import SecretStr
 
@@ -27,7 +28,9 @@ from nanoclaw.layout import Layout
 from nanoclaw.models import Group, Usage
 from nanoclaw.proxy.admission import Policy
 from nanoclaw.proxy.budget import Budget, BudgetGuard, budget_tokens, budget_verdict, day_start
-from nanoclaw.proxy.server import ModelProxy, response_usage
+from nanoclaw.proxy.server import ModelProxy
+from nanoclaw.proxy.upstream import upstream_client
+from nanoclaw.proxy.usage import response_usage
 from nanoclaw.sandbox.launcher import AgentSettings, Launcher
 from nanoclaw.store.messages import Store
 
@@ -126,16 +129,16 @@ class Served:
 
 
 @pytest_asyncio.fixture
-async def session() -> AsyncIterator[ClientSession]:
-    async with ClientSession() as s:
-        yield s
+async def client(fake: FakeAnthropic) -> AsyncIterator[AsyncAnthropic]:
+    """The daemon's model client, with the real key."""
+    async with upstream_client(SecretStr("sk-real"), fake.base_url) as c:
+        yield c
 
 
 async def serve(
     tmp_path: Path,
     store: Store,
-    session: ClientSession,
-    fake: FakeAnthropic,
+    client: AsyncAnthropic,
     budget: Budget,
     clock: datetime | None = None,
     folder: str = "work",
@@ -156,9 +159,7 @@ async def serve(
 
     guard = BudgetGuard(folder, budget, ZoneInfo("UTC"), spent, now)
     proxy = ModelProxy(
-        session,
-        fake.base_url,
-        SecretStr("sk-real"),
+        client,
         record,
         f"run={run_id}",
         guard,
@@ -176,11 +177,11 @@ async def spend(store: Store, folder: str, usage: Usage) -> int:
 
 
 async def test_under_budget_is_forwarded_and_recorded(
-    tmp_path: Path, store: Store, session: ClientSession, fake: FakeAnthropic
+    tmp_path: Path, store: Store, client: AsyncAnthropic, fake: FakeAnthropic
 ) -> None:
     await spend(store, "work", Usage(3, 100, 50))
     fake.script(text_reply("hello", input_tokens=20, output_tokens=5))
-    proxy, served = await serve(tmp_path, store, session, fake, Budget(5, 1000))
+    proxy, served = await serve(tmp_path, store, client, Budget(5, 1000))
     try:
         answer = await call(served.sock)
     finally:
@@ -192,12 +193,12 @@ async def test_under_budget_is_forwarded_and_recorded(
 
 
 async def test_over_token_budget_is_refused_and_nothing_forwarded(
-    tmp_path: Path, store: Store, session: ClientSession, fake: FakeAnthropic
+    tmp_path: Path, store: Store, client: AsyncAnthropic, fake: FakeAnthropic
 ) -> None:
     await spend(store, "work", Usage(2, 600, 300, cache_read_tokens=10_000))
     await spend(store, "work", Usage(1, 50, 50))
     await spend(store, "other", Usage(1, 10**6, 10**6))  # another group's spending
-    proxy, served = await serve(tmp_path, store, session, fake, Budget(0, 1000))
+    proxy, served = await serve(tmp_path, store, client, Budget(0, 1000))
     try:
         answer = await call(served.sock)
     finally:
@@ -217,10 +218,10 @@ async def test_over_token_budget_is_refused_and_nothing_forwarded(
 
 
 async def test_over_request_budget_counts_this_runs_own_requests(
-    tmp_path: Path, store: Store, session: ClientSession, fake: FakeAnthropic
+    tmp_path: Path, store: Store, client: AsyncAnthropic, fake: FakeAnthropic
 ) -> None:
     await spend(store, "work", Usage(requests=1))
-    proxy, served = await serve(tmp_path, store, session, fake, Budget(3, 0))
+    proxy, served = await serve(tmp_path, store, client, Budget(3, 0))
     try:
         first, second, third = [await call(served.sock) for _ in range(3)]
     finally:
@@ -231,18 +232,18 @@ async def test_over_request_budget_counts_this_runs_own_requests(
 
 
 async def test_the_budget_resets_on_the_next_day(
-    tmp_path: Path, store: Store, session: ClientSession, fake: FakeAnthropic
+    tmp_path: Path, store: Store, client: AsyncAnthropic, fake: FakeAnthropic
 ) -> None:
     await spend(store, "work", Usage(1, 5000, 5000))
     today = datetime.now(UTC)
-    proxy, served = await serve(tmp_path, store, session, fake, Budget(0, 1000), today)
+    proxy, served = await serve(tmp_path, store, client, Budget(0, 1000), today)
     try:
         assert (await call(served.sock)).status == 429
     finally:
         await proxy.stop()
     assert fake.requests == []
     tomorrow = day_start(today, ZoneInfo("UTC"), 1) + timedelta(minutes=1)
-    proxy, served = await serve(tmp_path, store, session, fake, Budget(0, 1000), tomorrow)
+    proxy, served = await serve(tmp_path, store, client, Budget(0, 1000), tomorrow)
     try:
         assert (await call(served.sock)).status == 200
     finally:
@@ -252,9 +253,9 @@ async def test_the_budget_resets_on_the_next_day(
 
 
 async def test_only_the_messages_endpoints_are_forwarded(
-    tmp_path: Path, store: Store, session: ClientSession, fake: FakeAnthropic
+    tmp_path: Path, store: Store, client: AsyncAnthropic, fake: FakeAnthropic
 ) -> None:
-    proxy, served = await serve(tmp_path, store, session, fake, Budget(100, 0))
+    proxy, served = await serve(tmp_path, store, client, Budget(100, 0))
     try:
         refused = [
             await call(served.sock, "/v1/complete"),
@@ -282,16 +283,16 @@ async def test_only_the_messages_endpoints_are_forwarded(
 async def test_the_agents_client_surfaces_the_refusal_without_retrying(
     tmp_path: Path,
     store: Store,
-    session: ClientSession,
+    client: AsyncAnthropic,
     fake: FakeAnthropic,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     await spend(store, "work", Usage(requests=500))
-    proxy, served = await serve(tmp_path, store, session, fake, Budget(500, 0))
-    client = ModelClient(tmp_path / LLM_SOCK, max_retries=5)
+    proxy, served = await serve(tmp_path, store, client, Budget(500, 0))
+    runner = ModelClient(tmp_path / LLM_SOCK, max_retries=5)
 
     def ask() -> None:
-        client.create(model="m", max_tokens=10, messages=[{"role": "user", "content": "q"}])
+        runner.create(model="m", max_tokens=10, messages=[{"role": "user", "content": "q"}])
 
     try:
         with caplog.at_level(logging.WARNING, logger="nanoclaw.proxy.server"):
@@ -309,12 +310,11 @@ async def test_the_agents_client_surfaces_the_refusal_without_retrying(
 
 
 async def test_the_launchers_proxy_counts_the_group_today_once(
-    tmp_path: Path, store: Store, session: ClientSession, fake: FakeAnthropic
+    tmp_path: Path, store: Store, client: AsyncAnthropic, fake: FakeAnthropic
 ) -> None:
     """Wired by the launcher: the run's recorded usage is not counted twice."""
-    key = SecretStr("sk-real")
-    agent = AgentSettings("Andy", "m", "UTC", 1, 1, key, fake.base_url, Budget(0, 100))
-    launcher = Launcher(store, Layout(tmp_path / "home"), agent, session)
+    agent = AgentSettings("Andy", "m", "UTC", 1, 1, Budget(0, 100))
+    launcher = Launcher(store, Layout(tmp_path / "home"), agent, client)
     await spend(store, "work", Usage(1, 30, 0))
     run_id = await store.start_run("work", "message", None, None)
     proxy = launcher.model_proxy(Group("work", "work"), run_id)

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from aiohttp import ClientSession
 from conftest import wait_for
 
 from nanoclaw.agent.relay import relay_one, start_relay
-from nanoclaw.app import agent_settings
+from nanoclaw.app import agent_settings, model_client
 from nanoclaw.cli.main import apply_setting
 from nanoclaw.config import Settings
 from nanoclaw.models import Group
@@ -433,9 +432,9 @@ async def test_agent_in_sandbox_reaches_only_listed_domains(
             "echo DONE",
         ]
     )
-    async with ClientSession() as session:
+    async with model_client(settings) as client:
         launcher = Launcher(
-            store, settings.layout, agent_settings(settings), session, egress=factory
+            store, settings.layout, agent_settings(settings), client, egress=factory
         )
         run_id = await store.start_run("net", "message", None, None)
 

@@ -299,3 +299,30 @@ async def test_async_concurrent_sleeps_overlap(fake: FakeAnthropic) -> None:
         elapsed = time.monotonic() - start
     assert list(words) == ["a", "b", "c"]
     assert 0.4 <= elapsed < 1.0  # the server handles requests concurrently
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        text_reply("streamed " * 40),
+        tool_reply("bash", {"command": "ls -la", "n": [1, {"k": None}]}, text="Let me look."),
+        Reply(({"type": "thinking", "thinking": "hm " * 50, "signature": "c2ln"},)),
+    ],
+    ids=["text", "tool", "thinking"],
+)
+def test_a_streamed_answer_is_what_the_sdk_assembles(fake: FakeAnthropic, reply: Reply) -> None:
+    """The SDK's own stream helper puts the fake's events back into the same message."""
+    fake.script(reply)
+    msgs: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hi"}]
+    with client(fake) as c, c.messages.stream(model=MODEL, max_tokens=100, messages=msgs) as s:
+        kinds = {event.type for event in s}
+        message = s.get_final_message()
+    assert {"message_start", "content_block_delta", "message_delta", "message_stop"} <= kinds
+    assert [block.model_dump(exclude_none=True) for block in message.content] == [
+        {k: v for k, v in block.items() if v is not None} for block in reply.content
+    ]
+    assert message.stop_reason == reply.stop_reason
+    usage = message.usage
+    assert usage.input_tokens == fake.usages[-1]["input_tokens"] > 0
+    assert usage.output_tokens == fake.usages[-1]["output_tokens"] > 0
+    assert fake.requests[-1].body["stream"] is True

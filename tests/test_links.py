@@ -16,12 +16,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
-from aiohttp import ClientSession
 from conftest import settings_for, wait_for
 from fake_anthropic import FakeAnthropic
 
 from nanoclaw.agent import protocol
-from nanoclaw.app import agent_settings
+from nanoclaw.app import agent_settings, model_client
 from nanoclaw.config import Settings
 from nanoclaw.ipc import files as ipcfs
 from nanoclaw.models import Group
@@ -135,8 +134,8 @@ def test_mount_points_are_fresh_files_and_sockets_host_only(
 
 @pytest_asyncio.fixture
 async def launcher(settings: Settings, store: Store) -> AsyncIterator[Launcher]:
-    async with ClientSession() as session:
-        yield Launcher(store, settings.layout, agent_settings(settings), session)
+    async with model_client(settings) as client:
+        yield Launcher(store, settings.layout, agent_settings(settings), client)
 
 
 @pytest.mark.parametrize("network", ["off", "allowlist"])
@@ -187,8 +186,8 @@ async def test_closing_a_run_does_not_follow_a_planted_close_link(
     async def done(name: str) -> None:
         return None
 
-    async with ClientSession() as session:
-        launcher = Launcher(store, settings.layout, agent_settings(settings), session)
+    async with model_client(settings) as client:
+        launcher = Launcher(store, settings.layout, agent_settings(settings), client)
         run_id = await store.start_run("main", "message", None, None)
         run = await launcher.launch(
             group, run_id, f"[[bash: {script}]]", done, RunOptions(idle_timeout_s=600)

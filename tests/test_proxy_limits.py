@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import ClientError, ClientSession, UnixConnector
+from anthropic import AsyncAnthropic
 from fake_anthropic import FakeAnthropic, Reply
 from pydantic import SecretStr
 
@@ -24,6 +25,7 @@ from nanoclaw.proxy.admission import Policy
 from nanoclaw.proxy.budget import Budget
 from nanoclaw.proxy.intake import Limits
 from nanoclaw.proxy.server import ModelProxy
+from nanoclaw.proxy.upstream import upstream_client
 from nanoclaw.sandbox.launcher import AgentSettings, Launcher
 from nanoclaw.store.messages import Store
 
@@ -34,21 +36,20 @@ SLOW = Reply(({"type": "text", "text": "late"},), delay=5.0)  # holds a request 
 
 
 @pytest_asyncio.fixture
-async def session() -> AsyncIterator[ClientSession]:
-    """The daemon's upstream session. Asked for first, so it closes after the fake server:
-    an answer the fake still holds is then cancelled by it, not left pending."""
-    async with ClientSession() as s:
-        yield s
+async def client(fake: FakeAnthropic) -> AsyncIterator[AsyncAnthropic]:
+    """The daemon's model client, with the real key."""
+    async with upstream_client(SecretStr(KEY), fake.base_url) as c:
+        yield c
 
 
-def agent(fake: FakeAnthropic, budget: Budget = UNLIMITED) -> AgentSettings:
-    return AgentSettings("Andy", "claude-x", "UTC", 1, 1, SecretStr(KEY), fake.base_url, budget)
+def agent(budget: Budget = UNLIMITED) -> AgentSettings:
+    return AgentSettings("Andy", "claude-x", "UTC", 1, 1, budget)
 
 
 def launcher(
-    tmp_path: Path, store: Store, session: ClientSession, settings: AgentSettings
+    tmp_path: Path, store: Store, client: AsyncAnthropic, settings: AgentSettings
 ) -> Launcher:
-    return Launcher(store, Layout(tmp_path / "home"), settings, session)
+    return Launcher(store, Layout(tmp_path / "home"), settings, client)
 
 
 async def post(
@@ -112,21 +113,20 @@ def head(length: int | None, extra: str = "") -> bytes:
 async def served(
     tmp_path: Path,
     store: Store,
-    session: ClientSession,
-    fake: FakeAnthropic,
+    client: AsyncAnthropic,
     network: NetworkPolicy = "off",
     domains: tuple[str, ...] = (),
 ) -> tuple[ModelProxy, Path, int]:
     run_id = await store.start_run("work", "message", None, None)
     group = Group("work", "work", network=network, domains=domains)
-    proxy = launcher(tmp_path, store, session, agent(fake)).model_proxy(group, run_id)
+    proxy = launcher(tmp_path, store, client, agent()).model_proxy(group, run_id)
     sock = tmp_path / "llm.sock"
     await proxy.start(sock)
     return proxy, sock, run_id
 
 
 async def test_a_run_cannot_make_anthropic_reach_out_or_switch_model(
-    session: ClientSession,
+    client: AsyncAnthropic,
     tmp_path: Path,
     store: Store,
     fake: FakeAnthropic,
@@ -141,7 +141,7 @@ async def test_a_run_cannot_make_anthropic_reach_out_or_switch_model(
         ({**ASK, "mcp_servers": [{"type": "url", "url": "https://evil.test/mcp"}]}, None, "mcp"),
         ({**ASK, "messages": [{"role": "user", "content": [image]}]}, None, "url source"),
     ]
-    proxy, sock, run_id = await served(tmp_path, store, session, fake)
+    proxy, sock, run_id = await served(tmp_path, store, client)
     try:
         with caplog.at_level(logging.WARNING, logger="nanoclaw.proxy.server"):
             answers = [await post(sock, body, hdrs) for body, hdrs, _ in attacks for _ in (1, 2)]
@@ -160,10 +160,10 @@ async def test_a_run_cannot_make_anthropic_reach_out_or_switch_model(
 
 
 async def test_allowlist_web_search_keeps_to_the_groups_domains(
-    session: ClientSession, tmp_path: Path, store: Store, fake: FakeAnthropic
+    client: AsyncAnthropic, tmp_path: Path, store: Store, fake: FakeAnthropic
 ) -> None:
     search = {"type": "web_search_20250305", "name": "web_search", "allowed_domains": ["x.test"]}
-    proxy, sock, _ = await served(tmp_path, store, session, fake, "allowlist", ("example.org",))
+    proxy, sock, _ = await served(tmp_path, store, client, "allowlist", ("example.org",))
     try:
         status, _, _ = await post(sock, {**ASK, "tools": [search]})
     finally:
@@ -174,11 +174,11 @@ async def test_allowlist_web_search_keeps_to_the_groups_domains(
 
 
 async def test_concurrent_requests_of_a_group_do_not_pass_its_budget_together(
-    session: ClientSession, tmp_path: Path, store: Store, fake: FakeAnthropic
+    client: AsyncAnthropic, tmp_path: Path, store: Store, fake: FakeAnthropic
 ) -> None:
     """40 requests at once, 4 from each of 10 runs of one group, against 5 a day."""
     fake.responder = lambda body: Reply(({"type": "text", "text": "x"},), delay=0.2)
-    shared = launcher(tmp_path, store, session, agent(fake, Budget(5, 0)))
+    shared = launcher(tmp_path, store, client, agent(Budget(5, 0)))
     proxies = []
     for i in range(10):
         run_id = await store.start_run("work", "message", None, None)
@@ -198,15 +198,15 @@ async def test_concurrent_requests_of_a_group_do_not_pass_its_budget_together(
 
 
 async def test_requests_in_flight_count_their_max_tokens_against_the_token_budget(
-    session: ClientSession, tmp_path: Path, store: Store, fake: FakeAnthropic
+    client: AsyncAnthropic, tmp_path: Path, store: Store, fake: FakeAnthropic
 ) -> None:
     """25 tokens a day, 4 requests at once each allowed 10 (and using them): the fourth
     sees 30 reserved or spent and is refused, whichever of the others has answered."""
     text = ({"type": "text", "text": "x"},)
     fake.responder = lambda body: Reply(text, input_tokens=0, output_tokens=10, delay=0.2)
     run_id = await store.start_run("work", "message", None, None)
-    settings = agent(fake, Budget(0, 25))
-    proxy = launcher(tmp_path, store, session, settings).model_proxy(Group("work", "work"), run_id)
+    settings = agent(Budget(0, 25))
+    proxy = launcher(tmp_path, store, client, settings).model_proxy(Group("work", "work"), run_id)
     await proxy.start(tmp_path / "llm.sock")
     try:
         answers = await asyncio.gather(*(post(tmp_path / "llm.sock") for _ in range(4)))
@@ -218,10 +218,10 @@ async def test_requests_in_flight_count_their_max_tokens_against_the_token_budge
 
 
 async def test_a_request_in_flight_when_the_run_ends_stays_counted(
-    session: ClientSession, tmp_path: Path, store: Store, fake: FakeAnthropic
+    client: AsyncAnthropic, tmp_path: Path, store: Store, fake: FakeAnthropic
 ) -> None:
     fake.script(SLOW)
-    proxy, sock, run_id = await served(tmp_path, store, session, fake)
+    proxy, sock, run_id = await served(tmp_path, store, client)
     asking = asyncio.create_task(post(sock))
     try:
         await fake.await_requests(1)  # upstream has it
@@ -234,10 +234,10 @@ async def test_a_request_in_flight_when_the_run_ends_stays_counted(
 
 
 async def test_a_fifth_request_at_once_is_refused_unread(
-    session: ClientSession, tmp_path: Path, store: Store, fake: FakeAnthropic
+    client: AsyncAnthropic, tmp_path: Path, store: Store, fake: FakeAnthropic
 ) -> None:
     fake.script(*[SLOW] * 5)
-    proxy, sock, _ = await served(tmp_path, store, session, fake)
+    proxy, sock, _ = await served(tmp_path, store, client)
     held = [asyncio.create_task(post(sock)) for _ in range(4)]
     try:
         await fake.await_requests(4)
@@ -251,9 +251,9 @@ async def test_a_fifth_request_at_once_is_refused_unread(
 
 
 async def test_connections_past_the_cap_are_refused(
-    session: ClientSession, tmp_path: Path, store: Store, fake: FakeAnthropic
+    client: AsyncAnthropic, tmp_path: Path, store: Store, fake: FakeAnthropic
 ) -> None:
-    proxy, sock, _ = await served(tmp_path, store, session, fake)
+    proxy, sock, _ = await served(tmp_path, store, client)
     idle = [await asyncio.open_unix_connection(str(sock)) for _ in range(8)]
     try:
         status, message = await raw(sock, head(len(json.dumps(ASK))) + json.dumps(ASK).encode())
@@ -278,7 +278,7 @@ async def test_connections_past_the_cap_are_refused(
     ids=["stalled", "dripping", "huge", "chunked"],
 )
 async def test_bodies_too_slow_or_too_big_are_refused_unforwarded(
-    session: ClientSession,
+    client: AsyncAnthropic,
     tmp_path: Path,
     store: Store,
     fake: FakeAnthropic,
@@ -294,9 +294,7 @@ async def test_bodies_too_slow_or_too_big_are_refused_unforwarded(
 
     limits = Limits(chunk_timeout_s=0.5, body_timeout_s=1.0)
     proxy = ModelProxy(
-        session,
-        fake.base_url,
-        SecretStr(KEY),
+        client,
         record,
         "run=1",
         policy=Policy(frozenset({"claude-x"})),
@@ -314,10 +312,10 @@ async def test_bodies_too_slow_or_too_big_are_refused_unforwarded(
 
 
 async def test_the_key_is_in_no_repr(
-    session: ClientSession, tmp_path: Path, store: Store, fake: FakeAnthropic
+    client: AsyncAnthropic, tmp_path: Path, store: Store, fake: FakeAnthropic
 ) -> None:
-    settings = agent(fake)
-    proxy = launcher(tmp_path, store, session, settings).model_proxy(Group("work", "work"), 1)
-    shown = [repr(settings), str(settings), repr(proxy), repr(vars(proxy))]
+    settings = agent()
+    proxy = launcher(tmp_path, store, client, settings).model_proxy(Group("work", "work"), 1)
+    shown = [repr(settings), str(settings), repr(proxy), repr(vars(proxy)), repr(client)]
     assert all(KEY not in text for text in shown)
-    assert settings.api_key.get_secret_value() == KEY
+    assert client.api_key == KEY  # the daemon's one client holds it, and only it

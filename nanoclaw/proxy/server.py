@@ -1,94 +1,46 @@
 """The host-side model proxy: a unix socket in the group's IPC dir, served for one agent run.
 
 It forwards only the Messages endpoints and only what the run may ask (`admission`), read
-within the limits of `intake`, drops whatever credential the sandbox sends, adds the real
-key, and counts each request against the group's daily budget (`budget`) before it goes.
-The key never enters the sandbox.
+within the limits of `intake`, drops whatever credential the sandbox sends, sends it with the
+daemon's one SDK client (`upstream`, which holds the real key), streams the answer back as it
+comes, and counts each request against the group's daily budget (`budget`, tokens by
+`usage`) before it goes. The key never enters the sandbox.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout, web
-from pydantic import SecretStr
+from aiohttp import web
+from anthropic import APIConnectionError, APIStatusError, AsyncAnthropic, AsyncAPIResponse
+from httpx2 import HTTPError
 
 from nanoclaw.models import Usage
 from nanoclaw.proxy.admission import Admitted, Policy, Refusal, admit
 from nanoclaw.proxy.budget import BudgetGuard, RunBudget
 from nanoclaw.proxy.intake import BodyError, BodyPool, CappedServer, Limits, read_body
+from nanoclaw.proxy.upstream import failure, never_sent, open_call
+from nanoclaw.proxy.usage import UsageMeter
 
 log = logging.getLogger(__name__)
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
 ALLOWED_PATHS = frozenset({MESSAGES, COUNT_TOKENS})
-API_VERSION = "2023-06-01"  # the only one; pinned, like everything else the proxy sends
 FORWARD_RESPONSE_HEADERS = ("content-type", "request-id", "retry-after", "x-should-retry")
 NO_RETRY = {"x-should-retry": "false"}
 KEEPALIVE_S = 75.0
+TOTAL_S = 900.0  # one request, the SDK's retries and the whole answer streamed back
 MAX_LOGGED = 20  # distinct refusals logged per run: a sandbox cannot flood the log
 
 
-def usage_of(payload: Any) -> Usage:
-    """Token counts from a Messages response body; zeros when absent or malformed."""
-    raw = payload.get("usage") if isinstance(payload, dict) else None
-    if not isinstance(raw, dict):
-        return Usage(requests=1)
-
-    def num(key: str) -> int:
-        value = raw.get(key)
-        return value if isinstance(value, int) and value >= 0 else 0
-
-    return Usage(
-        requests=1,
-        input_tokens=num("input_tokens"),
-        output_tokens=num("output_tokens"),
-        cache_read_tokens=num("cache_read_input_tokens"),
-        cache_write_tokens=num("cache_creation_input_tokens"),
-    )
-
-
-def usage_of_events(data: bytes) -> Usage:
-    """Token counts from a streamed (server-sent events) Messages response: message_start
-    carries the input side, message_delta the cumulative output."""
-    merged: dict[str, Any] = {}
-    for line in data.splitlines():
-        if not line.startswith(b"data:"):
-            continue
-        try:
-            event = json.loads(line[5:])
-        except ValueError:
-            continue
-        if not isinstance(event, dict):
-            continue
-        message = event.get("message")
-        if event.get("type") == "message_start" and isinstance(message, dict):
-            raw = message.get("usage")
-        elif event.get("type") == "message_delta":
-            raw = event.get("usage")
-        else:
-            continue
-        if isinstance(raw, dict):
-            merged.update({k: v for k, v in raw.items() if v is not None})
-    return usage_of({"usage": merged})
-
-
-def response_usage(status: int, content_type: str, data: bytes) -> Usage:
-    """Every answered Messages call counts as a request; only a 200 carries tokens."""
-    if status != 200:
-        return Usage(requests=1)
-    if content_type.startswith("text/event-stream"):
-        return usage_of_events(data)
-    try:
-        return usage_of(json.loads(data))
-    except ValueError:
-        return Usage(requests=1)
+def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: headers[k] for k in FORWARD_RESPONSE_HEADERS if k in headers}
 
 
 def _error(
@@ -107,15 +59,14 @@ class ModelProxy:
     """Serves one socket; `record` adds to the run's row in the store.
 
     Refused requests (policy, size, budget) are answered 4xx with `x-should-retry: false`
-    and no retry-after: the anthropic SDK obeys that header before its status rules, so the
-    agent gets the error at once, and over budget its run ends instead of backing off.
+    and no retry-after: the runner's client (as the anthropic SDK) obeys that header before
+    its status rules, so the agent gets the error at once, and over budget its run ends
+    instead of backing off. Upstream's errors come with it too: the host's SDK retried them.
     """
 
     def __init__(
         self,
-        session: ClientSession,
-        base_url: str,
-        api_key: SecretStr,
+        client: AsyncAnthropic,
         record: Callable[[Usage], Awaitable[None]],
         label: str = "",
         guard: BudgetGuard | None = None,
@@ -124,9 +75,7 @@ class ModelProxy:
         limits: Limits | None = None,
         pool: BodyPool | None = None,
     ) -> None:
-        self._session = session
-        self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
+        self._client = client
         self._label = label
         self._policy = policy
         self._limits = limits or Limits()
@@ -238,38 +187,65 @@ class ModelProxy:
     async def _forward(
         self, request: web.BaseRequest, admitted: Admitted, budget: RunBudget | None
     ) -> web.StreamResponse:
-        headers = {
-            "content-type": "application/json",
-            "anthropic-version": API_VERSION,
-            "x-api-key": self._api_key.get_secret_value(),
-        }
-        if admitted.betas:
-            headers["anthropic-beta"] = admitted.betas
+        """Send through the SDK (which retries 429/5xx as the answer asks) and relay the
+        answer. Errors are the upstream's own, told not to be retried again: the host did."""
+        counting = request.path == COUNT_TOKENS
+        deadline = asyncio.get_running_loop().time() + TOTAL_S
         try:
-            async with self._session.post(
-                self._base_url + request.path,
-                data=admitted.body,
-                headers=headers,
-                timeout=ClientTimeout(total=900),
-            ) as upstream:
-                data = await upstream.read()
-                status = upstream.status
-                out_headers = {
-                    k: upstream.headers[k]
-                    for k in FORWARD_RESPONSE_HEADERS
-                    if k in upstream.headers
-                }
-        except (ClientError, TimeoutError) as exc:
-            # The run's outcome line says it, once: not one warning per retry of the SDK.
-            self.unreachable = str(exc)[:300] or exc.__class__.__name__
-            log.debug("proxy %s upstream error: %s", self._label, exc)
-            if budget is not None and isinstance(exc, ClientConnectorError):
-                await budget.refund()  # never reached upstream
-            return _error(502, "api_error", f"model endpoint unreachable: {exc.__class__.__name__}")
-        self.unreachable = ""
-        if status in (401, 403):  # the key itself, not a policy of ours (those never get here)
-            self.key_refused = status
-        if budget is not None:
-            kind = out_headers.get("content-type", "")
-            await budget.settle(response_usage(status, kind, data))
-        return web.Response(body=data, status=status, headers=out_headers)
+            async with contextlib.AsyncExitStack() as stack:
+                async with asyncio.timeout_at(deadline):  # the SDK's waits between tries too
+                    upstream = await stack.enter_async_context(
+                        open_call(self._client, admitted, counting)
+                    )
+                self.unreachable = ""
+                return await self._relay(request, upstream, budget, deadline)
+        except APIStatusError as exc:
+            self.unreachable = ""
+            if exc.status_code in (401, 403):  # the key itself: our refusals never get here
+                self.key_refused = exc.status_code
+            headers = {**forwarded(exc.response.headers), **NO_RETRY}
+            return web.Response(body=exc.response.content, status=exc.status_code, headers=headers)
+        except (APIConnectionError, TimeoutError) as exc:
+            # The run's outcome line says it, once: not one warning per try.
+            self.unreachable = failure(exc)
+            log.debug("proxy %s upstream error: %s", self._label, self.unreachable)
+            # Judged by the last try: one that failed to connect after an earlier try was
+            # answered 5xx is refunded too (the answered one cost nothing but a request).
+            if budget is not None and never_sent(exc):
+                await budget.refund()
+            kind = (exc.__cause__ or exc).__class__.__name__
+            return _error(502, "api_error", f"model endpoint unreachable: {kind}")
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        upstream: AsyncAPIResponse[Any],
+        budget: RunBudget | None,
+        deadline: float,
+    ) -> web.StreamResponse:
+        """The answer back to the agent chunk by chunk, its usage counted on the way. Cut
+        short (upstream broke off, or the deadline), the agent's connection is closed
+        without the end of the body, so its client sees a broken reply and retries."""
+        headers = forwarded(upstream.headers)
+        meter = UsageMeter(headers.get("content-type", ""))
+        response = web.StreamResponse(status=upstream.status_code, headers=headers)
+        broken = ""
+        try:
+            await response.prepare(request)
+            async with asyncio.timeout_at(deadline):
+                async for chunk in upstream.iter_bytes():
+                    meter.feed(chunk)
+                    await response.write(chunk)
+        except (HTTPError, OSError, TimeoutError) as exc:  # OSError: the agent hung up
+            broken = str(exc)[:300] or exc.__class__.__name__
+        if budget is not None:  # what was streamed before a break counts too
+            await budget.settle(meter.usage())
+        if not broken:
+            with contextlib.suppress(OSError):  # the agent hung up at the very end
+                await response.write_eof()
+            return response
+        log.info("proxy %s: an answer was cut short: %s", self._label, broken)
+        response.force_close()
+        if request.transport is not None:
+            request.transport.close()
+        return response

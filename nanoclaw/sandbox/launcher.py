@@ -13,8 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from aiohttp import ClientSession
-from pydantic import SecretStr
+from anthropic import AsyncAnthropic
 
 import nanoclaw.agent
 from nanoclaw.agent.protocol import Context, RunConfig
@@ -41,8 +40,6 @@ class AgentSettings:
     tz: str
     idle_timeout_s: float
     timeout_s: float
-    api_key: SecretStr  # unwrapped only by the proxy, as it sends a request
-    base_url: str
     budget: Budget = field(default_factory=Budget)  # per group and day; default unlimited
 
 
@@ -77,14 +74,14 @@ class Launcher:
         store: Store,
         layout: Layout,
         agent: AgentSettings,
-        session: ClientSession,
+        client: AsyncAnthropic,
         runtime: Runtime | None = None,
         egress: EgressFactory = group_egress,
     ) -> None:
         self._store = store
         self._layout = layout
         self._agent = agent
-        self._session = session
+        self._client = client  # the daemon's one, with the key: every run's proxy sends through it
         self._runtime = runtime or detect_runtime()
         self._egress = egress
         # Shared by every run's proxy: budgets are reserved under one lock per group, and
@@ -124,9 +121,7 @@ class Launcher:
         policy = Policy(frozenset({group.model or a.model}), group.network, group.domains)
         label = f"group={group.folder} run={run_id}"
         return ModelProxy(
-            self._session,
-            a.base_url,
-            a.api_key,
+            self._client,
             record,
             label,
             guard,
