@@ -19,14 +19,8 @@ from bench.home import make_home
 from bench.report import Figure, median
 from nanoclaw.sandbox.cgroup import RunCgroup
 from nanoclaw.sandbox.launcher import AGENT_CODE
-from nanoclaw.sandbox.plan import (
-    Host,
-    SandboxPlan,
-    agent_command,
-    bwrap_argv,
-    detect_runtime,
-    write_etc,
-)
+from nanoclaw.sandbox.plan import SandboxPlan, agent_command, bwrap_argv, write_etc
+from nanoclaw.sandbox.runtime import Host, detect_runtime
 from nanoclaw.sandbox.seccomp import sandbox_filter
 from nanoclaw.sandbox.spawn import CWD, bwrap_launch
 

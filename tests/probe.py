@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from nanoclaw.sandbox.cgroup import RunCgroup
-from nanoclaw.sandbox.plan import Limits, Runtime, SandboxPlan, detect_host, write_etc
+from nanoclaw.sandbox.plan import Limits, SandboxPlan, write_etc
+from nanoclaw.sandbox.runtime import Runtime, detect_host
 from nanoclaw.sandbox.seccomp import sandbox_filter
 from nanoclaw.sandbox.spawn import CWD, bwrap_launch
 

@@ -15,7 +15,8 @@ from nanoclaw.ipc import files as ipcfs
 from nanoclaw.layout import Layout
 from nanoclaw.sandbox.gate import DATA_CAP, DECLINED, Gate, parse_gate_output, run_gate
 from nanoclaw.sandbox.launcher import AGENT_CODE, prepare_dirs
-from nanoclaw.sandbox.plan import SandboxPlan, detect_runtime, write_etc
+from nanoclaw.sandbox.plan import SandboxPlan, write_etc
+from nanoclaw.sandbox.runtime import detect_runtime
 
 NOT_JSON = "last line is not JSON: "
 

@@ -1,26 +1,36 @@
-"""The bwrap plan as a pure function, and bwrap itself with that plan outside the daemon."""
+"""The bwrap plan as a pure function (a group with a Nix environment too), and bwrap itself
+with that plan outside the daemon."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from nanoclaw.sandbox.plan import (
-    PROC_MASKED,
-    Host,
+    ENV_LINKS,
+    ENV_PATH,
     Limits,
-    Runtime,
+    NixMount,
     SandboxPlan,
     agent_command,
     bwrap_argv,
-    detect_host,
-    detect_runtime,
     limits_prefix,
     write_etc,
+)
+from nanoclaw.sandbox.runtime import (
+    NIX_STORE,
+    PROC_MASKED,
+    Closure,
+    Host,
+    Runtime,
+    detect_host,
+    detect_runtime,
+    parse_ldd,
 )
 
 
@@ -157,8 +167,6 @@ def test_detect_host_reads_this_machine() -> None:
 
 
 def test_main_gets_writable_global_and_full_network_shares_net(tmp_path: Path) -> None:
-    from dataclasses import replace
-
     plan = replace(plan_in(tmp_path, detect_runtime()), global_writable=True, network="full")
     argv = bwrap_argv(plan, ["/bin/true"])
     assert mounts(argv)["/global"][0] == "--bind"
@@ -218,3 +226,137 @@ def test_mount_plan_works_for_an_ordinary_user() -> None:
         assert proc.stdout.strip() == "1000 []"
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+IMAGINED_RUNTIME = Runtime(
+    mounts=(("/opt/py", "/runtime/python"),),
+    python="/runtime/python/bin/python3",
+    masked=("/runtime/python/lib/python3/site-packages",),
+    host=Host((("/bin", "usr/bin"), ("/lib64", None)), nix_store=True, proc_masked=()),
+    env=(("LD_LIBRARY_PATH", "/runtime/python/lib"),),
+    prlimit="/usr/bin/prlimit",
+    closure=Closure(
+        binds=(
+            ("/usr/lib/libc.so.6.real", "/lib/libc.so.6"),
+            ("/usr/bin/prlimit", "/usr/bin/prlimit"),
+        ),
+        masked=("/usr/lib/python3/site",),
+    ),
+)
+ENV = NixMount(f"{NIX_STORE}/aaa-env", (f"{NIX_STORE}/aaa-env", f"{NIX_STORE}/bbb-jq"))
+
+
+def nowhere_plan(runtime: Runtime, nix: NixMount | None) -> SandboxPlan:
+    base = Path("/nonexistent-nanoclaw-host")
+    return SandboxPlan(
+        workspace=base / "ws",
+        ipc=base / "ipc",
+        global_dir=base / "global",
+        global_writable=False,
+        skills=base / "skills",
+        agent_code=base / "agent",
+        etc=base / "etc",
+        runtime=runtime,
+        nix=nix,
+    )
+
+
+def triples(argv: list[str]) -> set[tuple[str, ...]]:
+    return {tuple(argv[i : i + 3]) for i in range(len(argv) - 2)}
+
+
+def setenv(argv: list[str]) -> dict[str, str]:
+    return {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv) if a == "--setenv"}
+
+
+def test_env_plan_mounts_the_closure_and_nothing_of_the_host_root() -> None:
+    argv = bwrap_argv(nowhere_plan(IMAGINED_RUNTIME, ENV), ["/bin/true"])
+    t = triples(argv)
+    sources = {argv[i + 1] for i, a in enumerate(argv) if a.startswith("--ro-bind")}
+    assert not sources & {"/usr", "/bin", "/lib", "/lib64", "/sbin", NIX_STORE}
+    assert not any(
+        a == "--symlink" and argv[i + 2] in ("/bin", "/lib64") for i, a in enumerate(argv)
+    )
+    for path in ENV.closure:
+        assert ("--ro-bind", path, path) in t
+    assert ("--ro-bind", ENV.env, "/env") in t
+    assert ("--ro-bind", "/usr/lib/libc.so.6.real", "/lib/libc.so.6") in t
+    assert ("--ro-bind", "/opt/py", "/runtime/python") in t
+    for masked in ("/runtime/python/lib/python3/site-packages", "/usr/lib/python3/site"):
+        assert ("--tmpfs", masked, "--remount-ro") in t
+    for link, name in ENV_LINKS:
+        assert ("--symlink", f"/env/bin/{name}", link) in t
+    env = setenv(argv)
+    assert env["PATH"] == ENV_PATH == "/env/bin"
+    assert "SSL_CERT_FILE" not in env
+    # the runtime's libpython is bound where its RUNPATH looks: env programs keep their own
+    assert "LD_LIBRARY_PATH" not in env
+    assert argv[argv.index("--chdir") + 3] == "/usr/bin/prlimit"
+
+
+def test_env_plan_points_tls_at_the_envs_bundle() -> None:
+    bundle = "/env/etc/ssl/certs/ca-bundle.crt"
+    env = setenv(
+        bwrap_argv(nowhere_plan(IMAGINED_RUNTIME, replace(ENV, cert_file=bundle)), ["true"])
+    )
+    assert env["SSL_CERT_FILE"] == env["NIX_SSL_CERT_FILE"] == bundle
+
+
+def test_host_mode_is_untouched_by_a_closure() -> None:
+    """A runtime that knows its closure changes nothing for a group with no environment."""
+    plain = replace(IMAGINED_RUNTIME, closure=None)
+    assert bwrap_argv(nowhere_plan(IMAGINED_RUNTIME, None), ["x"]) == bwrap_argv(
+        nowhere_plan(plain, None), ["x"]
+    )
+    env = setenv(bwrap_argv(nowhere_plan(plain, None), ["x"]))
+    assert env["PATH"].startswith("/usr/local")
+    assert env["LD_LIBRARY_PATH"] == "/runtime/python/lib"
+
+
+def test_a_runtime_without_runpath_keeps_its_library_path() -> None:
+    closure = replace(IMAGINED_RUNTIME.closure or Closure(()), env=IMAGINED_RUNTIME.env)
+    argv = bwrap_argv(nowhere_plan(replace(IMAGINED_RUNTIME, closure=closure), ENV), ["x"])
+    assert setenv(argv)["LD_LIBRARY_PATH"] == "/runtime/python/lib"
+
+
+def test_env_plan_needs_the_runtimes_closure() -> None:
+    with pytest.raises(ValueError, match="closure"):
+        bwrap_argv(nowhere_plan(replace(IMAGINED_RUNTIME, closure=None), ENV), ["/bin/true"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/etc",
+        "/nix/store",
+        f"{NIX_STORE}/aaa-env/bin",
+        f"{NIX_STORE}/../../etc",
+        "nix/store/aaa",
+    ],
+)
+def test_a_closure_holds_store_paths_only(path: str) -> None:
+    with pytest.raises(ValueError, match="not a Nix store path"):
+        NixMount(f"{NIX_STORE}/aaa-env", (f"{NIX_STORE}/aaa-env", path))
+    with pytest.raises(ValueError, match="not a Nix store path"):
+        NixMount(path, ())
+
+
+def test_parse_ldd() -> None:
+    text = (
+        "/usr/bin/python3.11:\n"
+        "\tlinux-vdso.so.1 (0x00007ffd)\n"
+        "\tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f28)\n"
+        "\tlibgone.so.1 => not found\n"
+        "\t/lib64/ld-linux-x86-64.so.2 (0x00007f28)\n"
+        "/usr/lib/python3.11/lib-dynload/_bisect.so:\n"
+        "\tstatically linked\n"
+        "/x/_ssl.so:\n"
+        "\tlibssl.so.3 => /nix/store/aaa-openssl/lib/libssl.so.3 (0x00007f28)\n"
+        "\tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f28)\n"
+    )
+    assert parse_ldd(text) == (
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/ld-linux-x86-64.so.2",
+        "/nix/store/aaa-openssl/lib/libssl.so.3",
+    )

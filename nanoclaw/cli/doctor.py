@@ -24,7 +24,8 @@ from nanoclaw.errors import SandboxError, StoreError
 from nanoclaw.nixenv import EnvError, Environments, nix
 from nanoclaw.sandbox.cgroup import RunCgroup
 from nanoclaw.sandbox.launcher import AGENT_CODE
-from nanoclaw.sandbox.plan import Limits, SandboxPlan, detect_runtime, write_etc
+from nanoclaw.sandbox.plan import Limits, SandboxPlan, write_etc
+from nanoclaw.sandbox.runtime import detect_runtime
 from nanoclaw.sandbox.seccomp import INSTALL_FIX, LIBRARY, FilterUnavailable, build_filter
 from nanoclaw.sandbox.spawn import CWD, bwrap_launch
 from nanoclaw.store.messages import Store

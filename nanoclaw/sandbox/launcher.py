@@ -25,8 +25,9 @@ from nanoclaw.proxy.budget import Budget, BudgetBook, BudgetGuard
 from nanoclaw.proxy.intake import BodyPool
 from nanoclaw.proxy.server import ModelProxy
 from nanoclaw.sandbox.egress import EgressProxy
-from nanoclaw.sandbox.plan import Runtime, SandboxPlan, detect_runtime, write_etc
+from nanoclaw.sandbox.plan import SandboxPlan, write_etc
 from nanoclaw.sandbox.run import AgentRun
+from nanoclaw.sandbox.runtime import Runtime, detect_runtime
 from nanoclaw.store.messages import Store
 
 AGENT_CODE = Path(nanoclaw.agent.__file__).parent

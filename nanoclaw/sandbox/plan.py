@@ -1,9 +1,11 @@
 """The bwrap command line for one agent run (SPEC section 5), built by a pure function.
 
-`detect_runtime()` reads the host once (the interpreter, the layout of its root, the /proc
-files to mask) into a `Runtime`; the launcher puts it with the group's paths into a
-`SandboxPlan`; `bwrap_argv()` turns a plan into argv with exactly the mounts of the SPEC and
-reads nothing else, so tests can read the plan and probes can try to break it.
+The launcher puts the host's `Runtime` (`nanoclaw.sandbox.runtime`, read once per daemon) and
+the group's paths, and its Nix environment if it has one (`NixMount`), into a `SandboxPlan`;
+`bwrap_argv()` turns a plan into argv with exactly the mounts of the SPEC and reads nothing
+else, so tests can read the plan and probes can try to break it. Without an environment the
+root mirrors the host's /usr; with one it holds /env, the env's closure and the runtime's own
+closure only, and every program on PATH comes from /env.
 
 Limits: the rlimits are set by prlimit *inside* the sandbox, after bwrap made its user
 namespace. RLIMIT_NPROC is then counted per sandbox (the kernel counts per namespace and
@@ -20,31 +22,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import site
-import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanoclaw.agent.protocol import EGRESS_SOCK, ERRORS, LLM_SOCK
 from nanoclaw.models import NetworkPolicy
+from nanoclaw.sandbox.runtime import NIX_STORE, RUNTIME, Closure, Runtime, store_path
 
-RUNTIME = "/runtime"
 SANDBOX_UID = 1000
 # Global (not per-process) parts of /proc, bound read-only over the sandbox's own /proc.
 PROC_RO = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "driver", "mtrr", "pressure")
-# Global files of /proc hidden behind /dev/null (Docker's masked paths and more): kernel
-# addresses and timers of the host, and the host's keys, readable by uid 0.
-PROC_MASKED = (
-    "kcore",
-    "keys",
-    "key-users",
-    "latency_stats",
-    "timer_list",
-    "timer_stats",
-    "sched_debug",
-    "slabinfo",
-    "vmallocinfo",
-)
 # Single files from /etc that programs need and that hold no secret of the host.
 ETC_FILES = (
     "/etc/ld.so.cache",
@@ -67,33 +55,12 @@ DEV_LINKS = (
 NET_ETC_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/gai.conf")
 ETC_PASSWD = "root:x:0:0:root:/root:/bin/false\nagent:x:1000:1000:agent:/workspace:/bin/bash\n"  # noqa: S105 (no secret: the sandbox user list)
 ETC_GROUP = "root:x:0:\nagent:x:1000:\n"
-TOP_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # mirrored beside /usr
-NIX_STORE = "/nix/store"
-
-
-@dataclass(frozen=True)
-class Host:
-    """What a sandbox mirrors of the host's root and kernel, as `detect_host()` found it."""
-
-    # ("/bin", "usr/bin") for a merged-/usr symlink, ("/lib64", None) for a real directory
-    top_dirs: tuple[tuple[str, str | None], ...]
-    nix_store: bool  # the host has /nix/store (a group's Nix environment lives there)
-    proc_masked: tuple[str, ...]  # the files of PROC_MASKED this kernel has
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where the interpreter comes from on the host, and how it appears inside; with the
-    host's own layout, so that building the argv reads nothing. No package is mounted: the
-    runner needs the standard library only, and the interpreter's own site dirs (`masked`,
-    paths inside) are hidden behind empty directories."""
-
-    mounts: tuple[tuple[str, str], ...]
-    python: str
-    masked: tuple[str, ...]
-    host: Host
-    env: tuple[tuple[str, str], ...] = ()
-    prlimit: str = "/usr/bin/prlimit"  # the host's, run inside: under /usr or /nix/store
+HOST_PATH = "/usr/local/bin:/usr/bin:/bin"
+ENV = "/env"
+ENV_PATH = "/env/bin"  # nothing of the host after it: every program comes from the env
+# Fixed paths that shebangs, `subprocess(shell=True)` and the runner's bash tool start.
+ENV_LINKS = (("/bin/sh", "sh"), ("/bin/bash", "bash"), ("/usr/bin/env", "env"))
+CA_BUNDLE = "etc/ssl/certs/ca-bundle.crt"  # where nixpkgs' cacert puts it in an env
 
 
 @dataclass(frozen=True)
@@ -111,6 +78,33 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class NixMount:
+    """A group's built Nix environment as a run mounts it: `env` (its store path) at /env,
+    each store path of its `closure` read-only at its own path, nothing else of the store."""
+
+    env: str
+    closure: tuple[str, ...]
+    cert_file: str | None = None  # the env's CA bundle, inside, when it has one
+
+    def __post_init__(self) -> None:
+        # Each path is bound at its own place: anything but a store path would bind the host.
+        for path in (self.env, *self.closure):
+            if store_path(path) != path or ".." in Path(path).parts:
+                raise ValueError(f"not a Nix store path: {path!r}")
+
+
+def nix_mount(env: str | os.PathLike[str], closure: Iterable[str]) -> NixMount:
+    """The mount of a built environment (`BuiltEnv.path`, `BuiltEnv.closure`): its store
+    path resolved now (an out-link may be moved later), itself in its closure, and its CA
+    bundle if it has one (cacert); without one, programs fall back to /etc/ssl/certs,
+    the sandbox's copy of the host's bundle."""
+    real = os.path.realpath(env)
+    paths = tuple(dict.fromkeys((*closure, real)))
+    bundle = f"{ENV}/{CA_BUNDLE}" if Path(real, CA_BUNDLE).is_file() else None
+    return NixMount(real, paths, bundle)
+
+
+@dataclass(frozen=True)
 class SandboxPlan:
     workspace: Path
     ipc: Path
@@ -125,6 +119,7 @@ class SandboxPlan:
     env: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)
     sockets: Path | None = None  # host-only dir of the served sockets; None: in `ipc` (probes)
+    nix: NixMount | None = None  # the group's environment: then no host /usr, /bin, /lib
 
     @property
     def socket_dir(self) -> Path:
@@ -157,47 +152,6 @@ def write_etc(directory: Path) -> Path:
     return directory
 
 
-def detect_host() -> Host:
-    """The host's root and kernel as a sandbox mirrors them, read now (once per daemon)."""
-    top: list[tuple[str, str | None]] = []
-    for name in TOP_DIRS:
-        path = f"/{name}"
-        if os.path.islink(path):
-            top.append((path, os.readlink(path)))
-        elif os.path.isdir(path):
-            top.append((path, None))
-    # only those this kernel has: bwrap cannot create a file in /proc to mount over
-    masked = tuple(name for name in PROC_MASKED if os.path.exists(f"/proc/{name}"))
-    return Host(tuple(top), Path(NIX_STORE).is_dir(), masked)
-
-
-def detect_runtime() -> Runtime:
-    """The running interpreter (the base one, not a venv's), seen read-only at /runtime
-    inside; /usr and /nix as they are. Its standard library comes with it, its site dirs not."""
-    base = Path(sys.base_prefix).resolve()
-    mounts: list[tuple[str, str]] = []
-    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    inside = base
-    if base.is_relative_to("/usr") or base.is_relative_to("/nix"):
-        python = str(Path(sys.base_prefix) / "bin" / ver)
-        env: tuple[tuple[str, str], ...] = ()
-    else:
-        inside = Path(f"{RUNTIME}/python")
-        mounts.append((str(base), str(inside)))
-        python = f"{RUNTIME}/python/bin/{ver}"
-        env = (("LD_LIBRARY_PATH", f"{RUNTIME}/python/lib"),)
-    masked: list[str] = []
-    for site_dir in site.getsitepackages([str(base)]):
-        path = Path(site_dir).resolve()
-        # only under /runtime/python: a /usr or /nix interpreter's dirs are the system's (-S
-        # keeps them off the runner's sys.path; the group's own tools may use them)
-        if inside != base and path.is_dir() and path.is_relative_to(base):
-            masked.append(str(inside / path.relative_to(base)))
-    found = shutil.which("prlimit")
-    prlimit = os.path.realpath(found) if found else Runtime.prlimit
-    return Runtime(tuple(mounts), python, tuple(dict.fromkeys(masked)), detect_host(), env, prlimit)
-
-
 def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = None) -> list[str]:
     """The full bwrap argv; every mount is listed here and nowhere else. `seccomp_fd`: a
     descriptor bwrap reads the filter's BPF program from (spawn.py always gives one).
@@ -211,18 +165,23 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = N
     a += ["--disable-userns", "--die-with-parent", "--new-session", "--clearenv"]
     a += ["--cap-drop", "ALL"]
     a += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "nanoclaw"]
-    a += ["--ro-bind", "/usr", "/usr"]
-    for path, target in host.top_dirs:
-        a += ["--symlink", target, path] if target else ["--ro-bind", path, path]
+    if plan.nix is None:
+        a += ["--ro-bind", "/usr", "/usr"]
+        for path, target in host.top_dirs:
+            a += ["--symlink", target, path] if target else ["--ro-bind", path, path]
     a += ["--ro-bind", str(plan.etc), "/etc"]
     if plan.network == "full":
         for path in NET_ETC_FILES:
             a += ["--ro-bind-try", path, path]
-    if host.nix_store:
+    if plan.nix is None and host.nix_store:
         a += ["--ro-bind", NIX_STORE, NIX_STORE]
+    masked = plan.runtime.masked
+    if plan.nix is not None:
+        a += env_mounts(plan.nix, plan.runtime)
+        masked += closure_of(plan.runtime).masked
     for src, dst in plan.runtime.mounts:
         a += ["--ro-bind", src, dst]
-    for path in plan.runtime.masked:  # the interpreter's installed packages: none inside
+    for path in masked:  # the interpreter's installed packages: none inside
         a += ["--tmpfs", path, "--remount-ro", path]
     a += ["--ro-bind", str(plan.agent_code), f"{RUNTIME}/lib/agent"]
     a += ["--proc", "/proc"]
@@ -252,12 +211,13 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = N
         a += ["--ro-bind", src, dst]
     a += ["--remount-ro", "/"]
     env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PATH": HOST_PATH if plan.nix is None else ENV_PATH,
+        **(cert_env(plan.nix.cert_file) if plan.nix and plan.nix.cert_file else {}),
         "HOME": "/workspace",
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
         "PYTHONDONTWRITEBYTECODE": "1",
-        **dict(plan.runtime.env),
+        **dict(plan.runtime.env if plan.nix is None else closure_of(plan.runtime).env),
         **dict(plan.env),
     }
     for key, value in env.items():
@@ -266,6 +226,32 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = N
         a += ["--seccomp", str(seccomp_fd)]
     a += ["--chdir", "/workspace", "--", *limits_prefix(plan.limits, plan.runtime.prlimit)]
     return [*a, *command]
+
+
+def closure_of(runtime: Runtime) -> Closure:
+    if runtime.closure is None:
+        raise ValueError("a plan with a Nix environment needs the runtime's detect_closure()")
+    return runtime.closure
+
+
+def env_mounts(nix: NixMount, runtime: Runtime) -> list[str]:
+    """The root of a sandbox with a Nix environment: its closure, the env at /env, what the
+    runtime needs (file by file, at the paths the loader opens), and the fixed program
+    paths as links into /env/bin. Nothing else of /nix/store, /usr, /bin or /lib."""
+    a: list[str] = []
+    for path in nix.closure:
+        a += ["--ro-bind", path, path]
+    a += ["--ro-bind", nix.env, ENV]
+    for src, dst in closure_of(runtime).binds:
+        a += ["--ro-bind", src, dst]
+    for link, name in ENV_LINKS:
+        a += ["--symlink", f"{ENV_PATH}/{name}", link]
+    return a
+
+
+def cert_env(bundle: str) -> dict[str, str]:
+    """OpenSSL reads SSL_CERT_FILE; nixpkgs' curl, git and others NIX_SSL_CERT_FILE."""
+    return {"SSL_CERT_FILE": bundle, "NIX_SSL_CERT_FILE": bundle}
 
 
 def hide_args(argv: list[str], fd: int) -> tuple[list[str], bytes]:

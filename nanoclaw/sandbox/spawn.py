@@ -1,7 +1,7 @@
 """Starting one sandbox process from its plan, and killing it whole (runs and gates alike).
 
-bwrap's options travel through a pipe (`--args FD`, see `sandbox.hide_args`) so its command
-line shows no host path, and the seccomp program through another (`--seccomp FD`); no
+bwrap's options travel through a memfd (`--args FD`, see `sandbox.hide_args`) so its command
+line shows no host path, and the seccomp program through a pipe (`--seccomp FD`); no
 sandbox starts without it. bwrap starts with an empty environment and cwd `/` (its own
 /proc/1/environ is readable inside; the cgroup jail's shell would export PWD) and leads a
 session of its own, so the sandbox is one process group.
@@ -38,27 +38,34 @@ def _pipe_with(data: bytes) -> int:
     return read_end
 
 
+def _fill(fd: int, data: bytes) -> None:
+    """Write `data` into a memory file and rewind it for bwrap. Not a pipe: the options of a
+    plan with a Nix environment grow with its closure (hundreds of store paths) past a
+    pipe's 64 KiB, and a write before bwrap reads would then block forever."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+
+
 @contextlib.contextmanager
 def bwrap_launch(
     plan: SandboxPlan, command: list[str], bpf: bytes
 ) -> Iterator[tuple[list[str], tuple[int, int]]]:
     """bwrap's short argv and the fds it reads (options, seccomp program), open for the
     block: start the process inside it, passing both."""
-    args_read, args_write = os.pipe()
-    filter_fd = -1
+    args_fd = filter_fd = -1
     try:
-        try:
-            filter_fd = _pipe_with(bpf)
-            argv = bwrap_argv(plan, command, seccomp_fd=filter_fd)
-            short, payload = hide_args(argv, args_read)
-            os.write(args_write, payload)
-        finally:
-            os.close(args_write)
-        yield short, (args_read, filter_fd)
+        filter_fd = _pipe_with(bpf)
+        argv = bwrap_argv(plan, command, seccomp_fd=filter_fd)
+        args_fd = os.memfd_create("bwrap-args", os.MFD_CLOEXEC)
+        short, payload = hide_args(argv, args_fd)
+        _fill(args_fd, payload)
+        yield short, (args_fd, filter_fd)
     finally:
-        os.close(args_read)
-        if filter_fd >= 0:
-            os.close(filter_fd)
+        for fd in (args_fd, filter_fd):
+            if fd >= 0:
+                os.close(fd)
 
 
 async def start_sandbox(
