@@ -18,11 +18,12 @@ cost that no implementation can beat, so the ratio says what the project itself 
 3. warm follow-up: a message stored through the in-process `Core` until the live agent's
    next model request carrying it reaches the fake server. Floor: none (an absolute
    budget: p50 <= 25 ms).
-4. reply: an outbound IPC file renamed into place until the channel's `send` is called,
-   with the real watcher and router of a running `Core`. Floor: none (p50 <= 25 ms).
-5. inbound ingest: `Ingest.message` one message per call into a real SQLite store
-   (the batched `Store.add_messages` rate is shown beside it for reference).
-   Floor: none (>= 5,000 messages/s sustained).
+4. reply: an outbound IPC file renamed into place (and the host nudged, as the agent
+   does) until the channel's `send` is called, with the real watcher and router of a
+   running `Core`. Floor: none (p50 <= 25 ms).
+5. inbound ingest: `Ingest.message` one message per call into a real SQLite store, from
+   64 producers side by side (one producer and the batched `Store.add_messages` are
+   shown beside it for reference). Floor: none (>= 5,000 messages/s sustained).
 6. daemon idle CPU: `nanoclaw run` in a subprocess with nothing to do; utime + stime
    from /proc over the wall time. Floor: zero (<= 1 % of one core).
 7. load: the real daemon against the fake Bot API at 1, 5 and 20 groups, msg/s against

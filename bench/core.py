@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import random
-import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +30,8 @@ from bench.home import (
     terminal_message,
 )
 from bench.report import Figure, percentile
+from nanoclaw.agent.ipcfiles import write_json
+from nanoclaw.agent.protocol import NUDGE_SOCK
 from nanoclaw.app import Core
 from nanoclaw.models import MAIN
 from nanoclaw.store.messages import Store
@@ -113,17 +114,11 @@ async def _first_failure(core: Core, home: Path) -> None:
         await asyncio.sleep(0.2)
 
 
-def _write_outbound(outbound: Path, text: str) -> None:
-    """As the agent does: a hidden temporary name, then a rename to <ms>-<hex>.json."""
-    name = f"{int(time.time() * 1000):013d}-{secrets.token_hex(6)}.json"
-    tmp = outbound / f".{name}.tmp"
-    tmp.write_text(json.dumps({"type": "send_message", "text": text}), encoding="utf-8")
-    os.rename(tmp, outbound / name)
-
-
 async def _reply(core: Core, channel: BenchChannel, text: str) -> float:
     outbound = core.layout.ipc / MAIN / "outbound"
-    await asyncio.to_thread(_write_outbound, outbound, text)
+    # As the agent does: a hidden temporary name, a rename to <ms>-<hex>.json, a nudge.
+    payload = {"type": "send_message", "text": text}
+    await asyncio.to_thread(write_json, outbound, payload, core.layout.sockets / MAIN / NUDGE_SOCK)
     t0 = time.perf_counter()  # the file is visible from here on
     sent = await channel.wait_for(text, STEP_TIMEOUT_S)
     return (sent.perf - t0) * 1000

@@ -2,7 +2,7 @@
 
 The daemon gets a fresh NANOCLAW_HOME (so only `main` is registered and watched) and no
 network channel; the CPU time of its threads is read from /proc (schedstat, in ns) over a
-quiet window, with the busiest thread named so a polling loop shows up.
+quiet window, with the busiest threads named so a polling loop shows up.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def idle_cpu(seconds: float, base_url: str) -> Figure:
     wall = wall1 - wall0
     used = {k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()}
     pct = sum(used.values()) / wall * 100
-    busiest = max(used, key=lambda k: used[k]) if used else "-"
+    ranked = sorted(used, key=lambda k: used[k], reverse=True)
+    busiest = ranked[0] if ranked else "-"
+    top = ", ".join(f"{k} {used[k] / wall * 100:.2f} %" for k in ranked[:3])
     return Figure(
         "idle_cpu",
         "daemon idle CPU (one core)",
@@ -96,5 +98,5 @@ def idle_cpu(seconds: float, base_url: str) -> Figure:
             "threads": len(used),
             "busiest_thread_pct": used.get(busiest, 0.0) / wall * 100,
         },
-        note=f"busiest thread: {busiest} (schedstat, all threads summed)",
+        note=f"busiest threads: {top or '-'} (schedstat, all threads summed)",
     )

@@ -110,7 +110,7 @@ class Core:
             store, layout.ipc, settings.zone, self.orchestrator.task_due, changes=task_changes
         )
         self.taskfile = TaskFile(store, layout.groups, settings.zone, task_changes.changed)
-        self.watcher = IpcWatcher(self.ipc, store, layout.ipc)
+        self.watcher = IpcWatcher(self.ipc, store, layout.ipc, layout.sockets)
         self.ingest = Ingest(store, self.orchestrator.wake, welcome_of(settings), self.router.wake)
 
     @classmethod

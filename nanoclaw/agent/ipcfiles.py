@@ -1,7 +1,8 @@
 """The sandbox side of IPC: atomic JSON files to /ipc/outbound, follow-ups from /ipc/input.
 
 Waiting for input uses inotify through ctypes (the sandbox has no third-party packages),
-so a follow-up is seen within a millisecond; where inotify fails it polls.
+so a follow-up is seen within a millisecond; where inotify fails it polls. Each outbound
+file is followed by a nudge, so the host reads it at once rather than when its watch looks.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import ctypes
 import json
 import os
 import select
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
-from .protocol import CLOSE, Event, event_line, follow_up_prompt, ipc_name
+from .protocol import CLOSE, NUDGE_SOCK, Event, event_line, follow_up_prompt, ipc_name
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
@@ -22,14 +24,28 @@ IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 
 
-def write_json(directory: Path, payload: dict[str, Any]) -> str:
-    """Write to a hidden temporary name, then rename: a reader never sees half a file."""
+def write_json(directory: Path, payload: dict[str, Any], nudge_at: Path | None = None) -> str:
+    """Write to a hidden temporary name, then rename: a reader never sees half a file. Then
+    nudge the host (at /ipc/nudge.sock, beside `directory`, unless `nudge_at` says where)."""
     name = ipc_name()
     tmp = directory / f".{name}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, ensure_ascii=False)
     os.replace(tmp, directory / name)
+    nudge(nudge_at or directory.parent / NUDGE_SOCK)
     return name
+
+
+def nudge(sock_path: Path) -> bool:
+    """One byte to the host's nudge socket; True when sent. Best effort and never blocking:
+    with no host listening or its queue full, the host's file watch finds the file anyway."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.setblocking(False)
+            sock.sendto(b"!", str(sock_path))
+    except OSError:
+        return False
+    return True
 
 
 class Inbox:

@@ -23,6 +23,7 @@ TASKS_FILE = "tasks.json"  # the group's tasks, kept current by the host
 CLOSE = "_close"  # an empty file in input/: finish the turn and exit
 LLM_SOCK = "llm.sock"  # the model proxy
 EGRESS_SOCK = "egress.sock"  # the egress proxy (allowlist policy)
+NUDGE_SOCK = "nudge.sock"  # a datagram here: a new file waits in outbound/ (a hint only)
 INITIAL_INPUT = "initial"  # the input name a run's first prompt is reported done under
 
 # "<unix-ms>-<random>.json": the name is the idempotency key, and a task scheduled by a

@@ -25,6 +25,7 @@ from nanoclaw.agent.protocol import (
     INPUT,
     LLM_SOCK,
     NAME_RE,
+    NUDGE_SOCK,
     OUTBOUND,
     TASKS_FILE,
 )
@@ -36,7 +37,7 @@ SUBDIRS = (OUTBOUND, INPUT, ERRORS)
 NOTE_NAMES = 20  # names listed in one set-aside note; a batch may hold thousands
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-SOCKETS = (LLM_SOCK, EGRESS_SOCK)  # served host-side, bound over these names in /ipc
+SOCKETS = (LLM_SOCK, EGRESS_SOCK, NUDGE_SOCK)  # served host-side, bound over these names in /ipc
 
 
 def ipc_dir(root: Path, folder: str) -> Path:

@@ -1,8 +1,11 @@
-"""The IPC watcher: watchfiles over every group's outbound dir, plus a full scan at start.
+"""The IPC watcher: each group's nudge socket, watchfiles over every outbound dir as the
+backstop, plus a full scan at start.
 
-The scan picks up files written while the daemon was down; after that, a change in a
-group's dir wakes that group's own worker, which drains the dir with `IpcHandler.drain`.
-Groups are drained side by side, so one group's backlog never holds up another's reply.
+The scan picks up files written while the daemon was down; after that, a nudge (the agent
+sends one after each file) or a change seen by the watch wakes that group's own worker,
+which drains the dir with `IpcHandler.drain`. Groups are drained side by side, so one
+group's backlog never holds up another's reply. The watch looks only every WATCH_STEP_MS,
+which keeps an idle daemon quiet: a file that came without a nudge waits that long.
 """
 
 from __future__ import annotations
@@ -11,15 +14,26 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from watchfiles import Change, awatch
 
-from nanoclaw.agent.protocol import OUTBOUND
+from nanoclaw.agent.protocol import NUDGE_SOCK, OUTBOUND
 from nanoclaw.ipc import files as ipcfs
-from nanoclaw.ipc.handler import IpcHandler
+from nanoclaw.ipc.nudge import NudgeServer
 from nanoclaw.store.messages import Store
 
 log = logging.getLogger(__name__)
+# Every step the watch thread takes the GIL to look at what inotify queued: 10 a second
+# costs little; at 5 ms it was most of an idle daemon's CPU. Nudged files do not wait for it.
+WATCH_STEP_MS = 100
+WATCH_DEBOUNCE_MS = 200
+
+
+class Drainer(Protocol):
+    """What the watcher drives: `IpcHandler`."""
+
+    async def drain(self, folder: str) -> int: ...
 
 
 def _accept(change: Change, path: str) -> bool:
@@ -28,10 +42,14 @@ def _accept(change: Change, path: str) -> bool:
 
 
 class IpcWatcher:
-    def __init__(self, handler: IpcHandler, store: Store, ipc_root: Path) -> None:
+    def __init__(
+        self, handler: Drainer, store: Store, ipc_root: Path, sockets: Path | None = None
+    ) -> None:
         self._handler = handler
         self._store = store
         self._root = ipc_root
+        self._sockets = sockets  # store/sockets/: where the nudge sockets are served; None: none
+        self.nudges = NudgeServer(lambda folder: self.poke((folder,)))
         self._rearm = asyncio.Event()
         self.ready = asyncio.Event()
         self._dirty: set[str] = set()  # groups with changes no drain has started on yet
@@ -89,6 +107,7 @@ class IpcWatcher:
         try:
             await self._run()
         finally:
+            self.nudges.close()
             workers = list(self._workers.values())
             for task in workers:
                 task.cancel()
@@ -100,7 +119,10 @@ class IpcWatcher:
             handled = await self.scan()
             if handled:
                 log.info("ipc scan handled %d waiting files", handled)
-            dirs = {str(self._root / folder / OUTBOUND): folder for folder in await self._folders()}
+            folders = await self._folders()
+            if self._sockets is not None:
+                self.nudges.sync({f: self._sockets / f / NUDGE_SOCK for f in folders})
+            dirs = {str(self._root / folder / OUTBOUND): folder for folder in folders}
             if not dirs:
                 self.ready.set()
                 await self._rearm.wait()
@@ -119,11 +141,11 @@ class IpcWatcher:
         async for changes in awatch(
             *dirs,
             watch_filter=_accept,
-            debounce=200,
-            step=5,
+            debounce=WATCH_DEBOUNCE_MS,
+            step=WATCH_STEP_MS,
             stop_event=self._rearm,
             recursive=False,
-            rust_timeout=1000,
+            rust_timeout=10_000,  # only how often the thread returns with nothing seen
             ignore_permission_denied=True,
         ):
             # No waiting here: each group's worker drains its own dir, side by side.

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanoclaw.agent.protocol import EGRESS_SOCK, ERRORS, LLM_SOCK
+from nanoclaw.agent.protocol import EGRESS_SOCK, ERRORS, LLM_SOCK, NUDGE_SOCK
 from nanoclaw.models import NetworkPolicy
 from nanoclaw.sandbox.runtime import NIX_STORE, RUNTIME, Closure, Runtime, store_path
 
@@ -203,6 +203,8 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], seccomp_fd: int | None = N
     # The sockets are served outside /ipc (no bind or chmod of the host's follows a link
     # planted there); a gate script has no egress proxy, hence -try.
     a += ["--ro-bind", str(plan.socket_dir / LLM_SOCK), f"/ipc/{LLM_SOCK}"]
+    # The IPC watcher serves the nudge socket while it watches the group.
+    a += ["--ro-bind-try", str(plan.socket_dir / NUDGE_SOCK), f"/ipc/{NUDGE_SOCK}"]
     if plan.network == "allowlist":
         a += ["--ro-bind-try", str(plan.socket_dir / EGRESS_SOCK), f"/ipc/{EGRESS_SOCK}"]
     a += ["--bind" if plan.global_writable else "--ro-bind", str(plan.global_dir), "/global"]

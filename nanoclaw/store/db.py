@@ -78,13 +78,14 @@ class Database:
                 raise
             await self._db.execute("COMMIT")
 
+    # One trip to the connection's thread per read (a cursor's execute, fetch and close
+    # would be three): the idle daemon's polls are mostly these.
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
-        async with self._db.execute(sql, tuple(args)) as cur:
-            return await cur.fetchone()
+        rows = await self._db.execute_fetchall(sql, tuple(args))
+        return next(iter(rows), None)
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
-        async with self._db.execute(sql, tuple(args)) as cur:
-            return list(await cur.fetchall())
+        return list(await self._db.execute_fetchall(sql, tuple(args)))
 
     async def _write(self, sql: str, args: Iterable[Any] = ()) -> int:
         async with self._lock:

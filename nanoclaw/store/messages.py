@@ -8,6 +8,7 @@ cursor and a reply alike.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -16,6 +17,7 @@ from aiosqlite import Connection
 
 from nanoclaw.errors import StoreError
 from nanoclaw.models import ChatInfo, Group, InboundMessage, Message, channel_of
+from nanoclaw.store.committer import GroupCommit, returned_ids, value_rows
 from nanoclaw.store.db import now_ms
 from nanoclaw.store.ledger import Ledger
 from nanoclaw.store.pairbook import PairBook
@@ -29,11 +31,15 @@ GROUP_COLS = (
     "folder, name, trigger, requires_trigger, network, allowed_senders, mounts, exports, model, "
     "domains, packages, profile"
 )
-INSERT_MESSAGE = (
+INSERT_COLS = 10
+INSERT_HEAD = (
     "INSERT INTO messages (chat_id, platform_id, sender_id, sender_name, text, ts_ms, "
-    "mentions_bot, reply_to_bot, reply_to_sender, reply_to_text) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id"
+    "mentions_bot, reply_to_bot, reply_to_sender, reply_to_text) VALUES "
 )
+INSERT_MESSAGE = f"{INSERT_HEAD}{value_rows(1, INSERT_COLS)} ON CONFLICT DO NOTHING RETURNING id"
+# Concurrent add_message calls share one multi-row statement (its own transaction), up to
+# this many rows: 2,560 bound values, far below SQLite's limit of 32,766.
+GROUP_LIMIT = 256
 
 
 def _values(msg: InboundMessage) -> tuple[object, ...]:
@@ -73,6 +79,7 @@ class Store(Ledger, TaskBook, PairBook):
     def __init__(self, db: Connection) -> None:
         super().__init__(db)
         self._chats_seen: dict[str, int] = {}
+        self._inserts = GroupCommit(self._insert_group, GROUP_LIMIT)
 
     async def record_chat(self, chat_id: str, name: str, is_group: bool, ts_ms: int) -> None:
         await self._write(
@@ -85,11 +92,48 @@ class Store(Ledger, TaskBook, PairBook):
         self._chats_seen[chat_id] = ts_ms
 
     async def add_message(self, msg: InboundMessage) -> int | None:
-        """Store one message; returns its id, or None when the platform re-delivered it."""
+        """Store one message; returns its id, or None when the platform re-delivered it.
+
+        It returns once the row is committed. Calls made while the connection is busy are
+        committed together (channels deliver side by side), in the order they were made."""
         await self._seen(msg)
-        async with self._lock:  # one statement is its own transaction: one round trip
-            rows = await self._db.execute_fetchall(INSERT_MESSAGE, _values(msg))
-        return int(next(iter(rows))[0]) if rows else None
+        return await self._inserts.submit(msg)
+
+    async def _insert_group(self, msgs: list[InboundMessage]) -> list[int | Exception | None]:
+        """One statement for the group, which is its own transaction: one round trip and
+        one commit. If a row breaks it, each row is tried alone: a bad row fails only itself."""
+        async with self._lock:
+            if len(msgs) > 1:
+                together = await self._insert_together(msgs)
+                if together is not None:
+                    return list(together)
+            outcomes: list[int | Exception | None] = []
+            for msg in msgs:
+                try:
+                    rows = await self._db.execute_fetchall(INSERT_MESSAGE, _values(msg))
+                except Exception as exc:  # this caller's own failure, raised to it alone
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(int(next(iter(rows))[0]) if rows else None)
+            return outcomes
+
+    async def _insert_together(self, msgs: list[InboundMessage]) -> list[int | None] | None:
+        """The group's ids from one multi-row INSERT; None when some row broke it."""
+        sql = (
+            f"{INSERT_HEAD}{value_rows(len(msgs), INSERT_COLS)} "
+            "ON CONFLICT DO NOTHING RETURNING id, chat_id, platform_id"
+        )
+        try:
+            rows = await self._db.execute_fetchall(sql, [v for m in msgs for v in _values(m)])
+        except sqlite3.OperationalError:  # locked, full, I/O: each row alone would fare no
+            raise  # better, only wait as long again; every caller of the group hears it
+        except Exception:  # a value that does not bind, a constraint: nothing was stored
+            return None
+        return returned_ids([(m.chat_id, m.platform_id) for m in msgs], rows)
+
+    async def close(self) -> None:
+        await self._inserts.idle()
+        await super().close()
 
     async def add_messages(self, msgs: Sequence[InboundMessage]) -> list[int | None]:
         """Store a burst in one transaction; ids as for `add_message`."""
