@@ -26,11 +26,13 @@ from nanoclaw.config import Settings
 from nanoclaw.display import printable
 from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
 from nanoclaw.orchestrator import Stopped
+from nanoclaw.sandbox.run import HELD
 from nanoclaw.store.messages import Store
 from nanoclaw.trigger import LOCAL_SENDER, triggers
 
 HELP = "commands: /list  /switch GROUP  /history [N]  /add GROUP  /quit"
 INTERRUPTED = 130  # the exit code of Ctrl+C, as a shell reports a SIGINT
+Waited = Literal["replied", "held", "timeout"]
 BESIDE_DAEMON = (
     "not stopped: the daemon runs this group's agent and this chat cannot stop it; "
     "its reply will still show here (stopping the daemon ends every run, and asks again)"
@@ -128,31 +130,36 @@ class TerminalChat:
             return "\n".join(f"{who or name}: {text}" for who, text in said) or "no messages yet"
         return HELP
 
-    async def wait_for_replies(self, last_trigger: int, timeout: float) -> bool:
-        """True once the group's cursor passed `last_trigger` and its replies were delivered.
+    async def wait_for_replies(self, last_trigger: int, timeout: float) -> Waited:
+        """"replied" once the group's cursor passed `last_trigger` and its replies were
+        delivered; "held" when the run cannot be retried until the next message (a refused
+        key, tools that cannot be built), once the note saying so was delivered.
 
         A run of the group at work shows "is working" here too: beside a daemon no router
         of this process hears of its typing.
         """
         deadline = time.monotonic() + timeout
         reported = {run.id for run in await self.store.runs(self.folder, limit=3)}
+        held = False
         while time.monotonic() < deadline:
             cursor = await self.store.cursor(self.folder)
             if cursor >= last_trigger and await self.store.pending_outbox(self.chat_id) == 0:
-                return True
+                return "replied"
             runs = await self.store.runs(self.folder, limit=3)
             if cursor < last_trigger and any(run.status == "running" for run in runs):
                 await self.channel.set_typing(self.chat_id, True)
             for run in runs:
                 if run.status not in ("ok", "running", "stopped") and run.id not in reported:
                     reported.add(run.id)
-                    again = "" if run.status == "auth" else "; retrying"
+                    again = "" if run.status in HELD else "; retrying"
                     note = f"(run {run.id} {run.status}: {run.error}{again})"
                     print(printable(note), file=sys.stderr)
-                    if run.status == "auth":  # a refused key: not retried, no reply comes
-                        return False
+                    if run.status in HELD:  # a refused key, no tools: no retry, no reply comes
+                        held = True
+            if held and await self.store.pending_outbox(self.chat_id) == 0:
+                return "held"  # the note that says why was delivered
             await asyncio.sleep(0.05)
-        return False
+        return "timeout"
 
     async def _until_interrupted(self, work: asyncio.Future[Any]) -> bool:
         """Wait for `work`; False (and `work` cancelled) when Ctrl+C came first."""
@@ -176,8 +183,8 @@ class TerminalChat:
             stopped = None if self.stop is None else await self.stop(self.folder, last)
             print(BESIDE_DAEMON if self.stop is None else stopped_line(stopped), flush=True)
             return INTERRUPTED
-        if waiting.result():
-            return 0
+        if waiting.result() != "timeout":
+            return 0 if waiting.result() == "replied" else 1
         print("no reply arrived in time; see `nanoclaw doctor` and store/logs/", file=sys.stderr)
         return 1
 

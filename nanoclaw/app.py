@@ -23,6 +23,7 @@ from nanoclaw.ipc.handler import IpcHandler
 from nanoclaw.ipc.watcher import IpcWatcher
 from nanoclaw.live import LiveRuns
 from nanoclaw.models import Group
+from nanoclaw.nixenv import EnvError, Environments
 from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.proxy.budget import Budget
 from nanoclaw.proxy.upstream import upstream_client
@@ -84,11 +85,12 @@ class Core:
             settings.zone,
             current_run=live.run_id,
             on_reply=self.router.wake,
-            on_groups_changed=self._groups_changed,
+            on_groups_changed=self.groups_changed,
             on_tasks_changed=task_changes.changed,
             files_root=layout.files,
         )
-        self.launcher = Launcher(store, layout, agent_settings(settings), client)
+        envs = Environments(layout, settings.nanoclaw_nixpkgs)
+        self.launcher = Launcher(store, layout, agent_settings(settings), client, envs=envs)
         rules = Rules(
             allowed_senders=tuple(settings.allowed_senders),
             default_trigger=settings.trigger,
@@ -122,14 +124,20 @@ class Core:
         async with model_client(settings) as client:
             yield cls(settings, store, channels, client)
 
-    def _groups_changed(self) -> None:
-        """A group was registered over IPC: watch its dirs, read its CLAUDE.md, look at it."""
+    def groups_changed(self) -> None:
+        """A group was registered: watch its dirs, read its CLAUDE.md, write its tasks.json,
+        look at it."""
         self.watcher.refresh()
         self.taskfile.refresh()
+        self.scheduler.groups_changed()
         self.orchestrator.wake()
 
     async def _gate(self, group: Group, script: str) -> Gate:
-        return await run_gate(await self.launcher.prepare(group), script, GATE_TIMEOUT_S)
+        try:
+            plan = await self.launcher.prepare(group)
+        except EnvError as exc:  # the script needs the group's tools: never the host's instead
+            return Gate(False, reason=str(exc))
+        return await run_gate(plan, script, GATE_TIMEOUT_S)
 
     async def settle(self) -> None:
         """Burst mode, for tests and bench: the orchestrator looks at every stored message,

@@ -20,11 +20,12 @@ from nanoclaw.agent.protocol import INITIAL_INPUT, ipc_name
 from nanoclaw.errors import SandboxError
 from nanoclaw.live import Launch, Live, LiveRuns
 from nanoclaw.models import Group, Message
+from nanoclaw.nixenv import EnvError
 from nanoclaw.prompt import build_prompt, task_prompt
 from nanoclaw.queue import GroupQueue
 from nanoclaw.sandbox.gate import Gate
-from nanoclaw.sandbox.launcher import MESSAGE_RUN, RunOptions
-from nanoclaw.sandbox.run import KEY_REFUSED, Outcome, RunStatus
+from nanoclaw.sandbox.launcher import RunOptions
+from nanoclaw.sandbox.run import HELD, KEY_REFUSED, Outcome, RunStatus
 from nanoclaw.schedule.tasks import TaskRun
 from nanoclaw.store.messages import Store
 from nanoclaw.trigger import any_trigger, sender_allowed
@@ -244,17 +245,18 @@ class Orchestrator:
         )
         live = Live(run_id, msgs[-1].chat_id, msgs[-1].id, {INITIAL_INPUT: msgs[-1].id})
         log.info("group=%s run=%s starting with %d messages", folder, run_id, len(msgs))
-        outcome = await self._agent(group, live, prompt, MESSAGE_RUN)
+        outcome = await self._agent(group, live, prompt, RunOptions(chat_id=live.chat_id))
         if outcome.status == "stopped":
             return True  # the owner's stop: the batch counts as handled, never retried
         if outcome.status == "over_budget":
             await self._over_budget(group, live, outcome.error)
             return True
-        if outcome.status == "auth":  # no retry: the batch waits for the next message to run
+        if outcome.status in HELD:  # no retry: the batch waits for the next message
             self._held[folder] = live.given_upto
-            if self._budget_notes.get(folder) != KEY_REFUSED:  # told once, not per message
-                self._budget_notes[folder] = KEY_REFUSED
-                text = f"(I cannot answer now: {KEY_REFUSED}.)"
+            why = KEY_REFUSED if outcome.status == "auth" else outcome.error
+            if self._budget_notes.get(folder) != why:  # told once, not per message
+                self._budget_notes[folder] = why
+                text = f"(I cannot answer now: {why}.)"
                 await self._store.enqueue_reply(folder, live.chat_id, text)  # not the run's text
             return True
         if outcome.ok:
@@ -317,6 +319,8 @@ class Orchestrator:
             if live.stopped:
                 halt: RunStatus = "stopped" if live.stopped == OWNER_STOP else "killed"
                 outcome = Outcome(halt, live.stopped, outcome.turns)
+        except EnvError as exc:  # the group's tools cannot be had: never the host's instead
+            outcome = Outcome("env", str(exc))
         except SandboxError as exc:
             outcome = Outcome("failed", str(exc))
         finally:

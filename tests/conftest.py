@@ -176,7 +176,7 @@ class Running:
         group = Group(folder=folder, name=folder, chats=(chat,), **kw)
         await self.store.save_group(group)
         (self.settings.layout.groups / folder).mkdir(parents=True, exist_ok=True)
-        self.core.watcher.refresh()
+        self.core.groups_changed()
         return group
 
 

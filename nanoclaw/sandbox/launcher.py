@@ -7,8 +7,9 @@ the agent runner sees (never a credential: the proxy holds the key).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,18 +21,22 @@ from nanoclaw.agent.protocol import Context, RunConfig
 from nanoclaw.agent.relay import RELAY_PORT, proxy_env
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group, Usage
+from nanoclaw.nixenv import Environments, wanted_packages
 from nanoclaw.proxy.admission import Policy
 from nanoclaw.proxy.budget import Budget, BudgetBook, BudgetGuard
 from nanoclaw.proxy.intake import BodyPool
 from nanoclaw.proxy.server import ModelProxy
 from nanoclaw.sandbox.egress import EgressProxy
-from nanoclaw.sandbox.plan import SandboxPlan, write_etc
+from nanoclaw.sandbox.plan import NixMount, SandboxPlan, nix_mount, write_etc
 from nanoclaw.sandbox.run import AgentRun
-from nanoclaw.sandbox.runtime import Runtime, detect_runtime
+from nanoclaw.sandbox.runtime import Runtime, detect_closure, detect_runtime
 from nanoclaw.store.messages import Store
 
 AGENT_CODE = Path(nanoclaw.agent.__file__).parent
 EgressFactory = Callable[[Group, str], EgressProxy]
+DEFAULT_NIXPKGS = "<nixpkgs>"  # the daemon passes its setting; this is for tools and tests
+PREPARING = "(Preparing my tools first: this group's Nix environment is being built.)"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class RunOptions:
 
     context: Context = "group"  # "isolated": a fresh conversation, the group's history untouched
     idle_timeout_s: float | None = None  # None: the setting; 0: exit after the first turn
+    chat_id: str = ""  # told once when the group's tools must be built first; "": nobody
 
 
 MESSAGE_RUN = RunOptions()
@@ -78,6 +84,7 @@ class Launcher:
         client: AsyncAnthropic,
         runtime: Runtime | None = None,
         egress: EgressFactory = group_egress,
+        envs: Environments | None = None,
     ) -> None:
         self._store = store
         self._layout = layout
@@ -85,12 +92,13 @@ class Launcher:
         self._client = client  # the daemon's one, with the key: every run's proxy sends through it
         self._runtime = runtime or detect_runtime()
         self._egress = egress
+        self._envs = envs or Environments(layout, DEFAULT_NIXPKGS)
         # Shared by every run's proxy: budgets are reserved under one lock per group, and
         # the daemon holds a bounded number of request bodies at once.
         self._book = BudgetBook()
         self._bodies = BodyPool()
 
-    def plan(self, group: Group) -> SandboxPlan:
+    def plan(self, group: Group, nix: NixMount | None = None) -> SandboxPlan:
         return SandboxPlan(
             workspace=self._layout.groups / group.folder,
             ipc=self._layout.ipc / group.folder,
@@ -104,6 +112,7 @@ class Launcher:
             network=group.network,
             env=(("TZ", self._agent.tz),)
             + (proxy_env(RELAY_PORT) if group.network == "allowlist" else ()),
+            nix=nix,
         )
 
     def model_proxy(self, group: Group, run_id: int) -> ModelProxy:
@@ -130,9 +139,31 @@ class Launcher:
             pool=self._bodies,
         )
 
-    async def prepare(self, group: Group) -> SandboxPlan:
-        """The group's plan, with the host directories and files it mounts in place."""
-        plan = self.plan(group)
+    async def environment(self, group: Group, chat_id: str = "") -> NixMount | None:
+        """The group's Nix environment as a run mounts it, built first when it is not yet
+        (the chat told once, as the build starts); None for the host's runtime. EnvError
+        when it cannot be had: the run fails with it, never falls back to the host."""
+        if wanted_packages(group) is None:
+            return None
+        folder = group.folder
+        if chat_id and await asyncio.to_thread(self._envs.cached, group) is None:
+            await self._store.enqueue_reply(folder, chat_id, PREPARING)
+
+        def progress(line: str) -> None:
+            log.info("group=%s environment: %s", folder, line[:300])  # escaped by the log
+
+        built = await self._envs.ensure(group, progress)
+        if built is None:  # pragma: no cover - wanted_packages said it declares some
+            return None
+        if self._runtime.closure is None:  # the first run with an environment: once
+            closure = await asyncio.to_thread(detect_closure, self._runtime)
+            self._runtime = replace(self._runtime, closure=closure)
+        return nix_mount(built.path, built.closure)
+
+    async def prepare(self, group: Group, chat_id: str = "") -> SandboxPlan:
+        """The group's plan, with the host directories and files it mounts in place (and
+        its Nix environment built, if it declares one)."""
+        plan = self.plan(group, await self.environment(group, chat_id))
         await asyncio.to_thread(prepare_dirs, self._layout, group.folder)
         await asyncio.to_thread(write_etc, plan.etc)
         return plan
@@ -145,8 +176,7 @@ class Launcher:
         on_turn_done: Callable[[str], Awaitable[None]],
         options: RunOptions = MESSAGE_RUN,
     ) -> AgentRun:
-        plan = await self.prepare(group)
-
+        plan = await self.prepare(group, options.chat_id)
         proxy = self.model_proxy(group, run_id)
         a = self._agent
         allowlist = group.network == "allowlist"

@@ -31,7 +31,10 @@ EVENTS_CAP = 100_000
 KEY_REFUSED = "the model refused the key: check ANTHROPIC_API_KEY"
 
 # stopped: by the owner (/stop); auth: the model endpoint refused the key (401/403 upstream).
-RunStatus = Literal["ok", "failed", "timeout", "killed", "stopped", "over_budget", "auth"]
+# "env": the group's Nix environment could not be built (the run never started)
+RunStatus = Literal["ok", "failed", "timeout", "killed", "stopped", "over_budget", "auth", "env"]
+# Not retried: the batch waits for the group's next message (a new key, a fixed package list).
+HELD: frozenset[RunStatus] = frozenset({"auth", "env"})
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,16 @@ class Scheduler:
         self._clock = clock
         self._changes = changes or TaskChanges()
         self._dirty = self._changes.folders  # groups whose tasks.json is out of date
+        self._all_groups = False  # every group's is (a group may be new)
 
     def changed(self, folder: str) -> None:
         """A group's tasks changed: republish its tasks.json and look at due times again."""
         self._changes.changed(folder)
+
+    def groups_changed(self) -> None:
+        """Groups were registered: each gets its tasks.json at the next step."""
+        self._all_groups = True
+        self._changes.waker.set()
 
     async def start(self) -> None:
         """After a restart: runs a crash cut short are logged, claimed ones are queued."""
@@ -92,11 +98,12 @@ class Scheduler:
     async def publish(self) -> None:
         """Write tasks.json for every group whose tasks changed (and main, which sees all,
         other groups' prompts quoted as data: `tasks.written_by`)."""
-        if not self._dirty:
+        if not self._dirty and not self._all_groups:
             return
-        folders = self._dirty | {MAIN}
-        self._dirty.clear()
         registered = {g.folder for g in await self._store.groups()}
+        folders = registered if self._all_groups else self._dirty | {MAIN}
+        self._dirty.clear()
+        self._all_groups = False
         for folder in sorted(folders & registered):
             tasks = await self._store.tasks(None if folder == MAIN else folder)
             problems = await self._store.problems(None if folder == MAIN else folder)
