@@ -131,8 +131,8 @@ class TerminalChat:
         return HELP
 
     async def wait_for_replies(self, last_trigger: int, timeout: float) -> Waited:
-        """"replied" once the group's cursor passed `last_trigger` and its replies were
-        delivered; "held" when the run cannot be retried until the next message (a refused
+        """`replied` once the group's cursor passed `last_trigger` and its replies were
+        delivered; `held` when the run cannot be retried until the next message (a refused
         key, tools that cannot be built), once the note saying so was delivered.
 
         A run of the group at work shows "is working" here too: beside a daemon no router
