@@ -150,7 +150,8 @@ def _runs(home: Path) -> tuple[int, int, str]:
     with sqlite3.connect(uri, uri=True, timeout=10) as db:
         runs = db.execute("SELECT count(*) FROM runs WHERE folder != 'main'").fetchone()[0]
         bad = db.execute(
-            "SELECT status, error FROM runs WHERE folder != 'main' AND status != 'ok' ORDER BY id"
+            "SELECT status, error FROM runs WHERE folder != 'main' "
+            "AND status NOT IN ('ok', 'running') ORDER BY id"  # running: still idling at the end
         ).fetchall()
     return int(runs), len(bad), " ".join(bad[0])[:200] if bad else ""
 

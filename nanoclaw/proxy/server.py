@@ -214,7 +214,8 @@ class ModelProxy:
             if budget is not None and never_sent(exc):
                 await budget.refund()
             kind = (exc.__cause__ or exc).__class__.__name__
-            return _error(502, "api_error", f"model endpoint unreachable: {kind}")
+            # The SDK has tried already: a retry by the runner would multiply the tries.
+            return _error(502, "api_error", f"model endpoint unreachable: {kind}", NO_RETRY)
 
     async def _relay(
         self,
