@@ -34,11 +34,8 @@ from nanoclaw.sandbox.runtime import (
 )
 
 
-def plan_in(base: Path, runtime: Runtime, **kw: object) -> SandboxPlan:
-    for sub in ("ws", "ipc/errors", "global", "skills", "etc", "agent"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "ipc" / "llm.sock").touch()
-    write_etc(base / "etc")
+def plan_at(base: Path, runtime: Runtime, **kw: object) -> SandboxPlan:
+    """A plan whose host paths all lie below `base` (which need not exist: argv tests)."""
     return SandboxPlan(
         workspace=base / "ws",
         ipc=base / "ipc",
@@ -50,6 +47,14 @@ def plan_in(base: Path, runtime: Runtime, **kw: object) -> SandboxPlan:
         runtime=runtime,
         **kw,  # type: ignore[arg-type]
     )
+
+
+def plan_in(base: Path, runtime: Runtime, **kw: object) -> SandboxPlan:
+    for sub in ("ws", "ipc/errors", "global", "skills", "etc", "agent"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "ipc" / "llm.sock").touch()
+    write_etc(base / "etc")
+    return plan_at(base, runtime, **kw)
 
 
 def mounts(argv: list[str]) -> dict[str, tuple[str, str]]:
@@ -247,18 +252,7 @@ ENV = NixMount(f"{NIX_STORE}/aaa-env", (f"{NIX_STORE}/aaa-env", f"{NIX_STORE}/bb
 
 
 def nowhere_plan(runtime: Runtime, nix: NixMount | None) -> SandboxPlan:
-    base = Path("/nonexistent-nanoclaw-host")
-    return SandboxPlan(
-        workspace=base / "ws",
-        ipc=base / "ipc",
-        global_dir=base / "global",
-        global_writable=False,
-        skills=base / "skills",
-        agent_code=base / "agent",
-        etc=base / "etc",
-        runtime=runtime,
-        nix=nix,
-    )
+    return plan_at(Path("/nonexistent-nanoclaw-host"), runtime, nix=nix)
 
 
 def triples(argv: list[str]) -> set[tuple[str, ...]]:
