@@ -22,6 +22,7 @@ from typing import Any, Literal, TextIO
 
 from channels.terminal import TerminalChannel
 from nanoclaw.channel import Inbound
+from nanoclaw.cli.tape import repl_tape
 from nanoclaw.config import Settings
 from nanoclaw.display import printable
 from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
@@ -121,6 +122,8 @@ class TerminalChat:
                 mark = "*" if g.folder == self.folder else " "
                 lines.append(f"{mark} {g.folder:<16} {', '.join(g.chats)}")
             return "\n".join(lines) or "no groups"
+        if name == "tape":
+            return await repl_tape(self.store, arg, self.settings.zone)
         if name in ("switch", "add") and arg:
             return await self.select(arg, create=name == "add")
         if name == "history":

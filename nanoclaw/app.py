@@ -27,6 +27,7 @@ from nanoclaw.nixenv import EnvError, Environments
 from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.proxy.budget import Budget
 from nanoclaw.proxy.upstream import upstream_client
+from nanoclaw.retention import Retention
 from nanoclaw.router import Router
 from nanoclaw.sandbox.gate import Gate, run_gate
 from nanoclaw.sandbox.launcher import AgentSettings, Launcher
@@ -185,6 +186,7 @@ class Core:
                 tasks.create_task(self.taskfile.run(), name="claude-md-tasks")
                 await self.taskfile.ready.wait()
                 tasks.create_task(self.scheduler.run(), name="scheduler")
+                tasks.create_task(Retention.of(self.settings, self.store).run(), name="tape")
                 if started is not None:
                     started.set()
         finally:

@@ -39,6 +39,7 @@ FIXES = {
     "TELEGRAM_ALLOWED_CHAT_IDS": "use numeric chat ids like -1001234567890, comma-separated",
     "MATRIX_USER_ID": "use the bot's full id, like @andy:example.org",
     "MATRIX_HOMESERVER": "use the homeserver's URL, like https://matrix.example.org",
+    "TAPE_RETENTION_DAYS": "use a whole number of days, 1 or more",
     "NANOCLAW_NIXPKGS": "use an absolute path to a nixpkgs (checkout or store path) or <nixpkgs>",
 }
 
@@ -105,6 +106,7 @@ class Settings(BaseSettings):
     # Per group and calendar day in TZ; 0 is unlimited. Tokens: input + cache writes + output.
     group_daily_requests: int = Field(500, ge=0, alias="GROUP_DAILY_REQUESTS")
     group_daily_tokens: int = Field(2_000_000, ge=0, alias="GROUP_DAILY_TOKENS")
+    tape_retention_days: int = Field(30, ge=1, le=36_500, alias="TAPE_RETENTION_DAYS")
     nanoclaw_nixpkgs: str = Field(default_factory=_default_nixpkgs, alias="NANOCLAW_NIXPKGS")
     tz: str = Field(default_factory=_host_tz, alias="TZ")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")

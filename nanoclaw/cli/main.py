@@ -22,6 +22,7 @@ from nanoclaw.cli import env as envcmd
 from nanoclaw.cli import groups as groupcmd
 from nanoclaw.cli import pair as paircmd
 from nanoclaw.cli import setup as setupcmd
+from nanoclaw.cli import tape as tapecmd
 from nanoclaw.cli import tasks as taskcmd
 from nanoclaw.cli import usage as usagecmd
 from nanoclaw.cli.groups import apply_setting as apply_setting  # where tests found it
@@ -167,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("chats", help="chats seen, registered or not")
     taskcmd.add_parser(sub)
     usagecmd.add_parser(sub)
+    tapecmd.add_parser(sub)
     paircmd.add_parser(sub)
     setupcmd.add_parser(sub)
     envcmd.add_parser(sub)
@@ -191,6 +193,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(cmd_tasks(settings, args))
     if args.command == "usage":
         return asyncio.run(usagecmd.run(settings, args))
+    if args.command == "tape":
+        return asyncio.run(tapecmd.run(settings, args))
     if args.command == "pair":
         return asyncio.run(paircmd.run(settings, args))
     if args.command == "env":

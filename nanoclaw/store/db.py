@@ -62,9 +62,8 @@ class Database:
             if version > len(schema.MIGRATIONS):
                 raise StoreError(f"store schema v{version} is newer than this nanoclaw")
             for index in range(version, len(schema.MIGRATIONS)):
-                for statement in schema.MIGRATIONS[index].split(";"):
-                    if statement.strip():
-                        await self._db.execute(statement)
+                for statement in schema.statements(schema.MIGRATIONS[index]):
+                    await self._db.execute(statement)
                 await self._db.execute(f"PRAGMA user_version={index + 1}")
 
     @asynccontextmanager

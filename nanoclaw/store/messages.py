@@ -1,8 +1,8 @@
 """The SQLite store: chats seen, normalised messages, registered groups and their cursors.
 
-`Store` extends the `Ledger` (runs, IPC names, outbox), the task book and the pairing book
-over one aiosqlite connection, so a component that takes a `Store` can commit a message, a
-cursor and a reply alike.
+`Store` extends the `Ledger` (runs, IPC names, outbox), the task book, the pairing book
+and the tape over one aiosqlite connection, so a component that takes a `Store` can commit
+a message, a cursor and a reply alike.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from nanoclaw.store.committer import GroupCommit, returned_ids, value_rows
 from nanoclaw.store.db import now_ms
 from nanoclaw.store.ledger import Ledger
 from nanoclaw.store.pairbook import PairBook
+from nanoclaw.store.tape import Tape
 from nanoclaw.store.taskbook import TaskBook
 
 MSG_COLS = (
@@ -73,7 +74,7 @@ def _message(row: Sequence[Any]) -> Message:
     )
 
 
-class Store(Ledger, TaskBook, PairBook):
+class Store(Ledger, TaskBook, PairBook, Tape):
     """Everything the orchestrator, channels and CLI read and write."""
 
     def __init__(self, db: Connection) -> None:

@@ -4,6 +4,25 @@ A migration is appended, never edited: an installed store upgrades by running th
 it has not seen yet, inside one transaction each.
 """
 
+import sqlite3
+from collections.abc import Iterator
+
+# Milliseconds since the epoch inside a trigger (unixepoch('subsec') needs SQLite 3.42).
+SQL_NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+
+
+def statements(migration: str) -> Iterator[str]:
+    """The migration's statements, one by one: a trigger's body holds `;` of its own."""
+    pending = ""
+    for line in migration.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        yield pending.strip()
+
+
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE chats (
@@ -174,4 +193,80 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE groups ADD COLUMN packages TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE groups ADD COLUMN profile TEXT;
     """,
+    # 8: the tape (issue 17): every event, searchable (FTS5), pruned after TAPE_RETENTION_DAYS.
+    # Triggers write the events whose cause is a row here, in the cause's own commit, so no
+    # code path can forget one; `tape_trusted` is ALLOWED_SENDERS, as the daemon last saw it.
+    """
+    CREATE TABLE tape (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts_ms INTEGER NOT NULL,
+        folder TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        text TEXT NOT NULL,
+        run_id INTEGER,
+        chat_id TEXT NOT NULL DEFAULT '',
+        ref INTEGER,
+        untrusted INTEGER NOT NULL DEFAULT 0,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX tape_ts ON tape (ts_ms);
+    CREATE INDEX tape_run ON tape (run_id, kind);
+    CREATE INDEX tape_ref ON tape (kind, ref);
+    CREATE VIRTUAL TABLE tape_fts USING fts5 (text, content='tape', content_rowid='id');
+    CREATE TABLE tape_trusted (sender_id TEXT PRIMARY KEY);
+    CREATE TRIGGER tape_fts_add AFTER INSERT ON tape BEGIN
+        INSERT INTO tape_fts (rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER tape_fts_drop AFTER DELETE ON tape BEGIN
+        INSERT INTO tape_fts (tape_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END;
+    CREATE TRIGGER tape_message AFTER INSERT ON messages BEGIN
+        INSERT INTO tape (ts_ms, folder, kind, text, chat_id, ref, untrusted, detail)
+        SELECT NOW_MS, g.folder, 'message', new.text, new.chat_id, new.id,
+            NOT (new.sender_id = 'term:local'
+                OR new.sender_id IN (SELECT sender_id FROM tape_trusted)
+                OR new.sender_id IN (SELECT value FROM json_each(g.allowed_senders))),
+            json_object('sender', new.sender_id, 'name', new.sender_name)
+        FROM group_chats gc JOIN groups g ON g.folder = gc.folder
+        WHERE gc.chat_id = new.chat_id;
+    END;
+    CREATE TRIGGER tape_outbox AFTER UPDATE OF status ON outbox
+    WHEN old.status = 'pending' AND new.status IN ('sent', 'failed') BEGIN
+        INSERT INTO tape (ts_ms, folder, kind, text, run_id, chat_id, ref, untrusted, detail)
+        VALUES (NOW_MS, new.folder, CASE new.status WHEN 'sent' THEN 'reply' ELSE 'error' END,
+            CASE new.status WHEN 'failed' THEN 'not delivered (' || new.error || '): ' ELSE '' END
+                || coalesce('[file ' || new.file_name || '] ', '') || new.text,
+            new.run_id, new.chat_id, new.id,
+            coalesce((SELECT tainted FROM runs WHERE id = coalesce(new.run_id, CASE WHEN
+                new.ipc_name IS NOT NULL THEN (SELECT max(id) FROM runs WHERE folder = new.folder)
+                END)), 0),
+            json_object('status', new.status, 'attempts', new.attempts));
+    END;
+    CREATE TRIGGER tape_run_start AFTER INSERT ON runs BEGIN
+        INSERT INTO tape (ts_ms, folder, kind, text, run_id, detail)
+        VALUES (NOW_MS, new.folder, 'run_start', new.kind || ' run ' || new.id
+                || CASE WHEN new.tainted THEN ' (untrusted senders in its prompt)' ELSE '' END,
+            new.id, json_object('kind', new.kind, 'first', new.first_message_id,
+                'last', new.last_message_id, 'tainted', new.tainted));
+    END;
+    CREATE TRIGGER tape_run_end AFTER UPDATE OF ended_ms ON runs
+    WHEN old.ended_ms IS NULL AND new.ended_ms IS NOT NULL BEGIN
+        INSERT INTO tape (ts_ms, folder, kind, text, run_id, untrusted, detail)
+        VALUES (NOW_MS, new.folder, 'run_end', 'run ' || new.id || ' ' || new.status
+                || CASE WHEN new.error != '' THEN ': ' || new.error ELSE '' END,
+            new.id, new.tainted AND new.error != '',
+            json_object('status', new.status, 'ms', new.ended_ms - new.started_ms,
+                'requests', new.requests, 'tokens', new.input_tokens + new.output_tokens
+                + new.cache_write_tokens));
+    END;
+    CREATE TRIGGER tape_ipc AFTER INSERT ON ipc_done BEGIN
+        INSERT INTO tape (ts_ms, folder, kind, text, run_id, untrusted, detail)
+        SELECT NOW_MS, new.folder,
+            CASE WHEN new.outcome LIKE 'rejected%' THEN 'refusal' ELSE 'ipc' END,
+            new.name || ': ' || new.outcome, r.id, coalesce(r.tainted, 0),
+            json_object('name', new.name, 'outcome', new.outcome)
+        FROM (SELECT 1) LEFT JOIN runs r
+            ON r.id = (SELECT max(id) FROM runs WHERE folder = new.folder);
+    END;
+    """.replace("NOW_MS", SQL_NOW_MS),
 )
