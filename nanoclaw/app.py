@@ -22,6 +22,7 @@ from nanoclaw.home import ensure_main
 from nanoclaw.ipc.handler import IpcHandler
 from nanoclaw.ipc.watcher import IpcWatcher
 from nanoclaw.live import LiveRuns
+from nanoclaw.metrics import Metrics
 from nanoclaw.models import Group
 from nanoclaw.nixenv import EnvError, Environments
 from nanoclaw.orchestrator import Orchestrator, Rules
@@ -71,14 +72,20 @@ class Core:
         self.channels = channels
         self.layout = layout = settings.layout
         self._stopping_on = ""  # the signal that stopped `serve`
-        # Replies are queued in this process (the IPC handler wakes the router at once) and
-        # retries carry their due time, so the router's own poll is only a safety net.
-        self.router = Router(store, channels, max(settings.poll_interval_ms / 1000, 2.0))
         # Built first, they break the two cycles: the IPC handler asks which run is live
         # (the orchestrator fills `live`) while the orchestrator drains through it, and the
         # scheduler submits to the orchestrator, which tells it when a task run changed.
         live = LiveRuns()
         task_changes = TaskChanges()
+        # Read when scraped (served by `serve` only with METRICS_LISTEN set).
+        self.metrics = Metrics(
+            store, settings.zone, live, queue_depth=lambda: self.orchestrator.queue.waiting
+        )
+        # Replies are queued in this process (the IPC handler wakes the router at once) and
+        # retries carry their due time, so the router's own poll is only a safety net.
+        self.router = Router(
+            store, channels, max(settings.poll_interval_ms / 1000, 2.0), self.metrics.reply_sent
+        )
         self.ipc = IpcHandler(
             store,
             layout.ipc,
@@ -160,10 +167,13 @@ class Core:
                 self._stopping_on = sig.name
                 task.cancel()
 
+        listen = self.settings.metrics_listen
+        metrics = self.metrics.serving(listen) if listen else contextlib.nullcontext()
         for sig in signals:
             loop.add_signal_handler(sig, stop, sig)
         try:
-            await self.run()
+            async with metrics:
+                await self.run()
         except asyncio.CancelledError:
             if not self._stopping_on or task.uncancel() > 0:
                 raise  # cancelled by someone else, not by a signal: theirs to handle

@@ -41,6 +41,7 @@ FIXES = {
     "MATRIX_HOMESERVER": "use the homeserver's URL, like https://matrix.example.org",
     "TAPE_RETENTION_DAYS": "use a whole number of days, 1 or more",
     "NANOCLAW_NIXPKGS": "use an absolute path to a nixpkgs (checkout or store path) or <nixpkgs>",
+    "METRICS_LISTEN": "use host:port like 127.0.0.1:9464, or off",
 }
 
 
@@ -65,6 +66,17 @@ def _http_url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError(f"{value[:64]!r} is not an http(s) URL")
     return value.rstrip("/")
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """Pure: `host:port` (`[::1]:9464` for IPv6) as (host, port); ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value[:64]!r} is not host:port")
+    if re.search(r"[\s/\[\]]", host) or (":" in host and not value.startswith("[")):
+        raise ValueError(f"{value[:64]!r} is not host:port")
+    return host, int(port)
 
 
 def _host_tz() -> str:
@@ -110,6 +122,7 @@ class Settings(BaseSettings):
     nanoclaw_nixpkgs: str = Field(default_factory=_default_nixpkgs, alias="NANOCLAW_NIXPKGS")
     tz: str = Field(default_factory=_host_tz, alias="TZ")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
+    metrics_listen: str | None = Field(None, alias="METRICS_LISTEN")  # host:port, None: off
 
     telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
     telegram_api_url: str = Field("https://api.telegram.org", alias="TELEGRAM_API_URL")
@@ -185,6 +198,14 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a tzdata dir
             raise ValueError(f"unknown timezone {value[:64]!r}") from exc
         return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off"):
+            return None
+        host, port = split_listen(value.strip())
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @field_validator("nanoclaw_nixpkgs")
     @classmethod

@@ -147,6 +147,7 @@ class OutboxItem:
     run_id: int | None = None
     file_path: str | None = None  # a file to upload (the host's own copy); text is its caption
     file_name: str | None = None
+    created_ms: int = 0  # when it reached the outbox (the reply latency metric)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nanoclaw.channel import Channel
@@ -59,10 +59,17 @@ def outbox_id(key: str) -> int | None:
 
 
 class Router:
-    def __init__(self, store: Store, channels: Mapping[str, Channel], poll_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        channels: Mapping[str, Channel],
+        poll_s: float,
+        on_sent: Callable[[OutboxItem], None] | None = None,  # the reply latency metric
+    ) -> None:
         self._store = store
         self._channels = channels
         self._poll_s = poll_s
+        self._on_sent = on_sent
         self._waker = Waker()
 
     def wake(self) -> None:
@@ -108,6 +115,8 @@ class Router:
             return 0
         await self._store.outbox_sent(item.id)
         self._forget_file(item)
+        if self._on_sent is not None:
+            self._on_sent(item)
         return 1
 
     async def _send_file(self, channel: Channel, item: OutboxItem) -> None:

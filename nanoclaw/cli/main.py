@@ -21,6 +21,7 @@ from typing import TextIO
 from nanoclaw.cli import env as envcmd
 from nanoclaw.cli import groups as groupcmd
 from nanoclaw.cli import pair as paircmd
+from nanoclaw.cli import service as servicecmd
 from nanoclaw.cli import setup as setupcmd
 from nanoclaw.cli import tape as tapecmd
 from nanoclaw.cli import tasks as taskcmd
@@ -172,6 +173,7 @@ def parser() -> argparse.ArgumentParser:
     paircmd.add_parser(sub)
     setupcmd.add_parser(sub)
     envcmd.add_parser(sub)
+    servicecmd.add_parser(sub)
     sub.add_parser("doctor", help="check bwrap, namespaces, credential, store, channels")
     return p
 
@@ -199,6 +201,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(paircmd.run(settings, args))
     if args.command == "env":
         return asyncio.run(envcmd.run(settings, args))
+    if args.command == "service":
+        return servicecmd.run(settings, args)
     return asyncio.run(cmd_doctor(settings))
 
 

@@ -120,6 +120,25 @@ class Ledger(Database):
         )
         return Usage(*(int(v) for v in row))
 
+    async def runs_by_group_since(
+        self, folders: Sequence[str], since_ms: int
+    ) -> list[tuple[str, str, int, Usage]]:
+        """(folder, status, runs, usage) of these groups' runs started at or after `since_ms`:
+        one index range per group (runs_folder_started), so a scrape stays cheap."""
+        marks = ", ".join("?" for _ in folders) or "NULL"
+        rows = await self._all(
+            "SELECT folder, status, count(*), sum(requests), sum(input_tokens), "
+            "sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens) FROM runs "
+            f"WHERE folder IN ({marks}) AND started_ms >= ? GROUP BY folder, status",
+            (*folders, since_ms),
+        )
+        return [(str(r[0]), str(r[1]), int(r[2]), Usage(*(int(v) for v in r[3:8]))) for r in rows]
+
+    async def outbox_backlog(self) -> int:
+        """Rows not yet sent (due or waiting for a retry), over the outbox_pending index."""
+        row = await self._one("SELECT count(*) FROM outbox WHERE status = 'pending'")
+        return int(row[0])
+
     async def texts_sent_by_unfinished_runs(self, folder: str, after_id: int) -> list[str]:
         """Replies already produced by cut-short runs that covered messages past `after_id`."""
         rows = await self._all(
@@ -192,7 +211,7 @@ class Ledger(Database):
         async with self.transaction():
             rows = await self._all(
                 "SELECT id, folder, chat_id, text, attempts, chunks_sent, run_id, file_path, "
-                "file_name FROM outbox "
+                "file_name, created_ms FROM outbox "
                 f"WHERE status = 'pending' AND next_attempt_ms <= ? AND claimed_until_ms <= ? "
                 f"AND ({marks}) ORDER BY id LIMIT ?",
                 (now, now, *(f"{p}:%" for p in prefixes), limit),
