@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 from channels.terminal import TerminalChannel
-from nanoclaw.channel import Inbound
+from nanoclaw.channel import Answer, Inbound
 from nanoclaw.cli.tape import repl_tape
+from nanoclaw.commands import COMMANDS
 from nanoclaw.config import Settings
 from nanoclaw.display import printable
 from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
@@ -31,7 +32,10 @@ from nanoclaw.sandbox.run import HELD
 from nanoclaw.store.messages import Store
 from nanoclaw.trigger import LOCAL_SENDER, triggers
 
-HELP = "commands: /list  /switch GROUP  /history [N]  /add GROUP  /quit"
+HELP = (
+    "commands: /list  /switch GROUP  /history [N]  /add GROUP  /tape [recent|search|stats]  "
+    "/quit; for the group's agent: /status  /pause  /resume  /stop"
+)
 INTERRUPTED = 130  # the exit code of Ctrl+C, as a shell reports a SIGINT
 Waited = Literal["replied", "held", "timeout"]
 BESIDE_DAEMON = (
@@ -39,6 +43,7 @@ BESIDE_DAEMON = (
     "its reply will still show here (stopping the daemon ends every run, and asks again)"
 )
 Stop = Callable[[str, int], Awaitable[Stopped | None]]  # (folder, last message id) -> summary
+CONTROL_BESIDE_DAEMON = "the daemon runs this group's agent: send /{} in a chat it serves"
 Line = str | Literal[False] | None  # a line, False for Ctrl+C, None at the end of input
 
 
@@ -68,6 +73,7 @@ class TerminalChat:
     settings: Settings
     folder: str
     stop: Stop | None = None  # the in-process orchestrator's; None beside a daemon
+    control: Answer | None = None  # the in-process host's /status, /pause...; None beside one
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)  # set on Ctrl+C
 
     @property
@@ -124,6 +130,11 @@ class TerminalChat:
             return "\n".join(lines) or "no groups"
         if name == "tape":
             return await repl_tape(self.store, arg, self.settings.zone)
+        command = COMMANDS.get(name)
+        if command is not None and not arg:
+            if self.control is None:
+                return CONTROL_BESIDE_DAEMON.format(command)
+            return await self.control(self.folder, command, 0)
         if name in ("switch", "add") and arg:
             return await self.select(arg, create=name == "add")
         if name == "history":

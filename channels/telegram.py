@@ -85,6 +85,11 @@ class TelegramChannel:
         self._bot = Bot(self._token, session=session)
         self._background.spawn(self._run())
 
+    @property
+    def username(self) -> str:
+        """The bot's own username ("" until getMe answered): `/stop@username` is ours."""
+        return self._me.username if self._me is not None else ""
+
     async def stop(self) -> None:
         await self._background.close()
         if self._web is not None:

@@ -109,6 +109,11 @@ class TerminalChannel:
             return size, target.absolute()
         raise OSError(f"too many files named {name} in {self.received}")
 
+    def progress(self, chat_id: str, line: str) -> None:
+        """A tool call of the agent as it happens ("Running: npm run build")."""
+        where = "" if chat_id == self.current else f" [{chat_id.removeprefix('term:')}]"
+        self.show(printable(f"{line}{where}"))  # the model wrote the command: escaped
+
     async def set_typing(self, chat_id: str, typing: bool) -> None:
         """Once per question, on a line of its own; the in-process router and the REPL's
         look at the store (beside a daemon) both call it."""

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Mapping
 from anthropic import AsyncAnthropic
 from pydantic import SecretStr
 
-from nanoclaw.channel import Channel, Ingest, welcome_of
+from nanoclaw.channel import Channel, Ingest, username_of, welcome_of
 from nanoclaw.config import Settings
+from nanoclaw.control import Control
 from nanoclaw.home import ensure_main
 from nanoclaw.ipc.handler import IpcHandler
 from nanoclaw.ipc.watcher import IpcWatcher
@@ -26,6 +27,7 @@ from nanoclaw.metrics import Metrics
 from nanoclaw.models import Group
 from nanoclaw.nixenv import EnvError, Environments
 from nanoclaw.orchestrator import Orchestrator, Rules
+from nanoclaw.progress import ToolStep
 from nanoclaw.proxy.budget import Budget
 from nanoclaw.proxy.upstream import upstream_client
 from nanoclaw.retention import Retention
@@ -115,13 +117,28 @@ class Core:
             gate=self._gate,
             tasks_changed=task_changes.changed,
             live=live,
+            progress=self._progress,
+        )
+        self.control = Control(
+            store,
+            self.orchestrator,
+            budget=agent_settings(settings).budget,
+            zone=settings.zone,
+            channels=channels,
         )
         self.scheduler = Scheduler(
             store, layout.ipc, settings.zone, self.orchestrator.task_due, changes=task_changes
         )
         self.taskfile = TaskFile(store, layout.groups, settings.zone, task_changes.changed)
         self.watcher = IpcWatcher(self.ipc, store, layout.ipc, layout.sockets)
-        self.ingest = Ingest(store, self.orchestrator.wake, welcome_of(settings), self.router.wake)
+        self.ingest = Ingest(
+            store,
+            self.orchestrator.wake,
+            welcome_of(settings),
+            self.router.wake,
+            control=self.control.answer,
+            usernames=username_of(channels),
+        )
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -139,6 +156,9 @@ class Core:
         self.taskfile.refresh()
         self.scheduler.groups_changed()
         self.orchestrator.wake()
+
+    async def _progress(self, folder: str, run_id: int, step: ToolStep) -> None:
+        await self.control.progress(folder, run_id, step)
 
     async def _gate(self, group: Group, script: str) -> Gate:
         try:

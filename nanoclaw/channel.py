@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from nanoclaw import pairing
+from nanoclaw.commands import Command, parse_command
 from nanoclaw.config import Settings
 from nanoclaw.models import InboundMessage, channel_of, chat_id_problem
 from nanoclaw.store.db import now_ms
 from nanoclaw.store.messages import Store
+from nanoclaw.trigger import sender_allowed
 
 log = logging.getLogger(__name__)
 MODULES = {"tg": "telegram", "xmpp": "xmpp", "mx": "matrix", "term": "terminal"}
 FOREVER_MS = 10**15
+# (folder, command, newest message id stored before it) -> the host's answer (`Control.answer`)
+Answer = Callable[[str, Command, int], Awaitable[str]]
 
 
 class Inbound(Protocol):
@@ -78,6 +82,24 @@ class Channel(Protocol):
     async def set_typing(self, chat_id: str, typing: bool) -> None: ...
 
 
+@runtime_checkable
+class Named(Protocol):
+    """A channel whose bot has a username that commands may name (Telegram's `/stop@bot`)."""
+
+    @property
+    def username(self) -> str: ...
+
+
+def username_of(channels: Mapping[str, Channel]) -> Callable[[str], str]:
+    """The `usernames` of `Ingest`: a channel name to its bot's username, "" for none."""
+
+    def username(name: str) -> str:
+        channel = channels.get(name)
+        return channel.username if isinstance(channel, Named) else ""
+
+    return username
+
+
 @dataclass(frozen=True)
 class Welcome:
     """What the inbound step needs to pair a chat and to answer someone unknown."""
@@ -97,6 +119,12 @@ class Ingest:
     Before storing, the pairing step takes out a message that holds a pairing code (all
     channels share it). Its answers go through the outbox, so they are retried like any
     reply; a chat no group holds yet gets them under the folder ''.
+
+    Then a chat command (`/stop`, `/status`, `/pause`, `/resume`) from an allowed sender of a
+    registered chat is answered by the host (`control`) and never stored: it is no trigger,
+    and stored it would reach the model as context of the next prompt (the tape records
+    it). From anyone else it is an ordinary message. `usernames` gives a channel's bot
+    username, the only one whose `/stop@name` form counts.
     """
 
     def __init__(
@@ -106,15 +134,19 @@ class Ingest:
         welcome: Welcome = Welcome(),
         reply: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = now_ms,
+        control: Answer | None = None,
+        usernames: Callable[[str], str] = lambda channel: "",
     ) -> None:
         self._store = store
         self._wake = wake
         self._welcome = welcome
         self._reply = reply
         self._clock = clock
+        self._control = control
+        self._usernames = usernames
 
     async def message(self, msg: InboundMessage) -> int | None:
-        if await self._pair(msg, served=True):
+        if await self._pair(msg, served=True) or await self._command(msg):
             return None
         msg_id = await self._store.add_message(msg)
         if msg_id is not None:
@@ -170,6 +202,22 @@ class Ingest:
             log.info("pairing chat=%s: too many attempts this hour; not checked", chat)
         if await store.notice_due(chat, "wrong_code", now, pairing.HOUR_MS):
             await self._answer(chat, pairing.WRONG)
+        return True
+
+    async def _command(self, msg: InboundMessage) -> bool:
+        """True when the message was a command the host answered (it is not stored)."""
+        if self._control is None:
+            return False
+        command = parse_command(msg.text, self._usernames(channel_of(msg.chat_id)))
+        if command is None:
+            return False
+        folder = await self._store.folder_of_chat(msg.chat_id)
+        group = await self._store.group(folder) if folder else None
+        if group is None or not sender_allowed(msg.sender_id, self._welcome.allowed_senders, group):
+            return False
+        upto = await self._store.max_message_id()
+        log.info("command chat=%s sender=%s: /%s", msg.chat_id, msg.sender_id, command)
+        await self._answer(msg.chat_id, await self._control(group.folder, command, upto))
         return True
 
     async def _hint(self, msg: InboundMessage) -> None:

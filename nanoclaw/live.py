@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from nanoclaw.models import Group
+from nanoclaw.progress import Activity, Watch
 from nanoclaw.sandbox.launcher import RunOptions
 from nanoclaw.sandbox.run import Outcome
 
@@ -40,8 +41,21 @@ class Run(Protocol):
         """`time.monotonic()` when it was launched."""
         ...
 
+    @property
+    def activity(self) -> Activity:
+        """Its steps, the tool running now, whether it is paused."""
+        ...
+
     def follow_up(self, name: str, prompt: str) -> None:
         """Write input `name`; raises OSError when the run's input dir cannot take it."""
+
+    def watch(self, listener: Watch) -> None:
+        """Tell `listener` of each tool call as it starts and ends."""
+
+    def pause(self, on: bool) -> bool:
+        """Hold the agent before its next model call or tool (or let it go on); False when
+        it cannot be told."""
+        ...
 
     def close(self) -> None: ...
 

@@ -9,6 +9,7 @@ and are seen only through the `live.Run` protocol.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +22,7 @@ from nanoclaw.errors import SandboxError
 from nanoclaw.live import Launch, Live, LiveRuns
 from nanoclaw.models import Group, Message
 from nanoclaw.nixenv import EnvError
+from nanoclaw.progress import ToolStep
 from nanoclaw.prompt import build_prompt, task_prompt
 from nanoclaw.queue import GroupQueue
 from nanoclaw.sandbox.gate import Gate
@@ -45,11 +47,13 @@ class Rules:
 
 @dataclass(frozen=True)
 class Stopped:
-    """What the owner's stop ended: the run, how long it had worked, the turns it finished."""
+    """What the owner's stop ended: the run, how long it had worked, the turns it finished,
+    the tool calls it started."""
 
     run_id: int
     seconds: float
     turns: int
+    steps: int = 0
 
 
 class Orchestrator:
@@ -67,6 +71,7 @@ class Orchestrator:
         tasks_changed: Callable[[str], None] = lambda folder: None,
         live: LiveRuns | None = None,
         retry_base_s: float = 2.0,
+        progress: Callable[[str, int, ToolStep], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -76,6 +81,7 @@ class Orchestrator:
         self._typing = typing
         self._gate = gate
         self._tasks_changed = tasks_changed
+        self._progress = progress  # (folder, run id, step): each tool call as it starts, ends
         self._tasks_waiting: set[str] = set()
         self._budget_notes: dict[str, str] = {}  # folder -> the verdict (budget, key) last told
         self._held: dict[str, int] = {}  # folder -> the batch a refused key left pending
@@ -313,6 +319,8 @@ class Orchestrator:
             live.run = await self._launch(
                 group, run_id, prompt, lambda n: self._done(folder, live, n), options
             )
+            if self._progress is not None:
+                live.run.watch(functools.partial(self._progress, folder, run_id))
             if live.stopped == OWNER_STOP:
                 live.run.kill()  # stopped while it was starting
             outcome = await live.run.wait()
@@ -356,12 +364,12 @@ class Orchestrator:
             self._make_room()
 
     async def stop(self, folder: str, upto: int = 0) -> Stopped | None:
-        """The owner stops the group's message run: its sandbox is killed now and its batch
+        """The owner stops the group's run: its sandbox is killed now. A message run's batch
         counts as handled (the cursor passes what it was given, and `upto`), so no later run
-        asks it again. None when none was live; a batch still waiting is dropped all the same.
-        """
+        asks it again; a scheduled run is logged "stopped". None when none was live; a batch
+        still waiting is dropped all the same."""
         live = self.live.get(folder)
-        if live is None or live.kind != "message":
+        if live is None:
             await self._store.advance_cursor(folder, upto)
             return None
         live.stopped = OWNER_STOP
@@ -371,7 +379,7 @@ class Orchestrator:
         run = live.run
         seconds, turns = (time.monotonic() - run.started, run.turns) if run else (0.0, 0)
         log.info("group=%s run=%s %s after %.0fs", folder, live.run_id, OWNER_STOP, seconds)
-        return Stopped(live.run_id, seconds, turns)
+        return Stopped(live.run_id, seconds, turns, run.activity.steps if run else 0)
 
     def close_live(self) -> None:
         """Ask every live agent to finish its turn and exit (shutdown)."""

@@ -55,6 +55,10 @@ class GroupQueue:
         """Groups waiting for a free slot."""
         return len(self._waiting)
 
+    def position(self, folder: str) -> int:
+        """1 for the first group waiting for a slot; 0 when `folder` is not waiting."""
+        return self._waiting.index(folder) + 1 if folder in self._waiting else 0
+
     @property
     def active_count(self) -> int:
         return len(self._active)

@@ -674,7 +674,12 @@ def test_a_follow_up_reaches_the_agent_between_tool_steps(
     assert results["type"] == "tool_result"
     assert arrived["type"] == "text" and "also bring milk" in arrived["text"]
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(e["event"], e.get("input")) for e in events] == [("turn_done", name)]
+    assert [(e["event"], e.get("phase") or e.get("input")) for e in events] == [
+        ("progress", "start"),  # each tool call reported as it starts and as it ends
+        ("progress", "end"),
+        ("turn_done", name),
+    ]
+    assert events[1]["what"] == "mv ../staged/* ../ipc/input/" and events[1]["exit"] == 0
     assert list((agent_root / "ipc" / "input").iterdir()) == []
     [sent] = [json.loads(p.read_text()) for p in (agent_root / "ipc" / "outbound").iterdir()]
     assert sent["text"] == "bread and milk"

@@ -25,6 +25,7 @@ from nanoclaw.ipc import files as ipcfs
 from nanoclaw.live import Run, TurnDone
 from nanoclaw.models import Group, InboundMessage
 from nanoclaw.orchestrator import Orchestrator, Rules
+from nanoclaw.progress import Activity, Watch
 from nanoclaw.sandbox.gate import Gate
 from nanoclaw.sandbox.launcher import RunOptions
 from nanoclaw.sandbox.run import KEY_REFUSED, Outcome
@@ -67,6 +68,14 @@ class ScriptedRun:
     def close(self) -> None:
         self.closing = True
         self.end(Outcome("ok", "", self.turns))
+
+    activity = Activity()  # read only: the scripted run reports no tool calls
+
+    def watch(self, listener: Watch) -> None:
+        pass
+
+    def pause(self, on: bool) -> bool:
+        return False
 
     def kill(self) -> None:
         self.killed = True

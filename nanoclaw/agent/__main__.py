@@ -1,11 +1,13 @@
 """Entry point inside the sandbox: read the run's config on stdin, answer, wait for follow-ups.
 
-Progress goes to stdout as JSON lines (`ready`, `turn_done`, `error`); replies and memory
-go to /ipc/outbound as files; the model is reached only through /ipc/llm.sock.
+Progress goes to stdout as JSON lines (`ready`, `turn_done`, `error`, `progress` per tool
+call, `paused`); replies and memory go to /ipc/outbound as files; the model is reached only
+through /ipc/llm.sock. A PAUSE marker in /ipc/input holds it before its next step.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from datetime import datetime
@@ -21,6 +23,23 @@ from .relay import start_relay
 from .tools import TOOL_SPECS, Toolbox
 
 MAX_STEPS = 40
+WHAT_CAP = 200  # characters of a tool's command or path in its progress event
+EXIT_RE = re.compile(r"exit code (-?[0-9]+)")
+
+
+def what_of(args: dict[str, Any]) -> str:
+    """The part of a tool call a person recognises: its command, else its path."""
+    for key in ("command", "path", "name"):
+        value = args.get(key)
+        if isinstance(value, str):
+            return value[:WHAT_CAP]
+    return ""
+
+
+def exit_of(name: str, result: str) -> int | None:
+    """A bash call's exit code from its result's first line; None for other tools."""
+    match = EXIT_RE.match(result) if name == "bash" else None
+    return int(match[1]) if match else None
 
 
 def _block(block: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +109,7 @@ class Agent:
         messages.append({"role": "user", "content": f"[now: {now}]\n{prompt}"})
         final = ""
         for _ in range(MAX_STEPS):
+            self.hold()
             reply = self.client.create(
                 model=self.cfg.model,
                 max_tokens=self.cfg.max_tokens,
@@ -104,11 +124,7 @@ class Agent:
             if reply.get("stop_reason") != "tool_use" or not uses:
                 break
             results = [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": b.get("id"),
-                    "content": self.tools.run(str(b.get("name")), _input(b)),
-                }
+                {"type": "tool_result", "tool_use_id": b.get("id"), "content": self.tool(b)}
                 for b in uses
             ]
             messages.append({"role": "user", "content": [*results, *self._arrived()]})
@@ -116,6 +132,25 @@ class Agent:
             final = final or "I stopped after too many steps; ask me to continue."
         self.history.save(messages)
         return strip_internal(final)
+
+    def hold(self) -> None:
+        """Wait here while the owner paused the run: before each model call and each tool."""
+        if self.inbox.paused():
+            event("paused", on=True)
+            self.inbox.hold()
+            event("paused", on=False)
+
+    def tool(self, block: dict[str, Any]) -> str:
+        """Run one tool call, reported as it starts and as it ends."""
+        self.hold()
+        name, args = str(block.get("name")), _input(block)
+        what = what_of(args)
+        event("progress", phase="start", tool=name, what=what)
+        began = time.monotonic()
+        result = self.tools.run(name, args)
+        ms = int((time.monotonic() - began) * 1000)
+        event("progress", phase="end", tool=name, what=what, exit=exit_of(name, result), ms=ms)
+        return result
 
     def _arrived(self) -> list[dict[str, Any]]:
         """Follow-ups that came while tools ran, as a text block for the next model call:

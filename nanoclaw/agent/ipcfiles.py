@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .protocol import CLOSE, NUDGE_SOCK, Event, event_line, follow_up_prompt, ipc_name
+from .protocol import CLOSE, NUDGE_SOCK, PAUSE, Event, event_line, follow_up_prompt, ipc_name
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
+IN_DELETE = 0x00000200  # the host takes PAUSE away to resume
+HOLD_POLL_S = 1.0  # while paused, look again at least this often (a missed event costs 1 s)
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 
@@ -58,7 +60,7 @@ class Inbox:
             libc = ctypes.CDLL(None, use_errno=True)
             fd = int(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
             if fd >= 0:
-                mask = IN_CLOSE_WRITE | IN_MOVED_TO
+                mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE
                 if libc.inotify_add_watch(fd, bytes(directory), mask) >= 0:
                     self._fd = fd
                 else:
@@ -90,22 +92,42 @@ class Inbox:
                 items.append((name, prompt))
         return items, close
 
+    def paused(self) -> bool:
+        """Whether the owner paused the run (PAUSE in the input dir) and did not close it."""
+        return (self.directory / PAUSE).exists() and not (self.directory / CLOSE).exists()
+
+    def hold(self) -> bool:
+        """Block while the run is paused; True when it was (it waited for the resume)."""
+        if not self.paused():
+            return False
+        while self.paused():
+            self._block(HOLD_POLL_S)
+        return True
+
     def wait(self, timeout: float) -> tuple[list[tuple[str, str]], bool]:
-        """Block until input arrives, `_close` is asked for, or `timeout` passes (-> ([], True))."""
-        deadline = time.monotonic() + timeout
+        """Block until input arrives, `_close` is asked for, or `timeout` passes (-> ([], True)).
+        Time spent paused does not count: the owner's pause is no idleness."""
+        left = timeout
         while True:
             items, close = self.take()
             if items or close:
                 return items, close
-            left = deadline - time.monotonic()
+            if self.hold():
+                continue
             if left <= 0:
                 return [], True
-            if self._fd >= 0:
-                ready, _, _ = select.select([self._fd], [], [], left)
-                if ready:
-                    self._drain()
-            else:
-                time.sleep(min(0.02, left))
+            began = time.monotonic()
+            self._block(left)
+            left -= time.monotonic() - began
+
+    def _block(self, timeout: float) -> None:
+        """Until something changes in the input dir (inotify), or a short poll, or `timeout`."""
+        if self._fd >= 0:
+            ready, _, _ = select.select([self._fd], [], [], timeout)
+            if ready:
+                self._drain()
+        else:
+            time.sleep(min(0.02, timeout))
 
     def _drain(self) -> None:
         try:

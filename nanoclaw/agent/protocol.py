@@ -21,6 +21,7 @@ INPUT = "input"  # host -> agent follow-ups and CLOSE
 ERRORS = "errors"  # the host's set-aside files: never visible inside
 TASKS_FILE = "tasks.json"  # the group's tasks, kept current by the host
 CLOSE = "_close"  # an empty file in input/: finish the turn and exit
+PAUSE = "_pause"  # an empty file in input/ while the owner paused the run (/pause, /resume)
 LLM_SOCK = "llm.sock"  # the model proxy
 EGRESS_SOCK = "egress.sock"  # the egress proxy (allowlist policy)
 NUDGE_SOCK = "nudge.sock"  # a datagram here: a new file waits in outbound/ (a hint only)
@@ -47,8 +48,12 @@ def task_id_of(name: str) -> str:
 
 
 # Progress, one JSON object per line on the agent's stdout: {"event": ..., fields}.
-# ready: startup_ms; turn_done: input (INITIAL_INPUT or a follow-up's name); error: error.
-Event = Literal["ready", "turn_done", "error"]
+# ready: startup_ms; turn_done: input (INITIAL_INPUT or a follow-up's name); error: error;
+# progress: one per tool call as it starts (phase "start": tool, what) and as it ends (phase
+# "end": tool, what, exit (the command's code, None for other tools), ms); paused: on (bool),
+# when the agent begins and ends waiting at a PAUSE marker.
+Event = Literal["ready", "turn_done", "error", "progress", "paused"]
+Phase = Literal["start", "end"]
 
 
 def is_event(value: object) -> TypeGuard[Event]:

@@ -108,12 +108,13 @@ async def cmd_chat(settings: Settings, folder: str) -> int:
             await started.wait()
             inbound: Ingest = core.ingest
             stop = core.orchestrator.stop  # Ctrl+C while the agent works stops its run
+            control = core.control.answer  # /status, /pause, /resume, /stop
         else:  # beside a daemon: this process only stores lines and prints term: replies
             router = Router(store, {"term": channel}, 0.05)
             background = asyncio.create_task(router.run())
-            inbound, stop = Ingest(store), None
+            inbound, stop, control = Ingest(store), None, None
         await channel.start(inbound)
-        chat = TerminalChat(store, inbound, channel, settings, "main", stop)
+        chat = TerminalChat(store, inbound, channel, settings, "main", stop, control=control)
         note = await chat.select(folder)
         if chat.folder != folder:
             print(note, file=sys.stderr)

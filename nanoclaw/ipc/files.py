@@ -27,6 +27,7 @@ from nanoclaw.agent.protocol import (
     NAME_RE,
     NUDGE_SOCK,
     OUTBOUND,
+    PAUSE,
     TASKS_FILE,
 )
 from nanoclaw.errors import IpcRejected
@@ -277,6 +278,19 @@ def write_tasks(root: Path, folder: str, payload: dict[str, Any]) -> None:
 def signal_close(root: Path, folder: str) -> None:
     """input/_close: the agent finishes its turn and exits (it watches for the rename)."""
     _write_file(ipc_dir(root, folder) / INPUT, CLOSE, b"")
+
+
+def signal_pause(root: Path, folder: str, on: bool) -> None:
+    """input/_pause while the owner pauses the run; gone again to resume it."""
+    directory = ipc_dir(root, folder) / INPUT
+    if on:
+        _write_file(directory, PAUSE, b"")
+        return
+    dfd = os.open(directory, DIR_FLAGS)
+    try:
+        _remove_entry(dfd, PAUSE)
+    finally:
+        os.close(dfd)
 
 
 def clear_input(root: Path, folder: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from nanoclaw.agent.protocol import EGRESS_SOCK, LLM_SOCK, Event, RunConfig, follow_up, parse_event
 from nanoclaw.errors import SandboxError
 from nanoclaw.ipc import files as ipcfs
+from nanoclaw.progress import Activity, Watch, tool_step
 from nanoclaw.proxy.server import ModelProxy
 from nanoclaw.sandbox.cgroup import RunCgroup
 from nanoclaw.sandbox.egress import EgressProxy
@@ -82,6 +83,8 @@ class AgentRun:
         self._last_error = ""
         self.started = time.monotonic()
         self.ready_at: float | None = None
+        self.activity = Activity()
+        self._watch: Watch | None = None
 
     @property
     def turns(self) -> int:
@@ -145,6 +148,23 @@ class AgentRun:
         except OSError as exc:  # the agent broke its own input/: it cannot be asked, so stop it
             log.warning("run=%s group=%s cannot ask to close: %s", self.run_id, self.folder, exc)
             self.kill()
+
+    def watch(self, listener: Watch) -> None:
+        """Tell `listener` of each tool call as the agent reports it (before `wait`)."""
+        self._watch = listener
+
+    def pause(self, on: bool) -> bool:
+        """Pause (or resume) the agent before its next model call or tool; False when the
+        run is over or its input dir cannot take the marker."""
+        if self._proc is None or self._proc.returncode is not None:
+            return False
+        try:
+            ipcfs.signal_pause(self._ipc_root, self.folder, on)
+        except OSError as exc:
+            log.warning("run=%s group=%s cannot pause=%s: %s", self.run_id, self.folder, on, exc)
+            return False
+        self.activity.paused = on
+        return True
 
     def kill(self) -> None:
         self._closing = True  # a killed run takes no follow-up while it is being reaped
@@ -223,6 +243,19 @@ class AgentRun:
                 await self._on_turn_done(str(ev.get("input", "")))
             except Exception:
                 log.exception("run=%s group=%s turn_done handling failed", self.run_id, self.folder)
+        elif kind == "progress":
+            step = tool_step(ev)
+            if step is not None:
+                self.activity.apply(step)
+                try:
+                    if self._watch is not None:
+                        await self._watch(step)
+                except Exception:
+                    log.exception(
+                        "run=%s group=%s progress handling failed", self.run_id, self.folder
+                    )
+        elif kind == "paused":
+            self.activity.held = ev.get("on") is True
         elif kind == "error":
             self._last_error = str(ev.get("error", ""))[:1000]
             # The run's outcome line (orchestrator) carries it: one line per failure.

@@ -1,0 +1,146 @@
+"""The host's answers to the chat commands (`/stop`, `/status`, `/pause`, `/resume`): what each
+does to the group's live run and the words it answers with; and where each tool call a run
+reports goes (the chat's channel, when it shows progress, and the tape).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+from zoneinfo import ZoneInfo
+
+from nanoclaw.commands import NOTHING_TO_STOP, Command, Status, status_text, stopped_text
+from nanoclaw.models import channel_of
+from nanoclaw.orchestrator import Orchestrator
+from nanoclaw.progress import ToolStep, running_line
+from nanoclaw.proxy.budget import Budget, budget_tokens, day_start
+from nanoclaw.store.messages import Store
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class ShowsProgress(Protocol):
+    """A channel that shows a run's tool calls as they happen (the terminal)."""
+
+    def progress(self, chat_id: str, line: str) -> None: ...
+
+
+def budget_left(budget: Budget, requests: int, tokens: int) -> str:
+    """ "1,200 tokens, 14 requests" of what is left today; "" when the group has no limit."""
+    parts = []
+    if budget.tokens:
+        parts.append(f"{max(0, budget.tokens - tokens):,} tokens")
+    if budget.requests:
+        parts.append(f"{max(0, budget.requests - requests):,} requests")
+    return ", ".join(parts)
+
+
+class Control:
+    """Answers a command for a group; the orchestrator's live runs are what it acts on."""
+
+    def __init__(
+        self,
+        store: Store,
+        orchestrator: Orchestrator,
+        *,
+        budget: Budget,
+        zone: ZoneInfo,
+        channels: Mapping[str, object] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._orch = orchestrator
+        self._budget = budget
+        self._zone = zone
+        self._channels = channels or {}
+        self._clock = clock
+
+    async def answer(self, folder: str, command: Command, upto: int = 0) -> str:
+        """Do `command` for the group and say what came of it. `upto`: the newest message id
+        the sender saw, which a stop counts as handled too."""
+        if command == "stop":
+            text = await self.stop(folder, upto)
+        elif command == "status":
+            text = status_text(await self.status(folder))
+        else:
+            text = self.pause(folder, command == "pause")
+        await self._store.tape_event(folder, "command", f"/{command}: {text}")
+        return text
+
+    async def stop(self, folder: str, upto: int = 0) -> str:
+        stopped = await self._orch.stop(folder, upto)
+        if stopped is None:
+            return NOTHING_TO_STOP
+        tokens = 0
+        for run in await self._store.runs(folder, limit=20):
+            if run.id == stopped.run_id:
+                tokens = budget_tokens(run.usage)
+        return stopped_text(stopped.seconds, stopped.steps, tokens)
+
+    def pause(self, folder: str, on: bool) -> str:
+        live = self._orch.live.get(folder)
+        if live is None or live.run is None:
+            return "nothing to pause: no agent is working here" if on else "nothing to resume"
+        if live.run.activity.paused == on:
+            return "already paused" if on else "not paused"
+        if not live.run.pause(on):
+            return "the agent cannot be told now"
+        if on:
+            return "paused: the agent waits before its next step; /resume to go on"
+        return "resumed"
+
+    async def status(self, folder: str) -> Status:
+        live = self._orch.live.get(folder)
+        now = self._clock()
+        used = await self._store.group_usage(
+            folder, int(day_start(now, self._zone).timestamp() * 1000)
+        )
+        left = budget_left(self._budget, used.requests, budget_tokens(used))
+        tasks = [t for t in await self._store.tasks(folder) if t.status == "active"]
+        due = [t for t in tasks if t.next_run_ms is not None]
+        next_task = ""
+        if due:
+            first = min(due, key=lambda t: t.next_run_ms or 0)
+            when = datetime.fromtimestamp((first.next_run_ms or 0) / 1000, self._zone)
+            next_task = f"{first.id} at {when:%Y-%m-%d %H:%M %Z}"
+        if live is None or live.run is None:
+            return Status(
+                queue_position=self._orch.queue.position(folder),
+                budget_left=left,
+                next_task=next_task,
+            )
+        run, activity = live.run, live.run.activity
+        current = activity.current
+        return Status(
+            live=True,
+            seconds=time.monotonic() - run.started,
+            steps=activity.steps,
+            tool=current.tool if current else "",
+            what=current.what if current else "",
+            paused=activity.paused,
+            task=live.kind == "task",
+            budget_left=left,
+            next_task=next_task,
+        )
+
+    async def progress(self, folder: str, run_id: int, step: ToolStep) -> None:
+        """A run reported a tool call: shown where its chat shows progress, and taped."""
+        live = self._orch.live.get(folder)
+        chat = live.chat_id if live is not None else ""
+        channel = self._channels.get(channel_of(chat)) if chat else None
+        if isinstance(channel, ShowsProgress):
+            channel.progress(chat, running_line(step))
+        if step.phase == "end":
+            # What the agent ran: its own words, untrusted when its run is.
+            await self._store.tape_event(
+                folder,
+                "tool",
+                f"{step.tool} {step.what}",
+                run_id=run_id,
+                untrusted=await self._store.writer_tainted(folder, run_id),
+                detail={"exit": step.exit, "ms": step.ms},
+            )
