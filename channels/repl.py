@@ -27,9 +27,9 @@ from nanoclaw.commands import COMMANDS
 from nanoclaw.config import Settings
 from nanoclaw.display import printable
 from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
-from nanoclaw.orchestrator import Stopped
 from nanoclaw.sandbox.run import HELD
 from nanoclaw.store.messages import Store
+from nanoclaw.supervisor import Stopped
 from nanoclaw.trigger import LOCAL_SENDER, triggers
 
 HELP = (

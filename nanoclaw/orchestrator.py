@@ -1,41 +1,37 @@
 """The orchestrator: finds groups with new triggering messages and gets them to an agent.
 
 It polls the store (or is woken by an in-process channel), applies the allowlist and
-trigger rules, hands follow-ups to a live agent, and moves a group's cursor only when
-the agent reports the turn that handled those messages done. A group's claimed scheduled
-tasks run in the same queue slot, after its messages. Runs come from an injected `Launch`
-and are seen only through the `live.Run` protocol.
+trigger rules, hands follow-ups to a live agent, and decides what a run's outcome means for
+its batch (retried, handled, held until the next message). A group's claimed scheduled
+tasks run in the same queue slot, after its messages. The `Supervisor` carries each run
+from launch to its recorded outcome; runs are seen only through the `live.Run` protocol.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from nanoclaw.agent.protocol import INITIAL_INPUT, ipc_name
-from nanoclaw.errors import SandboxError
 from nanoclaw.live import Launch, Live, LiveRuns
 from nanoclaw.models import Group, Message
-from nanoclaw.nixenv import EnvError
 from nanoclaw.progress import ToolStep
 from nanoclaw.prompt import build_prompt, task_prompt
 from nanoclaw.queue import GroupQueue
 from nanoclaw.sandbox.gate import Gate
 from nanoclaw.sandbox.launcher import RunOptions
-from nanoclaw.sandbox.run import HELD, KEY_REFUSED, Outcome, RunStatus
+from nanoclaw.sandbox.run import HELD, KEY_REFUSED
 from nanoclaw.schedule.tasks import TaskRun
 from nanoclaw.store.messages import Store
+from nanoclaw.supervisor import Stopped, Supervisor
 from nanoclaw.trigger import any_trigger, sender_allowed
 from nanoclaw.waker import Waker
 
 log = logging.getLogger(__name__)
 BATCH_LIMIT = 300
-OWNER_STOP = "stopped by the owner"
 
 
 @dataclass(frozen=True)
@@ -43,17 +39,6 @@ class Rules:
     allowed_senders: tuple[str, ...]
     default_trigger: str
     zone: ZoneInfo
-
-
-@dataclass(frozen=True)
-class Stopped:
-    """What the owner's stop ended: the run, how long it had worked, the turns it finished,
-    the tool calls it started."""
-
-    run_id: int
-    seconds: float
-    turns: int
-    steps: int = 0
 
 
 class Orchestrator:
@@ -76,12 +61,11 @@ class Orchestrator:
         self._store = store
         self._rules = rules
         self._poll_s = poll_s
-        self._launch = launch
-        self._drain = drain
         self._typing = typing
         self._gate = gate
         self._tasks_changed = tasks_changed
-        self._progress = progress  # (folder, run id, step): each tool call as it starts, ends
+        self.runs = Supervisor(store, launch, drain, typing, self._make_room, live, progress)
+        self.live = self.runs.live
         self._tasks_waiting: set[str] = set()
         self._budget_notes: dict[str, str] = {}  # folder -> the verdict (budget, key) last told
         self._held: dict[str, int] = {}  # folder -> the batch a refused key left pending
@@ -91,7 +75,6 @@ class Orchestrator:
         self._failed: set[str] = set()  # groups whose last consider raised: tried again
         # folder -> newest message id already tested for a trigger (untriggered context)
         self._trigger_checked_upto: dict[str, int] = {}
-        self.live = live if live is not None else LiveRuns()
 
     def wake(self) -> None:
         self._waker.set()
@@ -251,7 +234,7 @@ class Orchestrator:
         )
         live = Live(run_id, msgs[-1].chat_id, msgs[-1].id, {INITIAL_INPUT: msgs[-1].id})
         log.info("group=%s run=%s starting with %d messages", folder, run_id, len(msgs))
-        outcome = await self._agent(group, live, prompt, RunOptions(chat_id=live.chat_id))
+        outcome = await self.runs.agent(group, live, prompt, RunOptions(chat_id=live.chat_id))
         if outcome.status == "stopped":
             return True  # the owner's stop: the batch counts as handled, never retried
         if outcome.status == "over_budget":
@@ -302,7 +285,7 @@ class Orchestrator:
         run_id = await self._store.start_run(folder, "task", None, None, tainted=task.tainted)
         live = Live(run_id, "", 0, {INITIAL_INPUT: 0}, kind="task")
         log.info("group=%s run=%s task=%s starting", folder, run_id, task.id)
-        outcome = await self._agent(group, live, prompt, RunOptions(task.context, 0.0))
+        outcome = await self.runs.agent(group, live, prompt, RunOptions(task.context, 0.0))
         sent = await self._store.texts_sent_by_run(run_id)
         status = ("ok" if sent else "silent") if outcome.ok else outcome.status
         result = outcome.error or (sent[0][:500] if sent else "nothing sent")
@@ -310,82 +293,13 @@ class Orchestrator:
         self._tasks_changed(folder)
         return True
 
-    async def _agent(self, group: Group, live: Live, prompt: str, options: RunOptions) -> Outcome:
-        """Launch, wait, drain the last files, record the outcome."""
-        folder, run_id = group.folder, live.run_id
-        self.live[folder] = live
-        await self._typing(live.chat_id, True)
-        try:
-            live.run = await self._launch(
-                group, run_id, prompt, lambda n: self._done(folder, live, n), options
-            )
-            if self._progress is not None:
-                live.run.watch(functools.partial(self._progress, folder, run_id))
-            if live.stopped == OWNER_STOP:
-                live.run.kill()  # stopped while it was starting
-            outcome = await live.run.wait()
-            if live.stopped:
-                halt: RunStatus = "stopped" if live.stopped == OWNER_STOP else "killed"
-                outcome = Outcome(halt, live.stopped, outcome.turns)
-        except EnvError as exc:  # the group's tools cannot be had: never the host's instead
-            outcome = Outcome("env", str(exc))
-        except SandboxError as exc:
-            outcome = Outcome("failed", str(exc))
-        finally:
-            self.live.pop(folder, None)
-            await self._typing(live.chat_id, False)
-        await self._drain(folder)
-        if outcome.ok and outcome.turns == 0:
-            outcome = Outcome("failed", "agent exited without finishing a turn")
-        await self._store.finish_run(run_id, outcome.status, outcome.error)
-        log.log(
-            logging.INFO if outcome.ok else logging.WARNING,
-            "group=%s run=%s finished: %s %s",
-            folder,
-            run_id,
-            outcome.status,
-            outcome.error,
-        )
-        return outcome
-
-    async def _done(self, folder: str, live: Live, name: str) -> None:
-        """The agent finished the turn for input `name`: its replies are on disk."""
-        upto = live.inputs.get(name)
-        if upto is None:
-            return
-        for key in [k for k, v in live.inputs.items() if v <= upto]:
-            del live.inputs[key]
-        await self._drain(folder)
-        if live.kind == "message":
-            await self._store.advance_cursor(folder, upto)
-        if not live.inputs:
-            live.idle_since = time.monotonic()
-            await self._typing(live.chat_id, False)
-            self._make_room()
-
     async def stop(self, folder: str, upto: int = 0) -> Stopped | None:
-        """The owner stops the group's run: its sandbox is killed now. A message run's batch
-        counts as handled (the cursor passes what it was given, and `upto`), so no later run
-        asks it again; a scheduled run is logged "stopped". None when none was live; a batch
-        still waiting is dropped all the same."""
-        live = self.live.get(folder)
-        if live is None:
-            await self._store.advance_cursor(folder, upto)
-            return None
-        live.stopped = OWNER_STOP
-        if live.run is not None:
-            live.run.kill()
-        await self._store.advance_cursor(folder, max(live.given_upto, upto))
-        run = live.run
-        seconds, turns = (time.monotonic() - run.started, run.turns) if run else (0.0, 0)
-        log.info("group=%s run=%s %s after %.0fs", folder, live.run_id, OWNER_STOP, seconds)
-        return Stopped(live.run_id, seconds, turns, run.activity.steps if run else 0)
+        """The owner stops the group's run now (see `Supervisor.stop`)."""
+        return await self.runs.stop(folder, upto)
 
     def close_live(self) -> None:
         """Ask every live agent to finish its turn and exit (shutdown)."""
-        for live in list(self.live.values()):
-            if live.run is not None:
-                live.run.close()
+        self.runs.close_live()
 
     async def run(self) -> None:
         while True:

@@ -20,9 +20,9 @@ from pty_terminal import Pty, alive, descendants, until
 from channels.repl import parse_command, stopped_line
 from channels.terminal import TerminalChannel, scheduled_mark
 from nanoclaw.home import ensure_main
-from nanoclaw.orchestrator import Stopped
 from nanoclaw.router import outbox_id
 from nanoclaw.store.messages import Store
+from nanoclaw.supervisor import Stopped
 
 
 @pytest.mark.parametrize(
