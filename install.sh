@@ -30,6 +30,8 @@ if [ "$mode" = "--test" ]; then
   ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
   command -v openssl >/dev/null || need_apt+=(openssl)
   command -v pgrep >/dev/null || need_apt+=(procps)
+  # systemd-analyze checks the unit `nanoclaw service install` writes
+  command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} with apt"
