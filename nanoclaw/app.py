@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from anthropic import AsyncAnthropic
 from pydantic import SecretStr
 
+from nanoclaw.approvals import Approvals
 from nanoclaw.channel import Channel, Ingest, username_of, welcome_of
 from nanoclaw.config import Settings
 from nanoclaw.control import Control
@@ -24,7 +25,7 @@ from nanoclaw.ipc.handler import IpcHandler
 from nanoclaw.ipc.watcher import IpcWatcher
 from nanoclaw.live import LiveRuns
 from nanoclaw.metrics import Metrics
-from nanoclaw.models import Group
+from nanoclaw.models import MAIN, Group
 from nanoclaw.nixenv import EnvError, Environments
 from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.progress import ToolStep
@@ -100,7 +101,16 @@ class Core:
             files_root=layout.files,
         )
         envs = Environments(layout, settings.nanoclaw_nixpkgs)
-        self.launcher = Launcher(store, layout, agent_settings(settings), client, envs=envs)
+        # Unlisted hosts of allowlist runs are asked about in main's chat (`/allow`, `/deny`).
+        self.approvals = Approvals(self._ask_main, store)
+        self.launcher = Launcher(
+            store,
+            layout,
+            agent_settings(settings),
+            client,
+            egress=self.approvals.egress,
+            envs=envs,
+        )
         rules = Rules(
             allowed_senders=tuple(settings.allowed_senders),
             default_trigger=settings.trigger,
@@ -125,6 +135,7 @@ class Core:
             budget=agent_settings(settings).budget,
             zone=settings.zone,
             channels=channels,
+            approvals=self.approvals,
         )
         self.scheduler = Scheduler(
             store, layout.ipc, settings.zone, self.orchestrator.task_due, changes=task_changes
@@ -138,6 +149,7 @@ class Core:
             self.router.wake,
             control=self.control.answer,
             usernames=username_of(channels),
+            approve=self.control.approve,
         )
 
     @classmethod
@@ -156,6 +168,14 @@ class Core:
         self.taskfile.refresh()
         self.scheduler.groups_changed()
         self.orchestrator.wake()
+
+    async def _ask_main(self, text: str) -> None:
+        chat = await self.store.default_chat(MAIN)
+        if chat is None:
+            log.warning("approval not asked: main has no chat: %s", text)
+            return
+        await self.store.enqueue_reply(MAIN, chat, text)
+        self.router.wake()
 
     async def _progress(self, folder: str, run_id: int, step: ToolStep) -> None:
         await self.control.progress(folder, run_id, step)

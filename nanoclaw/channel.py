@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from nanoclaw import pairing
-from nanoclaw.commands import Command, parse_command
+from nanoclaw.commands import Approval, Command, parse_approval, parse_command
 from nanoclaw.config import Settings
 from nanoclaw.models import InboundMessage, channel_of, chat_id_problem
 from nanoclaw.store.db import now_ms
@@ -27,6 +27,7 @@ MODULES = {"tg": "telegram", "xmpp": "xmpp", "mx": "matrix", "term": "terminal"}
 FOREVER_MS = 10**15
 # (folder, command, newest message id stored before it) -> the host's answer (`Control.answer`)
 Answer = Callable[[str, Command, int], Awaitable[str]]
+Approve = Callable[[Approval], Awaitable[str]]  # main's /allow and /deny (`Control.approve`)
 
 
 class Inbound(Protocol):
@@ -124,7 +125,8 @@ class Ingest:
     registered chat is answered by the host (`control`) and never stored: it is no trigger,
     and stored it would reach the model as context of the next prompt (the tape records
     it). From anyone else it is an ordinary message. `usernames` gives a channel's bot
-    username, the only one whose `/stop@name` form counts.
+    username, the only one whose `/stop@name` form counts. Main's approvals (`/allow`, `/deny`
+    about a group's blocked host) go to `approve` the same way, from main's chats only.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class Ingest:
         clock: Callable[[], int] = now_ms,
         control: Answer | None = None,
         usernames: Callable[[str], str] = lambda channel: "",
+        approve: Approve | None = None,
     ) -> None:
         self._store = store
         self._wake = wake
@@ -144,6 +147,7 @@ class Ingest:
         self._clock = clock
         self._control = control
         self._usernames = usernames
+        self._approve = approve
 
     async def message(self, msg: InboundMessage) -> int | None:
         if await self._pair(msg, served=True) or await self._command(msg):
@@ -208,12 +212,22 @@ class Ingest:
         """True when the message was a command the host answered (it is not stored)."""
         if self._control is None:
             return False
-        command = parse_command(msg.text, self._usernames(channel_of(msg.chat_id)))
-        if command is None:
+        username = self._usernames(channel_of(msg.chat_id))
+        command = parse_command(msg.text, username)
+        approval = parse_approval(msg.text, username) if self._approve else None
+        if command is None and approval is None:
             return False
         folder = await self._store.folder_of_chat(msg.chat_id)
         group = await self._store.group(folder) if folder else None
         if group is None or not sender_allowed(msg.sender_id, self._welcome.allowed_senders, group):
+            return False
+        if approval is not None and self._approve is not None:
+            if not group.is_main:  # approvals are main's alone: elsewhere an ordinary message
+                return False
+            log.info("approval chat=%s sender=%s: %s", msg.chat_id, msg.sender_id, approval.line)
+            await self._answer(msg.chat_id, await self._approve(approval))
+            return True
+        if command is None:
             return False
         upto = await self._store.max_message_id()
         log.info("command chat=%s sender=%s: /%s", msg.chat_id, msg.sender_id, command)

@@ -1,6 +1,6 @@
-"""The chat commands the host answers itself (`/stop`, `/status`, `/pause`, `/resume`): the
-parser of a chat line into one, and the words of their answers. Pure: no store, no clock.
-What a command does to a run is the `control` module's.
+"""The chat commands the host answers itself (`/stop`, `/status`, `/pause`, `/resume`, and in
+`main` the approvals `/allow` and `/deny`): the parser of a chat line into one, and the words
+of their answers. Pure: no store, no clock. What a command does is the `control` module's.
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ COMMANDS: dict[str, Command] = {
 # "/stop", "/stop@andy_bot" (Telegram's form in groups), then nothing but blanks: "/stop now"
 # or "/stopping" is an ordinary message for the model, not a command.
 COMMAND_RE = re.compile(r"\A/(?P<name>[A-Za-z]+)(?:@(?P<bot>[A-Za-z0-9_]{1,64}))?\s*\Z")
+# "/allow family api.example.org", "/allow family api.example.org always", "/deny family x.org"
+APPROVAL_RE = re.compile(
+    r"\A/(?P<verb>allow|deny)(?:@(?P<bot>[A-Za-z0-9_]{1,64}))?\s+(?P<folder>\S+)\s+"
+    r"(?P<domain>\S+)(?:\s+(?P<scope>once|always))?\s*\Z",
+    re.IGNORECASE,
+)
+Verdict = Literal["once", "always", "deny"]
 WHAT_CAP = 60  # characters of a tool's command shown in /status and progress lines
 
 
@@ -32,6 +39,38 @@ def parse_command(text: str, bot_username: str = "") -> Command | None:
     if bot is not None and (not bot_username or bot.casefold() != bot_username.casefold()):
         return None
     return COMMANDS.get(match["name"].lower())
+
+
+@dataclass(frozen=True)
+class Approval:
+    """`/allow GROUP DOMAIN [once|always]` (once when not said) or `/deny GROUP DOMAIN`, as
+    written: the control module checks that the group exists and the domain is one."""
+
+    verdict: Verdict
+    folder: str
+    domain: str
+
+    @property
+    def line(self) -> str:
+        if self.verdict == "deny":
+            return f"/deny {self.folder} {self.domain}"
+        return f"/allow {self.folder} {self.domain} {self.verdict}"
+
+
+def parse_approval(text: str, bot_username: str = "") -> Approval | None:
+    """The approval in `text`, or None for anything else (the `@bot` form as for commands)."""
+    match = APPROVAL_RE.match(text.strip())
+    if match is None:
+        return None
+    bot = match["bot"]
+    if bot is not None and (not bot_username or bot.casefold() != bot_username.casefold()):
+        return None
+    verdict: Verdict = "deny"
+    if match["verb"].lower() == "allow":
+        verdict = "always" if (match["scope"] or "").lower() == "always" else "once"
+    elif match["scope"]:
+        return None  # "/deny g d always" is no form of ours
+    return Approval(verdict, match["folder"], match["domain"].lower())
 
 
 def shorten(text: str, cap: int = WHAT_CAP) -> str:

@@ -1,6 +1,6 @@
-"""The host's answers to the chat commands (`/stop`, `/status`, `/pause`, `/resume`): what each
-does to the group's live run and the words it answers with; and where each tool call a run
-reports goes (the chat's channel, when it shows progress, and the tape).
+"""The host's answers to the chat commands (`/stop`, `/status`, `/pause`, `/resume`, and main's
+`/allow`, `/deny`): what each does to the group's live run (or its allowlist) and the words it
+answers with; and where each tool call a run reports goes (its chat's channel, the tape).
 """
 
 from __future__ import annotations
@@ -8,15 +8,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
-from nanoclaw.commands import NOTHING_TO_STOP, Command, Status, status_text, stopped_text
+from nanoclaw.approvals import Approvals
+from nanoclaw.commands import (
+    NOTHING_TO_STOP,
+    Approval,
+    Command,
+    Status,
+    status_text,
+    stopped_text,
+)
 from nanoclaw.models import channel_of
 from nanoclaw.orchestrator import Orchestrator
 from nanoclaw.progress import ToolStep, running_line
 from nanoclaw.proxy.budget import Budget, budget_tokens, day_start
+from nanoclaw.sandbox.egress import parse_domains
 from nanoclaw.store.messages import Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +61,7 @@ class Control:
         zone: ZoneInfo,
         channels: Mapping[str, object] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        approvals: Approvals | None = None,
     ) -> None:
         self._store = store
         self._orch = orchestrator
@@ -58,6 +69,7 @@ class Control:
         self._zone = zone
         self._channels = channels or {}
         self._clock = clock
+        self._approvals = approvals
 
     async def answer(self, folder: str, command: Command, upto: int = 0) -> str:
         """Do `command` for the group and say what came of it. `upto`: the newest message id
@@ -70,6 +82,36 @@ class Control:
             text = self.pause(folder, command == "pause")
         await self._store.tape_event(folder, "command", f"/{command}: {text}")
         return text
+
+    async def approve(self, approval: Approval) -> str:
+        """Main's `/allow` or `/deny` about a group's host: `always` saves the domain into the
+        group's allowlist; the waiting connections and the group's live run learn it."""
+        text = await self._approve(approval)
+        await self._store.tape_event(approval.folder, "command", f"{approval.line}: {text}")
+        return text
+
+    async def _approve(self, a: Approval) -> str:
+        group = await self._store.group(a.folder)
+        if group is None:
+            return f"there is no group {a.folder!r}"
+        try:
+            [domain] = parse_domains([a.domain])
+        except ValueError as exc:
+            return str(exc)
+        said = ""
+        if a.verdict == "always":
+            domains = parse_domains([*group.domains, domain])
+            await self._store.save_group(replace(group, domains=domains))
+            said = f"{domain} is now in {a.folder}'s allowlist ({', '.join(domains)})"
+            if group.network != "allowlist":
+                said += f"; it applies when its network is allowlist (now {group.network})"
+        waiting = self._approvals.decide(a.folder, domain, a.verdict) if self._approvals else 0
+        if a.verdict == "deny":
+            return f"denied {domain} for {a.folder} until its run ends"
+        if a.verdict == "once" and not waiting:
+            return f"nothing of {a.folder} waits for {domain} now"
+        through = "the waiting connection goes through" if waiting else ""
+        return "; ".join(part for part in (said, through) if part)
 
     async def stop(self, folder: str, upto: int = 0) -> str:
         stopped = await self._orch.stop(folder, upto)

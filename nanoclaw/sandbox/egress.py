@@ -2,7 +2,8 @@
 
 `CONNECT host:port` tunnels and plain-HTTP absolute-URI requests reach only the group's
 listed domains and their subdomains, on ports 80 and 443, at public addresses resolved
-here on the host; anything else is answered 403 with the reason. `allowed()` decides.
+here on the host; anything else is answered 403 with the reason. `allowed()` decides; a
+host refused only for not being listed may first be offered to an `Asker` (main's approval).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from nanoclaw.agent.relay import answer_and_close, splice
@@ -52,6 +54,8 @@ PHRASES = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
+# Names that mean the host's own network wherever they resolve: never offered for approval.
+LOCAL_SUFFIXES = ("localhost", "local", "internal", "home.arpa", "lan", "intranet", "onion")
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 Refusal = tuple[int, str, str]  # status, target, reason
 
@@ -114,6 +118,28 @@ def allowed(
     if not any(name == d or name.endswith("." + d) for d in domains):
         return f"{name} is not in this group's allowlist ({', '.join(domains)})"
     return None
+
+
+def offerable(host: str, port: int, ports: Collection[int] = WEB_PORTS) -> bool:
+    """Whether a host refused by `allowed()` may be offered for approval: a public-looking
+    domain name on an allowed port. IP literals, bad names and ports, single labels and
+    local names (`printer.local`, `localhost`) are refused at once, never offered."""
+    name = host_name(host)
+    if _is_ip_literal(host) or name is None or port not in ports or "." not in name:
+        return False
+    return not any(name == s or name.endswith("." + s) for s in LOCAL_SUFFIXES)
+
+
+class Asker(Protocol):
+    """Who decides about an unlisted host for one run (`approvals.RunApprovals`)."""
+
+    async def ask(self, host: str, port: int, reason: str) -> str | None:
+        """None to let `host:port` through, else why it stays refused; may wait long."""
+        ...
+
+    def close(self) -> None:
+        """The run's proxy stopped: forget it."""
+        ...
 
 
 async def public_addresses(host: str, port: int) -> list[str]:
@@ -206,12 +232,14 @@ class EgressProxy:
         ports: Collection[int] = WEB_PORTS,
         resolve: Resolver = public_addresses,
         max_tunnels: int = MAX_TUNNELS,
+        ask: Asker | None = None,
     ) -> None:
         self._domains = tuple(d for d in map(host_name, domains) if d is not None)
         self._label = label
         self._ports = frozenset(ports)
         self._resolve = resolve
         self._max = max_tunnels
+        self._ask = ask
         self._server: asyncio.Server | None = None
         self._sock: Path | None = None
         self._clients: set[asyncio.Task[None]] = set()
@@ -227,6 +255,8 @@ class EgressProxy:
         self._sock = sock
 
     async def stop(self) -> None:
+        if self._ask is not None:
+            self._ask.close()
         if self._server is None:
             return
         self._server.close()
@@ -278,6 +308,11 @@ class EgressProxy:
             return 400, "", str(exc)
         target = f"{req.host}:{req.port}"
         reason = allowed(req.host, req.port, self._domains, self._ports)
+        asker = self._ask
+        if reason is not None and asker is not None and offerable(req.host, req.port, self._ports):
+            # Not resolved before the answer: a name nobody allowed is never looked up, so
+            # DNS queries carry nothing out. A private address is still refused after it.
+            reason = await asker.ask(host_name(req.host) or req.host, req.port, reason)
         if reason is not None:
             return 403, target, reason
         try:
