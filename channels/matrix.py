@@ -300,8 +300,21 @@ class MatrixChannel:
             return str(resp.content_uri)
         raise refusal(resp)
 
-    async def _send(self, room_id: str, content: dict[str, Any], key: str = "") -> None:
-        """`key` becomes the transaction id: Synapse answers a repeat with the first event."""
+    async def post_progress(self, chat_id: str, text: str) -> str:
+        """The progress message (`progress=on`): a plain notice; its event id to replace it by."""
+        content = {"msgtype": "m.notice", "body": text, "m.mentions": {}}
+        return await self._send(chat_id.removeprefix("mx:"), content)
+
+    async def edit_progress(self, chat_id: str, message_id: str, text: str) -> None:
+        """An m.replace edit; clients that know no edits show the "* text" fallback."""
+        new = {"msgtype": "m.notice", "body": text, "m.mentions": {}}
+        relation = {"rel_type": "m.replace", "event_id": message_id}
+        content = {**new, "body": f"* {text}", "m.new_content": new, "m.relates_to": relation}
+        await self._send(chat_id.removeprefix("mx:"), content)
+
+    async def _send(self, room_id: str, content: dict[str, Any], key: str = "") -> str:
+        """`key` becomes the transaction id: Synapse answers a repeat with the first event.
+        The event's id."""
         client = self._ready()
         try:
             resp = await client.room_send(
@@ -318,6 +331,7 @@ class MatrixChannel:
         sent = self._state.setdefault("sent", [])
         sent.append(resp.event_id)
         del sent[:-500]
+        return str(resp.event_id)
 
     def _ready(self) -> AsyncClient:
         if self._client is None or not self.ready.is_set():

@@ -265,6 +265,18 @@ class TelegramChannel:
         with delivery_errors():
             await _markup_or_plain(chat_id, text, html, call)
 
+    async def post_progress(self, chat_id: str, text: str) -> str:
+        """The progress message (`progress=on`), plain text; its message id to edit it by."""
+        bot, chat, thread = self._target(chat_id)
+        with delivery_errors():
+            sent = await bot.send_message(chat, text, message_thread_id=thread)
+        return str(sent.message_id)
+
+    async def edit_progress(self, chat_id: str, message_id: str, text: str) -> None:
+        bot, chat, _ = self._target(chat_id)
+        with delivery_errors():
+            await bot.edit_message_text(text, chat_id=chat, message_id=int(message_id))
+
     def _target(self, chat_id: str) -> tuple[Bot, int, int | None]:
         """The bot, the numeric chat and the forum topic the chat last spoke in."""
         if self._bot is None:

@@ -123,7 +123,7 @@ class Core:
             poll_s=settings.poll_interval_ms / 1000,
             launch=self.launcher.launch,
             drain=self.ipc.drain,
-            typing=self.router.typing,
+            typing=self._typing,
             gate=self._gate,
             tasks_changed=task_changes.changed,
             live=live,
@@ -179,6 +179,11 @@ class Core:
 
     async def _progress(self, folder: str, run_id: int, step: ToolStep) -> None:
         await self.control.progress(folder, run_id, step)
+
+    async def _typing(self, chat_id: str, on: bool) -> None:
+        await self.router.typing(chat_id, on)
+        if not on and chat_id:  # a turn or a run is over: its progress message says so
+            await self.control.turn_over(chat_id)
 
     async def _gate(self, group: Group, script: str) -> Gate:
         try:
@@ -250,6 +255,7 @@ class Core:
             async with asyncio.timeout(CLOSE_GRACE_S):
                 await self.orchestrator.queue.wait_idle()
         await self.orchestrator.queue.shutdown()
+        await self.control.posts.close()
         for channel in self.channels.values():
             try:
                 await channel.stop()

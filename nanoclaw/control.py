@@ -25,6 +25,7 @@ from nanoclaw.commands import (
 from nanoclaw.models import channel_of
 from nanoclaw.orchestrator import Orchestrator
 from nanoclaw.progress import ToolStep, running_line
+from nanoclaw.progress_message import EditsMessages, ProgressPosts
 from nanoclaw.proxy.budget import Budget, budget_tokens, day_start
 from nanoclaw.sandbox.egress import parse_domains
 from nanoclaw.store.messages import Store
@@ -62,6 +63,7 @@ class Control:
         channels: Mapping[str, object] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         approvals: Approvals | None = None,
+        posts: ProgressPosts | None = None,
     ) -> None:
         self._store = store
         self._orch = orchestrator
@@ -70,6 +72,7 @@ class Control:
         self._channels = channels or {}
         self._clock = clock
         self._approvals = approvals
+        self.posts = posts or ProgressPosts()  # the progress messages of `progress=on` groups
 
     async def answer(self, folder: str, command: Command, upto: int = 0) -> str:
         """Do `command` for the group and say what came of it. `upto`: the newest message id
@@ -176,6 +179,8 @@ class Control:
         channel = self._channels.get(channel_of(chat)) if chat else None
         if isinstance(channel, ShowsProgress):
             channel.progress(chat, running_line(step))
+        elif isinstance(channel, EditsMessages) and await self._shows_progress(folder):
+            await self.posts.step(channel, chat, step)
         if step.phase == "end":
             # What the agent ran: its own words, untrusted when its run is.
             await self._store.tape_event(
@@ -186,3 +191,12 @@ class Control:
                 untrusted=await self._store.writer_tainted(folder, run_id),
                 detail={"exit": step.exit, "ms": step.ms},
             )
+
+    async def turn_over(self, chat_id: str) -> None:
+        """The agent is done with its turn in this chat (its typing stops): the progress
+        message, if one was posted, ends with what the turn did."""
+        await self.posts.finish(chat_id)
+
+    async def _shows_progress(self, folder: str) -> bool:
+        group = await self._store.group(folder)
+        return group is not None and group.progress

@@ -130,6 +130,7 @@ class Group:
     domains: tuple[str, ...] = ()  # reachable under network="allowlist", subdomains included
     packages: tuple[str, ...] = ()  # nixpkgs attribute names for the group's Nix environment
     profile: str | None = None  # a built-in profile of nanoclaw.nixenv.catalog
+    progress: bool = False  # one progress message edited as the agent works (where it can be)
 
     @property
     def is_main(self) -> bool:

@@ -1,6 +1,6 @@
 """The Bot API's wire format as tests/fake_telegram.py sees it, in plain types and functions.
 
-Owns the records of calls (Sent, Document, Rejected, Action), the message builders' options,
+Owns the records of calls (Sent, Edit, Document, Rejected, Action), the message builders' options,
 Telegram's HTML check, the error bodies, and the decoding of form fields (aiogram's
 JSON-encoded values and multipart file parts).
 """
@@ -38,6 +38,15 @@ class Sent:
     visible: str  # what the user sees: tags stripped and entities unescaped for HTML
     message_id: int
     params: dict[str, Any] = field(default_factory=dict, compare=False)  # all parameters
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One editMessageText the fake accepted."""
+
+    chat_id: int | str
+    message_id: int
+    visible: str
 
 
 @dataclass(frozen=True)

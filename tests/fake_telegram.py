@@ -1,7 +1,7 @@
 """Fake Telegram Bot API server (POST /bot<token>/<method>) for tests, on the real wire format.
 Owns the aiohttp server thread, pending updates with long polling, update builders,
-recording of sendMessage / sendDocument (multipart uploads; HTML checks from bot_api) /
-sendChatAction, fault injection."""
+recording of sendMessage / editMessageText / sendDocument (multipart uploads; HTML checks
+from bot_api) / sendChatAction, fault injection."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from bot_api import (
     Action,
     ApiError,
     Document,
+    Edit,
     Msg,
     MsgOpts,
     Params,
@@ -50,6 +51,8 @@ class FakeTelegram:
         self._cond = threading.Condition()
         self._pending: list[dict[str, Any]] = []
         self._sent: list[Sent] = []
+        self._edits: list[Edit] = []
+        self._texts: dict[tuple[Any, int], str] = {}  # (chat, message id) -> what the bot sent
         self._documents: list[Document] = []
         self._rejected: list[Rejected] = []
         self._actions: list[Action] = []
@@ -70,6 +73,10 @@ class FakeTelegram:
     @property
     def sent(self) -> list[Sent]:
         return self._copy(self._sent)
+
+    @property
+    def edits(self) -> list[Edit]:
+        return self._copy(self._edits)
 
     @property
     def documents(self) -> list[Document]:
@@ -369,8 +376,24 @@ class FakeTelegram:
         )
         with self._cond:
             self._sent.append(sent)
+            self._texts[(chat_id, msg["message_id"])] = visible
             self._cond.notify_all()
         return msg
+
+    async def _m_editmessagetext(self, params: Params) -> Any:
+        """Only the bot's own text messages; the same text again is refused, as Telegram does."""
+        visible = self._checked(check_message, params, "text")
+        key = (params["chat_id"], as_int(params.get("message_id")) or 0)
+        with self._cond:
+            if key not in self._texts:
+                raise ApiError(400, "Bad Request: message to edit not found")
+            if self._texts[key] == visible:
+                raise ApiError(400, "Bad Request: message is not modified")
+            self._texts[key] = visible
+            self._edits.append(Edit(key[0], key[1], visible))
+            self._cond.notify_all()
+        msg = self._outgoing(key[0], None, {"text": visible, "edit_date": int(time.time())})
+        return {**msg, "message_id": key[1]}
 
     async def _m_senddocument(self, params: Params) -> Any:
         upload, visible = self._checked(check_document, params, "caption")

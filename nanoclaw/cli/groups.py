@@ -36,7 +36,10 @@ GROUP_KEYS = (
     "domains",
     "packages",
     "profile",
+    "progress",
 )
+PROGRESS_ON = "on: one message edited as the agent works (Telegram, Matrix; typing elsewhere)"
+PROGRESS_OFF = "off: typing only (groups set FOLDER progress=on for a progress message)"
 HEADER = f"{'group':<16} {'trigger':<20} {'network':<10} chats"
 
 
@@ -77,6 +80,10 @@ def apply_setting(group: Group, key: str, value: str) -> Group:
         if value and (problem := catalog.profile_problem(value)):
             raise ValueError(problem)
         return replace(group, profile=value or None)
+    if key == "progress":
+        if value.lower() not in ("on", "off", "true", "false", "yes", "no", "1", "0"):
+            raise ValueError("progress is on or off")
+        return replace(group, progress=value.lower() in ("on", "true", "yes", "1"))
     if key == "name":
         return replace(group, name=value or group.folder)
     if key == "trigger":
@@ -119,6 +126,7 @@ def show_lines(g: Group, settings: Settings, tasks: list[Task], workspace: Path)
         f"profile:         {g.profile or 'none'}",
         f"packages:        {listed(g.packages)}",
         f"environment:     {environment_line(g)}",
+        f"progress:        {PROGRESS_ON if g.progress else PROGRESS_OFF}",
         f"budget:          {budget} (GROUP_DAILY_REQUESTS, GROUP_DAILY_TOKENS: every group)",
         f"tasks:           {len(tasks) - paused} active, {paused} paused",
         f"workspace:       {workspace}" + ("" if claude_md.is_file() else " (no CLAUDE.md)"),

@@ -30,7 +30,7 @@ MSG_COLS = (
 )
 GROUP_COLS = (
     "folder, name, trigger, requires_trigger, network, allowed_senders, mounts, exports, model, "
-    "domains, packages, profile"
+    "domains, packages, profile, progress"
 )
 INSERT_COLS = 10
 INSERT_HEAD = (
@@ -227,6 +227,7 @@ class Store(Ledger, TaskBook, PairBook, Tape):
             domains=tuple(json.loads(row[9])),
             packages=tuple(json.loads(row[10])),
             profile=row[11],
+            progress=bool(row[12]),
             chats=tuple(chats),
         )
 
@@ -246,13 +247,14 @@ class Store(Ledger, TaskBook, PairBook, Tape):
         async with self.transaction():
             await self._db.execute(
                 "INSERT INTO groups (folder, name, trigger, requires_trigger, network, "
-                "allowed_senders, mounts, exports, model, domains, packages, profile, created_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder) DO UPDATE SET "
+                "allowed_senders, mounts, exports, model, domains, packages, profile, progress, "
+                "created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (folder) DO UPDATE SET "
                 "name=excluded.name, trigger=excluded.trigger, "
                 "requires_trigger=excluded.requires_trigger, network=excluded.network, "
                 "allowed_senders=excluded.allowed_senders, mounts=excluded.mounts, "
                 "exports=excluded.exports, model=excluded.model, domains=excluded.domains, "
-                "packages=excluded.packages, profile=excluded.profile",
+                "packages=excluded.packages, profile=excluded.profile, progress=excluded.progress",
                 (
                     group.folder,
                     group.name,
@@ -266,6 +268,7 @@ class Store(Ledger, TaskBook, PairBook, Tape):
                     json.dumps(list(group.domains)),
                     json.dumps(list(group.packages)),
                     group.profile,
+                    int(group.progress),
                     now_ms(),
                 ),
             )

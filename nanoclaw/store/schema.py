@@ -269,4 +269,8 @@ MIGRATIONS: tuple[str, ...] = (
             ON r.id = (SELECT max(id) FROM runs WHERE folder = new.folder);
     END;
     """.replace("NOW_MS", SQL_NOW_MS),
+    # 9: the per-group `progress` setting (issue 17, item 2): a progress message edited in place
+    """
+    ALTER TABLE groups ADD COLUMN progress INTEGER NOT NULL DEFAULT 0;
+    """,
 )
