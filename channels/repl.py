@@ -1,8 +1,8 @@
 """The owner's side of `nanoclaw chat`: the REPL (or piped stdin), slash commands, Ctrl+C.
 
-Lines go to the store as `term:local` like any channel's messages; after a question the
-REPL waits for its replies, then prompts again. Ctrl+C at the prompt ends the chat; while
-the agent works it stops the run (in-process), and the stopped batch is never asked again.
+Lines go to the store as `term:local` like any channel's messages. While the agent works the
+prompt stays: a command typed runs at once, a line is a follow-up. Ctrl+C at the prompt ends
+the chat; while the agent works it stops the run, whose batch is never asked again.
 """
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ import getpass
 import signal
 import sys
 import termios
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
+from channels.lines import Typing
 from channels.terminal import TerminalChannel
-from nanoclaw.channel import Answer, Inbound
+from nanoclaw.channel import Answer, Approve, Inbound
 from nanoclaw.cli.tape import repl_tape
-from nanoclaw.commands import COMMANDS
+from nanoclaw.commands import COMMANDS, parse_approval
 from nanoclaw.config import Settings
 from nanoclaw.display import printable
-from nanoclaw.models import Group, InboundMessage, Message, stored, valid_folder
+from nanoclaw.models import MAIN, Group, InboundMessage, Message, stored, valid_folder
 from nanoclaw.sandbox.run import HELD
 from nanoclaw.store.messages import Store
 from nanoclaw.supervisor import Stopped
@@ -34,7 +34,8 @@ from nanoclaw.trigger import LOCAL_SENDER, triggers
 
 HELP = (
     "commands: /list  /switch GROUP  /history [N]  /add GROUP  /tape [recent|search|stats]  "
-    "/quit; for the group's agent: /status  /pause  /resume  /stop"
+    "/quit; for the group's agent: /status  /pause  /resume  /stop; "
+    "in main: /allow GROUP DOMAIN [once|always]  /deny GROUP DOMAIN"
 )
 INTERRUPTED = 130  # the exit code of Ctrl+C, as a shell reports a SIGINT
 Waited = Literal["replied", "held", "timeout"]
@@ -45,6 +46,7 @@ BESIDE_DAEMON = (
 Stop = Callable[[str, int], Awaitable[Stopped | None]]  # (folder, last message id) -> summary
 CONTROL_BESIDE_DAEMON = "the daemon runs this group's agent: send /{} in a chat it serves"
 Line = str | Literal[False] | None  # a line, False for Ctrl+C, None at the end of input
+QUIT = ("quit", "exit", "q")
 
 
 def parse_command(line: str) -> tuple[str, str] | None:
@@ -74,7 +76,12 @@ class TerminalChat:
     folder: str
     stop: Stop | None = None  # the in-process orchestrator's; None beside a daemon
     control: Answer | None = None  # the in-process host's /status, /pause...; None beside one
+    approve: Approve | None = None  # the in-process host's /allow and /deny; None beside one
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)  # set on Ctrl+C
+    typing: Typing = field(init=False)  # the owner's lines on a terminal, from one thread
+
+    def __post_init__(self) -> None:
+        self.typing = Typing(self.channel)
 
     @property
     def chat_id(self) -> str:
@@ -109,6 +116,17 @@ class TerminalChat:
         msg_id = await self.inbound.message(msg)
         return None if msg_id is None else stored(msg_id, msg)
 
+    async def _approval(self, line: str) -> str:
+        """Main's answer about a group's blocked host; the local user is main's owner."""
+        approval = parse_approval(line)
+        if approval is None:
+            return "usage: /allow GROUP DOMAIN [once|always] or /deny GROUP DOMAIN"
+        if self.approve is None:
+            return CONTROL_BESIDE_DAEMON.format(line.split()[0].lstrip("/"))
+        if self.folder != MAIN:
+            return "approvals are main's: /switch main first"
+        return await self.approve(approval)
+
     async def question(self, text: str) -> int:
         """Store the line; its id when it starts the agent (a trigger, or none needed), else 0."""
         group = await self.store.group(self.folder)
@@ -120,7 +138,7 @@ class TerminalChat:
 
     async def command(self, name: str, arg: str) -> str | None:
         """Run a slash command; returns the text to show, or None to quit."""
-        if name in ("quit", "exit", "q"):
+        if name in QUIT:
             return None
         if name == "list":
             lines = []
@@ -135,6 +153,8 @@ class TerminalChat:
             if self.control is None:
                 return CONTROL_BESIDE_DAEMON.format(command)
             return await self.control(self.folder, command, 0)
+        if name in ("allow", "deny"):
+            return await self._approval(f"/{name} {arg}")
         if name in ("switch", "add") and arg:
             return await self.select(arg, create=name == "add")
         if name == "history":
@@ -143,6 +163,11 @@ class TerminalChat:
             name = self.settings.assistant_name
             return "\n".join(f"{who or name}: {text}" for who, text in said) or "no messages yet"
         return HELP
+
+    async def _answered(self, last: int) -> bool:
+        """Whether the agent took message `last` and its replies were delivered."""
+        cursor = await self.store.cursor(self.folder)
+        return cursor >= last and await self.store.pending_outbox(self.chat_id) == 0
 
     async def wait_for_replies(self, last_trigger: int, timeout: float) -> Waited:
         """`replied` once the group's cursor passed `last_trigger` and its replies were
@@ -156,9 +181,9 @@ class TerminalChat:
         reported = {run.id for run in await self.store.runs(self.folder, limit=3)}
         held = False
         while time.monotonic() < deadline:
-            cursor = await self.store.cursor(self.folder)
-            if cursor >= last_trigger and await self.store.pending_outbox(self.chat_id) == 0:
+            if await self._answered(last_trigger):
                 return "replied"
+            cursor = await self.store.cursor(self.folder)
             runs = await self.store.runs(self.folder, limit=3)
             if cursor < last_trigger and any(run.status == "running" for run in runs):
                 await self.channel.set_typing(self.chat_id, True)
@@ -166,8 +191,7 @@ class TerminalChat:
                 if run.status not in ("ok", "running", "stopped") and run.id not in reported:
                     reported.add(run.id)
                     again = "" if run.status in HELD else "; retrying"
-                    note = f"(run {run.id} {run.status}: {run.error}{again})"
-                    print(printable(note), file=sys.stderr)
+                    self._note(f"(run {run.id} {run.status}: {run.error}{again})", sys.stderr)
                     if run.status in HELD:  # a refused key, no tools: no retry, no reply comes
                         held = True
             if held and await self.store.pending_outbox(self.chat_id) == 0:
@@ -175,17 +199,30 @@ class TerminalChat:
             await asyncio.sleep(0.05)
         return "timeout"
 
-    async def _until_interrupted(self, work: asyncio.Future[Any]) -> bool:
-        """Wait for `work`; False (and `work` cancelled) when Ctrl+C came first."""
+    async def _first(self, *work: asyncio.Future[Any]) -> bool:
+        """Wait for the first of `work` to finish (the others go on); False when Ctrl+C came
+        first."""
         self.interrupted.clear()
         ctrl_c = asyncio.ensure_future(self.interrupted.wait())
         try:
-            await asyncio.wait({work, ctrl_c}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({*work, ctrl_c}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ctrl_c.cancel()
-            finished = work.done()
+        return any(w.done() for w in work)
+
+    async def _until_interrupted(self, work: asyncio.Future[Any]) -> bool:
+        """Wait for `work`; False (and `work` cancelled) when Ctrl+C came first."""
+        try:
+            return await self._first(work)
+        finally:
             work.cancel()
-        return finished
+
+    def _note(self, text: str, file: TextIO | None = None) -> None:
+        """A line of the chat's own: over the prompt when one is on screen."""
+        if self.channel.prompt is not None:
+            self.channel.show(printable(text))
+        else:
+            print(printable(text), file=file or sys.stdout, flush=True)
 
     async def answer(self, last: int) -> int:
         """Wait for the replies to message `last`: 0 once delivered, 1 when none came in
@@ -197,9 +234,12 @@ class TerminalChat:
             stopped = None if self.stop is None else await self.stop(self.folder, last)
             print(BESIDE_DAEMON if self.stop is None else stopped_line(stopped), flush=True)
             return INTERRUPTED
-        if waiting.result() != "timeout":
-            return 0 if waiting.result() == "replied" else 1
-        print("no reply arrived in time; see `nanoclaw doctor` and store/logs/", file=sys.stderr)
+        return self._waited(waiting.result())
+
+    def _waited(self, waited: Waited) -> int:
+        if waited != "timeout":
+            return 0 if waited == "replied" else 1
+        self._note("no reply arrived in time; see `nanoclaw doctor` and store/logs/", sys.stderr)
         return 1
 
     async def run(self, stdin: TextIO) -> int:
@@ -255,30 +295,11 @@ class TerminalChat:
                     termios.tcsetattr(stdin.fileno(), termios.TCSADRAIN, mode)
 
     async def _read(self, prompt: str) -> Line:
-        """One line typed at `prompt`, read by a thread of its own so that Ctrl+C is heard
-        at once (a thread in input() cannot be stopped: it is left behind on exit)."""
-        loop = asyncio.get_running_loop()
-        line: asyncio.Future[str | None] = loop.create_future()
-
-        def settle(text: str | None) -> None:
-            if not line.done():
-                line.set_result(text)
-
-        def read() -> None:
-            try:
-                text: str | None = input(prompt)
-            except (EOFError, OSError):
-                text = None
-            loop.call_soon_threadsafe(settle, text)
-
-        self.channel.prompting(prompt)
-        threading.Thread(target=read, name="chat-input", daemon=True).start()
-        try:
-            if not await self._until_interrupted(line):
-                return False
-        finally:
-            self.channel.prompting(None)
-        return line.result()
+        """One line typed at `prompt`; False when Ctrl+C came first."""
+        line = self.typing.line(prompt)
+        if not await self._first(line):
+            return False
+        return self.typing.take()
 
     async def _loop(self) -> int:
         print(f"nanoclaw chat: group {self.folder}. {HELP}", flush=True)
@@ -292,10 +313,66 @@ class TerminalChat:
                 continue
             parsed = parse_command(line)
             if parsed is None:
-                if last := await self.question(line):
-                    await self.answer(last)
+                last = await self.question(line)
+                code = await self._work(last) if last else None
+                if code is not None:
+                    return code
                 continue
             shown = await self.command(*parsed)
             if shown is None:
                 return 0
             print(printable(shown), flush=True)  # /history holds the agent's words
+
+    async def _work(self, last: int) -> int | None:
+        """Wait for the replies to message `last` with the prompt on screen: a command typed
+        meanwhile runs at once (/stop ends the wait, /quit stops the run too, /switch leaves it
+        working), any other line is a follow-up whose replies are waited for as well. The
+        chat's exit code when it ends."""
+        self.channel.asked()
+        folder, timeout = self.folder, self.settings.agent_timeout_s + 30
+        prompt = f"[{folder}] > "
+        waiting = asyncio.ensure_future(self.wait_for_replies(last, timeout))
+        reading = True  # until Ctrl+D: then the replies are waited for and the chat ends
+        try:
+            while not waiting.done():
+                line = self.typing.line(prompt) if reading else None
+                if not await self._first(waiting, *([line] if line else [])):
+                    return await self._interrupted(last)
+                if line is None or not line.done():
+                    continue
+                text = self.typing.take()
+                if text is None:  # Ctrl+D: no prompt again
+                    print(flush=True)
+                    reading = False
+                    continue
+                text = text.strip()
+                parsed = parse_command(text)
+                if parsed is None:  # a follow-up: the orchestrator hands it to the live agent
+                    if text and (asked := await self.question(text)):
+                        self.channel.asked()
+                        waiting.cancel()
+                        last = asked
+                        waiting = asyncio.ensure_future(self.wait_for_replies(last, timeout))
+                    continue
+                name, arg = parsed
+                if name in QUIT or (name == "stop" and not arg and self.control is not None):
+                    if self.control is not None:  # the run stops, its batch counts as handled
+                        self._note(await self.control(self.folder, "stop", last))
+                    return None if name == "stop" else 0
+                self._note(await self.command(name, arg) or HELP)
+                if self.folder != folder:  # switched: the run goes on, its replies marked
+                    return None
+        finally:
+            waiting.cancel()
+        self._waited(waiting.result())
+        return None if reading else 0
+
+    async def _interrupted(self, last: int) -> int | None:
+        """Ctrl+C while waiting: the run stops; once its replies are all here (the agent
+        only waits for a follow-up) it ends the chat as at the prompt."""
+        if await self._answered(last):
+            print(flush=True)
+            return INTERRUPTED
+        stopped = None if self.stop is None else await self.stop(self.folder, last)
+        self._note(BESIDE_DAEMON if self.stop is None else stopped_line(stopped))
+        return None

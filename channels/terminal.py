@@ -1,8 +1,8 @@
 """The terminal channel: what `nanoclaw chat` shows of the agent's replies, files and work.
 
-Replies of `term:` chats are printed above the owner's prompt, which is drawn again with
-what was typed; a reply a scheduled task wrote is marked with its time. The owner's side
-(the REPL, piped input, Ctrl+C) is `channels.repl`.
+Replies of `term:` chats and the agent's work are printed above the owner's prompt (there
+while the agent works too), which is drawn again with what was typed; a reply a scheduled
+task wrote is marked with its time. The owner's side (the REPL, Ctrl+C) is `channels.repl`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class TerminalChannel:
         self.prompt: str | None = None  # on screen while the owner types
         self.typed: Callable[[], str] = lambda: ""  # what the owner typed so far (readline's line)
         self._origin = origin
-        self._working = False  # "is working" shown since the prompt was last drawn
+        self._working = False  # "is working" shown since the owner last asked
         self._inbound: Inbound | None = None
 
     async def start(self, inbound: Inbound) -> None:
@@ -59,10 +59,12 @@ class TerminalChannel:
         self._inbound = None
 
     def prompting(self, prompt: str | None) -> None:
-        """The REPL drew `prompt` (None: took the line); a new question may show work again."""
+        """The REPL drew `prompt` (None: took the line)."""
         self.prompt = prompt
-        if prompt is not None:
-            self._working = False
+
+    def asked(self) -> None:
+        """The owner sent a question or a follow-up: its work may show once again."""
+        self._working = False
 
     def show(self, line: str) -> None:
         """A line for the owner; over a prompt on screen, which is drawn again below it."""

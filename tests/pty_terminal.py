@@ -56,6 +56,9 @@ class Pty:
     def ctrl_c(self) -> None:
         os.write(self.master, b"\x03")
 
+    def ctrl_d(self) -> None:
+        os.write(self.master, b"\x04")
+
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()

@@ -119,6 +119,17 @@ async def test_repl_slash_commands_are_the_hosts(running: Running) -> None:
     assert (await chat.command("pause", "")) == "nothing to pause: no agent is working here"
     beside = TerminalChat(*args)  # beside a daemon: this process runs no agent
     assert (await beside.command("stop", "")) == CONTROL_BESIDE_DAEMON.format("stop")
+    # main's approvals: the local user answers them here too
+    await running.add_group("family", "tg:-7", network="allowlist", domains=("ok.test",))
+    chat = TerminalChat(*args, control=core.control.answer, approve=core.control.approve)
+    saved = str(await chat.command("allow", "family more.test always"))
+    assert "more.test" in saved and "allowlist" in saved, saved
+    family = await running.store.group("family")
+    assert family is not None and family.domains == ("ok.test", "more.test")
+    assert "usage" in str(await chat.command("allow", "family"))
+    assert (await beside.command("deny", "family x.test")) == CONTROL_BESIDE_DAEMON.format("deny")
+    await chat.select("family")
+    assert "main's" in str(await chat.command("deny", "family x.test"))
 
 
 async def test_stop_ends_a_scheduled_run_too(running: Running) -> None:

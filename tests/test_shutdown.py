@@ -39,12 +39,11 @@ async def test_sigterm_logs_runs_in_flight_and_a_chat_beside_shows_work(
         term.expect("[main] > ")
         term.send("a slow question")
         await fake.await_requests(1, timeout=60)
-        term.expect("\nAndy is working...\n")
+        term.expect("Andy is working...\n[main] > ")  # over the prompt, which stays
         sandboxes = descendants(daemon.pid)
         assert alive(sandboxes) and not descendants(term.proc.pid)
         term.ctrl_c()
-        out = term.expect("[main] > ", start=term.buffer.index("is working"))
-        assert "not stopped: the daemon runs this group's agent" in out
+        term.expect("not stopped: the daemon runs this group's agent")
         assert alive(sandboxes)  # the daemon's run goes on
         term.send("/quit")
         assert term.proc.wait(timeout=30) == 0

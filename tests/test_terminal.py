@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import chat_env
+from conftest import chat_env, wait_for
 from fake_anthropic import FakeAnthropic, text_reply
 from pty_terminal import Pty, alive, descendants, until
 
@@ -99,16 +99,21 @@ async def test_ctrl_c_stops_the_run_at_once_and_the_batch_is_not_asked_again(
         term.expect("[main] > ")
         start = len(term.buffer)
         term.send("a slow question")
-        term.expect("\nAndy is working...\n", start=start)
+        term.expect("\x1b[KAndy is working...\n[main] > ", start=start)  # over the prompt
         await fake.await_requests(1, timeout=60)  # the agent waits for the model
         sandboxes = descendants(term.proc.pid)
         assert alive(sandboxes)
         term.ctrl_c()
-        out = term.expect("[main] > ", start=term.buffer.index("is working"))
-        assert re.search(r"\nstopped run \d+ after \d+ s \(0 turns done\)\n", out)
+        out = term.expect(" done)\n[main] > ", start=start)
+        assert re.search(r"\x1b\[Kstopped run \d+ after \d+ s \(0 turns done\)\n", out[start:])
         until(lambda: not alive(sandboxes))  # the whole sandbox, killed as a group
         term.send("[[say: still here]]")  # the chat goes on, with a new run
         term.expect("Andy: still here\n[main] > ", start=start)
+
+        async def taken() -> bool:
+            return await store.cursor("main") >= await store.max_message_id()
+
+        await wait_for(taken)  # the agent took the question: its idle wait is not stopped
         term.ctrl_c()  # at the prompt: the chat ends
         assert term.proc.wait(timeout=30) == 130
         lflag = termios.tcgetattr(term.master)[3]
@@ -155,7 +160,10 @@ async def test_a_reply_over_the_prompt_draws_it_again_and_work_shows_once() -> N
     )
     channel.prompting(None)  # the owner pressed Enter: plain lines again
     await channel.send("term:work", "there")
-    channel.prompting("[main] > ")  # the next question may show work again
+    channel.prompting("[main] > ")  # the prompt again, while the agent still works
+    await channel.set_typing("term:main", True)
+    assert out.getvalue().endswith("Andy [work]: there\n")  # "is working": shown once
+    channel.asked()  # a follow-up: its work shows again
     await channel.set_typing("term:main", True)
     assert out.getvalue().endswith(
         "Andy [work]: there\n\r\x1b[KAndy is working...\n[main] > half a que"

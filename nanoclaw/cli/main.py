@@ -109,12 +109,15 @@ async def cmd_chat(settings: Settings, folder: str) -> int:
             inbound: Ingest = core.ingest
             stop = core.orchestrator.stop  # Ctrl+C while the agent works stops its run
             control = core.control.answer  # /status, /pause, /resume, /stop
+            approve = core.control.approve  # main's /allow and /deny
         else:  # beside a daemon: this process only stores lines and prints term: replies
             router = Router(store, {"term": channel}, 0.05)
             background = asyncio.create_task(router.run())
-            inbound, stop, control = Ingest(store), None, None
+            inbound, stop, control, approve = Ingest(store), None, None, None
         await channel.start(inbound)
-        chat = TerminalChat(store, inbound, channel, settings, "main", stop, control=control)
+        chat = TerminalChat(
+            store, inbound, channel, settings, "main", stop, control=control, approve=approve
+        )
         note = await chat.select(folder)
         if chat.folder != folder:
             print(note, file=sys.stderr)
