@@ -12,6 +12,7 @@ from typing import Any
 from nanoclaw.agent.protocol import Phase
 from nanoclaw.commands import shorten
 
+RUNNING, DONE = "Running: ", "Done: "  # the progress lines the terminal prints
 NAME_CAP = 40
 
 
@@ -71,6 +72,6 @@ def running_line(step: ToolStep) -> str:
     """The terminal's line for a step: "Running: npm run build", then how it ended."""
     what = step.what or step.tool
     if step.phase == "start":
-        return f"Running: {what}"
+        return f"{RUNNING}{what}"
     code = "" if step.exit is None else f"exit {step.exit}, "
-    return f"Done: {what} ({code}{step.ms / 1000:.1f} s)"
+    return f"{DONE}{what} ({code}{step.ms / 1000:.1f} s)"

@@ -29,8 +29,10 @@ from nanoclaw.channel import Channel
 from nanoclaw.config import Settings, load_settings
 from nanoclaw.layout import Layout
 from nanoclaw.models import Group, InboundMessage
+from nanoclaw.progress import DONE, RUNNING
 from nanoclaw.store.messages import Store
 
+PROGRESS_PREFIXES = (RUNNING, DONE)
 REPO = Path(__file__).resolve().parents[1]
 SECRET_KEY = "sk-ant-test-SECRET-4f1c9e"
 
@@ -168,9 +170,15 @@ class Running:
         assert msg_id is not None
         return msg_id
 
+    @property
+    def replies(self) -> str:
+        """The output without the progress lines (they quote the agent's commands)."""
+        lines = self.output.splitlines(keepends=True)
+        return "".join(line for line in lines if not line.startswith(PROGRESS_PREFIXES))
+
     async def reply_containing(self, needle: str, timeout: float = 60.0) -> str:
-        await wait_for(lambda: needle in self.output, timeout)
-        return self.output
+        await wait_for(lambda: needle in self.replies, timeout)
+        return self.replies
 
     async def add_group(self, folder: str, chat: str, **kw: Any) -> Group:
         group = Group(folder=folder, name=folder, chats=(chat,), **kw)

@@ -60,7 +60,12 @@ class Console:
         print(printable(text), file=self.stdout, flush=True)
 
     def yes(self, prompt: str) -> bool:
-        return self.ask(prompt).lower() in ("y", "yes")
+        """A y/N question: the end of input is the default, no (what is written stays)."""
+        try:
+            return self.ask(prompt).lower() in ("y", "yes")
+        except NoAnswer:
+            self.say("")
+            return False
 
 
 def _writable(console: Console, value: str) -> bool:
