@@ -6,6 +6,7 @@ and reads back what a second component (or a second process) would see.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sqlite3
 import warnings
@@ -443,3 +444,23 @@ async def test_transcript_interleaves_messages_and_sent_replies(store: Store) ->
     await store.enqueue_reply("work", "term:work", "not sent yet")
     said = await store.transcript("term:work", 10)
     assert said == [("alice", "question"), ("", "answer")]
+
+
+async def test_a_read_waits_for_another_tasks_open_transaction(store: Store) -> None:
+    """Every task shares one connection: a read must not see another task's transaction
+    half done (it once saw a CLAUDE.md sync between its DELETE and its INSERT)."""
+    await store.save_group(Group(folder="g", name="g"))
+    reader: asyncio.Task[list[Group]] | None = None
+
+    async def half_done() -> None:
+        nonlocal reader
+        async with store.transaction():
+            await store._db.execute("DELETE FROM groups WHERE folder = 'g'")
+            reader = asyncio.create_task(store.groups())
+            await store._db.execute("SELECT 1")  # the reader runs meanwhile and reads (or waits)
+            raise LookupError("rolled back: the group was never gone")
+
+    with pytest.raises(LookupError):
+        await half_done()
+    assert reader is not None
+    assert [g.folder for g in await reader] == ["g"]

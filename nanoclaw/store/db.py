@@ -32,6 +32,7 @@ class Database:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()
+        self._writer: asyncio.Task[Any] | None = None  # the task whose transaction is open
 
     @classmethod
     async def open(cls: type[D], path: Path) -> D:
@@ -70,20 +71,33 @@ class Database:
     async def transaction(self) -> AsyncIterator[None]:
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
+            self._writer = asyncio.current_task()
             try:
                 yield
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._writer = None
             await self._db.execute("COMMIT")
+
+    async def _settled(self) -> None:
+        """A read waits for another task's open transaction to end: every task shares one
+        connection, which would show it the transaction half done (a sync of CLAUDE.md's
+        tasks read between its DELETE and its INSERT: no problems at all)."""
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            async with self._lock:
+                pass
 
     # One trip to the connection's thread per read (a cursor's execute, fetch and close
     # would be three): the idle daemon's polls are mostly these.
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
+        await self._settled()
         rows = await self._db.execute_fetchall(sql, tuple(args))
         return next(iter(rows), None)
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        await self._settled()
         return list(await self._db.execute_fetchall(sql, tuple(args)))
 
     async def _write(self, sql: str, args: Iterable[Any] = ()) -> int:
