@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # costs little; at 5 ms it was most of an idle daemon's CPU. Nudged files do not wait for it.
 WATCH_STEP_MS = 100
 WATCH_DEBOUNCE_MS = 200
+# After this long with nothing seen, every dir is drained anyway: a file written while the
+# watch was being set up (at start, or re-armed after an error) has no event of its own.
+RESCAN_MS = 10_000
 
 
 class Drainer(Protocol):
@@ -145,9 +148,13 @@ class IpcWatcher:
             step=WATCH_STEP_MS,
             stop_event=self._rearm,
             recursive=False,
-            rust_timeout=10_000,  # only how often the thread returns with nothing seen
+            rust_timeout=RESCAN_MS,
+            yield_on_timeout=True,
             ignore_permission_denied=True,
         ):
+            if not changes:  # nothing seen for a while: look anyway (see RESCAN_MS)
+                self.poke(dirs.values())
+                continue
             # No waiting here: each group's worker drains its own dir, side by side.
             parents = {str(Path(path).parent) for _, path in changes}
             self.poke(dirs[parent] for parent in parents if parent in dirs)
