@@ -9,12 +9,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 from nanoclaw.commands import Verdict
 from nanoclaw.models import Group
 from nanoclaw.sandbox.egress import WEB_PORTS, EgressProxy, Resolver, public_addresses
-from nanoclaw.store.tape import TapeKind
+from nanoclaw.store.tape import TapeWriter
 
 log = logging.getLogger(__name__)
 ASK_TIMEOUT_S = 120.0
@@ -22,19 +22,6 @@ MAX_PENDING = 3  # open questions per group: an agent cannot flood main's chat
 MAX_ASKED = 10  # questions per run; past it, unlisted hosts are refused at once as before
 Refused = Literal["deny", "timeout"]
 Post = Callable[[str], Awaitable[None]]  # a text to main's chat
-
-
-class Tape(Protocol):
-    async def tape_event(
-        self,
-        folder: str,
-        kind: TapeKind,
-        text: str,
-        *,
-        run_id: int | None = None,
-        untrusted: bool = False,
-        detail: dict[str, Any] | None = None,
-    ) -> None: ...
 
 
 def covers(domain: str, host: str) -> bool:
@@ -103,7 +90,7 @@ class Approvals:
     def __init__(
         self,
         post: Post,
-        tape: Tape,
+        tape: TapeWriter,
         *,
         timeout_s: float = ASK_TIMEOUT_S,
         ports: Collection[int] = WEB_PORTS,

@@ -142,6 +142,18 @@ async def store(db_path: Path) -> AsyncIterator[Store]:
         await s.close()
 
 
+def line(text: str, chat: str = "term:main", sender: str = "term:local") -> InboundMessage:
+    """A message as a channel hands it in, from `sender` (default: the terminal's user)."""
+    return InboundMessage(
+        chat_id=chat,
+        platform_id=uuid.uuid4().hex,
+        sender_id=sender,
+        sender_name=sender.split(":", 1)[1],
+        text=text,
+        ts_ms=int(time.time() * 1000),
+    )
+
+
 @dataclass
 class Running:
     """A core running in-process with the terminal channel writing into a buffer."""
@@ -158,15 +170,7 @@ class Running:
         return out.getvalue()
 
     async def say(self, text: str, chat: str = "term:main", sender: str = "term:local") -> int:
-        msg = InboundMessage(
-            chat_id=chat,
-            platform_id=uuid.uuid4().hex,
-            sender_id=sender,
-            sender_name=sender.split(":", 1)[1],
-            text=text,
-            ts_ms=int(time.time() * 1000),
-        )
-        msg_id = await self.core.ingest.message(msg)
+        msg_id = await self.core.ingest.message(line(text, chat, sender))
         assert msg_id is not None
         return msg_id
 

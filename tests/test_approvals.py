@@ -15,8 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
-from conftest import Running, wait_for
-from test_control import line
+from conftest import Running, line, wait_for
 from test_egress import Upstream, ask, loopback
 
 from nanoclaw.approvals import Approvals, covers, question_text

@@ -3,29 +3,15 @@ while a tool runs, /pause then /resume; who may command; the terminal's progress
 
 from __future__ import annotations
 
-import time
-import uuid
-
-from conftest import Running, wait_for
+from conftest import Running, line, wait_for
 from fake_anthropic import FakeAnthropic
 from test_scheduled import drop, finished_runs, soon
 
 from channels.repl import CONTROL_BESIDE_DAEMON, TerminalChat
 from nanoclaw.channel import Ingest, Welcome
 from nanoclaw.commands import Command
-from nanoclaw.models import Group, InboundMessage
+from nanoclaw.models import Group
 from nanoclaw.store.messages import Store
-
-
-def line(text: str, chat: str = "term:main", sender: str = "term:local") -> InboundMessage:
-    return InboundMessage(
-        chat_id=chat,
-        platform_id=uuid.uuid4().hex,
-        sender_id=sender,
-        sender_name=sender.split(":", 1)[1],
-        text=text,
-        ts_ms=int(time.time() * 1000),
-    )
 
 
 async def tool_running(running: Running, tool: str, folder: str = "main") -> None:

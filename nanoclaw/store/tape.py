@@ -10,7 +10,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from nanoclaw.errors import StoreError
 from nanoclaw.store.db import Database, now_ms
@@ -90,6 +90,21 @@ def _query_error(exc: sqlite3.OperationalError, query: str) -> StoreError:
     if message.startswith(QUERY_ERRORS):
         return TapeQueryError(f"not a valid search query {query!r}: {message}")
     return StoreError(f"tape search failed: {message}")
+
+
+class TapeWriter(Protocol):
+    """What a component that only appends to the tape needs (`Store` is one)."""
+
+    async def tape_event(
+        self,
+        folder: str,
+        kind: TapeKind,
+        text: str,
+        *,
+        run_id: int | None = None,
+        untrusted: bool = False,
+        detail: dict[str, Any] | None = None,
+    ) -> None: ...
 
 
 class Tape(Database):
