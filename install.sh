@@ -27,7 +27,8 @@ if [ "$mode" = "--test" ]; then
   command -v prosody >/dev/null || need_apt+=(prosody)
   command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
   # the tests' stub nixpkgs (tests/nixpkgs) builds its packages from a static /bin/busybox
-  ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
+  # (ldd fails on a static binary: a dynamic or missing busybox needs the static one)
+  if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then need_apt+=(busybox-static); fi
   command -v openssl >/dev/null || need_apt+=(openssl)
   command -v pgrep >/dev/null || need_apt+=(procps)
   # systemd-analyze checks the unit `nanoclaw service install` writes
