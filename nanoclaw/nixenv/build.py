@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from nanoclaw.layout import Layout
@@ -105,11 +105,18 @@ class Environments:
         return self._hit(group.folder, key)
 
     async def ensure(
-        self, group: Group, progress: Progress | None = None, *, force: bool = False
+        self,
+        group: Group,
+        progress: Progress | None = None,
+        *,
+        force: bool = False,
+        building: Callable[[], Awaitable[None]] | None = None,
     ) -> BuiltEnv | None:
         """The group's environment, built first if needed (`force`: run nix-build even so);
-        None when it declares nothing. EnvError (one line) when Nix is missing, a name is
-        unknown or the build fails: the run must fail with it, never fall back to the host."""
+        None when it declares nothing. `building` is awaited once when this call has to
+        wait for a build (its own or one under way). EnvError (one line) when Nix is
+        missing, a name is unknown or the build fails: the run must fail with it, never
+        fall back to the host."""
         packages = wanted_packages(group)
         if packages is None:
             return None
@@ -132,6 +139,8 @@ class Environments:
             self._building[slot] = task
             task.add_done_callback(lambda done: self._finished(slot, done))
         try:
+            if building is not None:  # after joining: no line of the build is missed
+                await building()
             # shielded: one caller given up (a /stop) does not end the build the others wait on
             return await asyncio.shield(task)
         finally:

@@ -146,13 +146,15 @@ class Launcher:
         if wanted_packages(group) is None:
             return None
         folder = group.folder
-        if chat_id and await asyncio.to_thread(self._envs.cached, group) is None:
-            await self._store.enqueue_reply(folder, chat_id, PREPARING)
 
         def progress(line: str) -> None:
             log.info("group=%s environment: %s", folder, line[:300])  # escaped by the log
 
-        built = await self._envs.ensure(group, progress)
+        async def building() -> None:
+            if chat_id:
+                await self._store.enqueue_reply(folder, chat_id, PREPARING)
+
+        built = await self._envs.ensure(group, progress, building=building)
         if built is None:  # pragma: no cover - wanted_packages said it declares some
             return None
         if self._runtime.closure is None:  # the first run with an environment: once
