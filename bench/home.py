@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -121,3 +124,25 @@ class BenchChannel(TerminalChannel):
                 await asyncio.wait_for(self._changed.wait(), left)
             except TimeoutError:
                 continue
+
+
+def start_daemon(home: Path, base_url: str, **settings: str) -> subprocess.Popen[bytes]:
+    """`nanoclaw run` in its own process on `home`, the model at `base_url`, its log in
+    home/daemon.log; `settings` add to (or override) the environment it is given."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "NANOCLAW_HOME": str(home),
+        "ANTHROPIC_API_KEY": "k",
+        "ANTHROPIC_BASE_URL": base_url,
+        "TZ": "UTC",
+        **settings,
+    }
+    with open(home / "daemon.log", "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "nanoclaw.cli.main", "run"],
+            cwd=home,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )

@@ -7,17 +7,15 @@ quiet window, with the busiest threads named so a polling loop shows up.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from processes import stop_process
 
-from bench.home import make_home
+from bench.home import make_home, start_daemon
 from bench.report import Figure
 
 IDLE_TARGET_PCT = 1.0
@@ -54,22 +52,7 @@ def idle_cpu(seconds: float, base_url: str) -> Figure:
     with tempfile.TemporaryDirectory(prefix="nanoclaw-bench-") as tmp:
         home = make_home(Path(tmp))
         log = home / "daemon.log"
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "NANOCLAW_HOME": str(home),
-            "ANTHROPIC_API_KEY": "k",
-            "ANTHROPIC_BASE_URL": base_url,
-            "TZ": "UTC",
-        }
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "nanoclaw.cli.main", "run"],
-                cwd=home,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
+        proc = start_daemon(home, base_url)
         try:
             _wait_ready(proc, log, 60)
             time.sleep(SETTLE_S)

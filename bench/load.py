@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import random
 import re
 import signal
@@ -32,7 +31,7 @@ from fake_anthropic import FakeAnthropic
 from fake_telegram import FakeTelegram
 from processes import stop_process
 
-from bench.home import make_home
+from bench.home import make_home, start_daemon
 from bench.idle import _wait_ready
 from bench.report import Figure, failed, percentile
 from bench.usage import Usage, usage
@@ -98,29 +97,17 @@ async def _register(home: Path, groups: int) -> None:
 def _start(
     home: Path, groups: int, fake: FakeAnthropic, tg: FakeTelegram
 ) -> subprocess.Popen[bytes]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "NANOCLAW_HOME": str(home),
-        "ANTHROPIC_API_KEY": "k",
-        "ANTHROPIC_BASE_URL": fake.base_url,
-        "TZ": "UTC",
-        "AGENT_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S),
-        "GROUP_DAILY_REQUESTS": "1000000",
-        "GROUP_DAILY_TOKENS": "1000000000",
-        "TELEGRAM_BOT_TOKEN": tg.token,
-        "TELEGRAM_API_URL": tg.base_url,
-        "TELEGRAM_ALLOWED_CHAT_IDS": ",".join(str(chat_of(g)) for g in range(groups)),
-        "ALLOWED_SENDERS": f"tg:{SENDER}",
-    }
-    with open(home / "daemon.log", "wb") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "nanoclaw.cli.main", "run"],
-            cwd=home,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    return start_daemon(
+        home,
+        fake.base_url,
+        AGENT_IDLE_TIMEOUT_S=str(IDLE_TIMEOUT_S),
+        GROUP_DAILY_REQUESTS="1000000",
+        GROUP_DAILY_TOKENS="1000000000",
+        TELEGRAM_BOT_TOKEN=tg.token,
+        TELEGRAM_API_URL=tg.base_url,
+        TELEGRAM_ALLOWED_CHAT_IDS=",".join(str(chat_of(g)) for g in range(groups)),
+        ALLOWED_SENDERS=f"tg:{SENDER}",
+    )
 
 
 async def _conversation(
