@@ -22,10 +22,17 @@ from nanoclaw.display import printable
 from nanoclaw.envfile import env_keys
 from nanoclaw.errors import ConfigError
 from nanoclaw.layout import Layout
+from nanoclaw.settingvalues import (
+    MATRIX_USER_RE,
+    SENDER_RE,
+    TELEGRAM_CHAT_RE,
+    default_nixpkgs,
+    host_tz,
+    http_url,
+    split_csv,
+    split_listen,
+)
 
-SENDER_RE = re.compile(r"^(tg|xmpp|mx|term):\S+$")
-TELEGRAM_CHAT_RE = re.compile(r"^(tg:)?-?\d{1,20}$")
-MATRIX_USER_RE = re.compile(r"^@[^:\s]+:\S+$")
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
 FIXES = {
@@ -42,6 +49,11 @@ FIXES = {
     "TAPE_RETENTION_DAYS": "use a whole number of days, 1 or more",
     "NANOCLAW_NIXPKGS": "use an absolute path to a nixpkgs (checkout or store path) or <nixpkgs>",
     "METRICS_LISTEN": "use host:port like 127.0.0.1:9464, or off",
+    "GROUP_DAILY_COST": "use an amount of money per group and day, like 2.50",
+    "LLM_PROVIDER": "use anthropic, openai or openai-compatible",
+    "LLM_BASE_URL": "use the endpoint's URL, like https://api.openai.com/v1",
+    "MEDIA_MAX_MB": "use a size in megabytes per file, like 20",
+    "TRANSCRIBE_URL": "use the full URL of an /audio/transcriptions endpoint",
 }
 
 
@@ -54,44 +66,6 @@ PARTNERS = (
     ("MATRIX_USER_ID", "MATRIX_HOMESERVER", "Matrix stays off"),
     ("TELEGRAM_ALLOWED_CHAT_IDS", "TELEGRAM_BOT_TOKEN", "Telegram stays off"),
 )
-
-
-def _split_csv(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-def _http_url(value: str) -> str:
-    if not re.match(r"^https?://[^\s/]+", value):
-        raise ValueError(f"{value[:64]!r} is not an http(s) URL")
-    return value.rstrip("/")
-
-
-def split_listen(value: str) -> tuple[str, int]:
-    """Pure: `host:port` (`[::1]:9464` for IPv6) as (host, port); ValueError otherwise."""
-    host, sep, port = value.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value[:64]!r} is not host:port")
-    if re.search(r"[\s/\[\]]", host) or (":" in host and not value.startswith("[")):
-        raise ValueError(f"{value[:64]!r} is not host:port")
-    return host, int(port)
-
-
-def _host_tz() -> str:
-    try:
-        link = os.readlink("/etc/localtime")
-    except OSError:
-        return "UTC"
-    marker = "zoneinfo/"
-    return link.split(marker, 1)[1] if marker in link else "UTC"
-
-
-def _default_nixpkgs() -> str:
-    """The flake's wrapper names its pinned nixpkgs in NANOCLAW_FLAKE_NIXPKGS, a default and
-    not the setting itself: an environment variable would outrank NANOCLAW_NIXPKGS in .env."""
-    return os.environ.get("NANOCLAW_FLAKE_NIXPKGS") or "<nixpkgs>"
 
 
 class Settings(BaseSettings):
@@ -118,9 +92,25 @@ class Settings(BaseSettings):
     # Per group and calendar day in TZ; 0 is unlimited. Tokens: input + cache writes + output.
     group_daily_requests: int = Field(500, ge=0, alias="GROUP_DAILY_REQUESTS")
     group_daily_tokens: int = Field(2_000_000, ge=0, alias="GROUP_DAILY_TOKENS")
+    # Money per group and calendar day in TZ, in the price table's currency (USD); None: none.
+    group_daily_cost: float | None = Field(
+        None, ge=0, allow_inf_nan=False, alias="GROUP_DAILY_COST"
+    )
+    llm_provider: Literal["anthropic", "openai", "openai-compatible"] = Field(
+        "anthropic", alias="LLM_PROVIDER"
+    )
+    llm_base_url: str | None = Field(None, alias="LLM_BASE_URL")
+    openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")
+    nanoclaw_fallback_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="NANOCLAW_FALLBACK_MODELS"
+    )
+    nanoclaw_prices: Path | None = Field(None, alias="NANOCLAW_PRICES")  # price table override
+    media_max_mb: float = Field(20, gt=0, le=2048, allow_inf_nan=False, alias="MEDIA_MAX_MB")
+    transcribe_url: str | None = Field(None, alias="TRANSCRIBE_URL")
+    transcribe_api_key: SecretStr | None = Field(None, alias="TRANSCRIBE_API_KEY")
     tape_retention_days: int = Field(30, ge=1, le=36_500, alias="TAPE_RETENTION_DAYS")
-    nanoclaw_nixpkgs: str = Field(default_factory=_default_nixpkgs, alias="NANOCLAW_NIXPKGS")
-    tz: str = Field(default_factory=_host_tz, alias="TZ")
+    nanoclaw_nixpkgs: str = Field(default_factory=default_nixpkgs, alias="NANOCLAW_NIXPKGS")
+    tz: str = Field(default_factory=host_tz, alias="TZ")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
     metrics_listen: str | None = Field(None, alias="METRICS_LISTEN")  # host:port, None: off
 
@@ -149,10 +139,16 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("allowed_senders", "telegram_allowed_chat_ids", "xmpp_rooms", mode="before")
+    @field_validator(
+        "allowed_senders",
+        "telegram_allowed_chat_ids",
+        "xmpp_rooms",
+        "nanoclaw_fallback_models",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
-        return _split_csv(value)
+        return split_csv(value)
 
     @field_validator("allowed_senders")
     @classmethod
@@ -185,14 +181,14 @@ class Settings(BaseSettings):
     @field_validator("matrix_homeserver")
     @classmethod
     def _homeserver(cls, value: str | None) -> str | None:
-        return _http_url(value) if value else value
+        return http_url(value) if value else value
 
     @field_validator("tz")
     @classmethod
     def _zone(cls, value: str) -> str:
         value = value.lstrip(":")
         if not value or value == "/etc/localtime":
-            value = _host_tz()
+            value = host_tz()
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a tzdata dir
@@ -223,7 +219,12 @@ class Settings(BaseSettings):
     @field_validator("anthropic_base_url", "telegram_api_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _http_url(value)
+        return http_url(value)
+
+    @field_validator("llm_base_url", "transcribe_url")
+    @classmethod
+    def _optional_url(cls, value: str | None) -> str | None:
+        return http_url(value) if value and value.strip() else None
 
     @property
     def trigger(self) -> str:

@@ -17,10 +17,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from nanoclaw.config import split_listen
 from nanoclaw.errors import ConfigError
 from nanoclaw.models import OutboxItem, Usage
 from nanoclaw.proxy.budget import add_usage, day_start
+from nanoclaw.settingvalues import split_listen
 from nanoclaw.store.db import now_ms
 from nanoclaw.store.messages import Store
 

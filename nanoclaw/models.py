@@ -8,6 +8,7 @@ Also the chat id each channel writes, which a registration must match.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -65,6 +66,24 @@ def channel_of(chat_id: str) -> str:
     return chat_id.split(":", 1)[0]
 
 
+MediaKind = Literal["image", "voice", "audio", "video", "file"]
+# Yields the bytes of one attachment as the platform serves them; the caller stops reading
+# (and closes the iterator) once its size cap is passed.
+Fetch = Callable[[], AsyncIterator[bytes]]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A picture, voice note, audio, video or file that came with a message, not yet fetched:
+    the ingest downloads it into the group's inbox (outside the sandbox) before storing."""
+
+    kind: MediaKind
+    name: str  # as the platform or sender named it; sanitised when saved
+    fetch: Fetch
+    mime: str = ""
+    size: int | None = None  # as announced by the platform, if it says (not trusted)
+
+
 @dataclass(frozen=True)
 class InboundMessage:
     """What a channel adapter hands to the store."""
@@ -81,6 +100,7 @@ class InboundMessage:
     reply_to_bot: bool = False
     reply_to_sender: str = ""
     reply_to_text: str = ""
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,12 @@ class Group:
     packages: tuple[str, ...] = ()  # nixpkgs attribute names for the group's Nix environment
     profile: str | None = None  # a built-in profile of nanoclaw.nixenv.catalog
     progress: bool = False  # one progress message edited as the agent works (where it can be)
+    provider: str | None = None  # LLM_PROVIDER for this group; None: the setting's
+    fallback_models: tuple[str, ...] = ()  # tried in order on overload; (): the setting's
+    daily_requests: int | None = None  # per-group budgets; None: the GROUP_DAILY_* setting
+    daily_tokens: int | None = None
+    daily_cost: float | None = None
+    vision: bool = True  # images reach the model as image blocks
 
     @property
     def is_main(self) -> bool:
@@ -169,6 +195,15 @@ class ChatInfo:
     is_group_chat: bool
     last_seen_ms: int
     folder: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """Which provider and model answered one request, for its row in `model_calls`."""
+
+    provider: str
+    model: str
+    fallback: bool = False  # a model of the fallback chain, not the group's own
 
 
 @dataclass(frozen=True)

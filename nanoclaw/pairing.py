@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from nanoclaw.config import SENDER_RE
+from nanoclaw.settingvalues import SENDER_RE
 
 # 31 symbols: no 0/O, 1/I/l, so a code read aloud or off a screen is typed right. Eight of
 # them make 31**8 = 852,891,037,441 codes: with at most MAX_LIVE live codes and

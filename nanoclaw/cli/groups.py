@@ -7,13 +7,14 @@ group: taking it from another needs --move; main can be changed but never remove
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from nanoclaw.config import SENDER_RE, Settings
+from nanoclaw.config import Settings
 from nanoclaw.display import printable_line
 from nanoclaw.errors import ConfigError
 from nanoclaw.home import ensure_main, open_store
@@ -22,6 +23,7 @@ from nanoclaw.models import MAIN, Group, chat_id_problem, chat_problem, valid_fo
 from nanoclaw.nixenv import catalog
 from nanoclaw.sandbox.egress import parse_domains
 from nanoclaw.schedule.tasks import CLAUDE_MD, Task
+from nanoclaw.settingvalues import SENDER_RE
 from nanoclaw.store.messages import Store
 
 GROUP_KEYS = (
@@ -37,7 +39,17 @@ GROUP_KEYS = (
     "packages",
     "profile",
     "progress",
+    "provider",
+    "fallback_models",
+    "daily_requests",
+    "daily_tokens",
+    "daily_cost",
+    "vision",
 )
+PROVIDERS = ("anthropic", "openai", "openai-compatible")
+MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+SWITCH = {"on": True, "true": True, "yes": True, "1": True}
+SWITCH |= {"off": False, "false": False, "no": False, "0": False}
 PROGRESS_ON = "on: one message edited as the agent works (Telegram, Matrix; typing elsewhere)"
 PROGRESS_OFF = "off: typing only (groups set FOLDER progress=on for a progress message)"
 HEADER = f"{'group':<16} {'trigger':<20} {'network':<10} chats"
@@ -80,17 +92,53 @@ def apply_setting(group: Group, key: str, value: str) -> Group:
         if value and (problem := catalog.profile_problem(value)):
             raise ValueError(problem)
         return replace(group, profile=value or None)
-    if key == "progress":
-        if value.lower() not in ("on", "off", "true", "false", "yes", "no", "1", "0"):
-            raise ValueError("progress is on or off")
-        return replace(group, progress=value.lower() in ("on", "true", "yes", "1"))
+    if key in ("progress", "vision"):
+        if value.lower() not in SWITCH:
+            raise ValueError(f"{key} is on or off")
+        on = SWITCH[value.lower()]
+        return replace(group, progress=on) if key == "progress" else replace(group, vision=on)
+    if key == "provider":
+        if value and value not in PROVIDERS:
+            raise ValueError(f"provider is one of {', '.join(PROVIDERS)} (empty: LLM_PROVIDER)")
+        return replace(group, provider=value or None)
+    if key in ("model", "fallback_models"):
+        names = tuple(v for v in (part.strip() for part in value.split(",")) if v)
+        if bad := [n for n in names if not MODEL_RE.match(n)]:
+            raise ValueError(f"{bad[0][:64]!r} is not a model name")
+        if key == "model":
+            if len(names) > 1:
+                raise ValueError("model is one name (fallback_models takes a list)")
+            return replace(group, model=names[0] if names else None)
+        return replace(group, fallback_models=names)
+    if key == "daily_cost":
+        cost = budget_value(key, value)
+        return replace(group, daily_cost=None if cost is None else float(cost))
+    if key in ("daily_requests", "daily_tokens"):
+        n = budget_value(key, value)
+        n = None if n is None else int(n)
+        return (
+            replace(group, daily_requests=n)
+            if key == "daily_requests"
+            else replace(group, daily_tokens=n)
+        )
     if key == "name":
         return replace(group, name=value or group.folder)
     if key == "trigger":
         return replace(group, trigger=value or None)
-    if key == "model":
-        return replace(group, model=value or None)
     raise ValueError(f"unknown key {key!r}; one of {', '.join(GROUP_KEYS)}")
+
+
+def budget_value(key: str, value: str) -> int | float | None:
+    """Pure: a per-group budget from `groups set`; empty means the GROUP_DAILY_* setting."""
+    if not value:
+        return None
+    try:
+        number = float(value) if key == "daily_cost" else int(value)
+    except ValueError:
+        raise ValueError(f"{key} is a number, 0 for no limit, empty for the default") from None
+    if number < 0 or number != number or number == float("inf"):
+        raise ValueError(f"{key} is 0 or more")
+    return number
 
 
 def show_lines(g: Group, settings: Settings, tasks: list[Task], workspace: Path) -> list[str]:

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, TextIO
 
 from dotenv import dotenv_values
 
-from nanoclaw.config import DEFAULT_MODEL, MATRIX_USER_RE, load_settings, setting_names
+from nanoclaw.config import DEFAULT_MODEL, load_settings, setting_names
 from nanoclaw.display import printable
 from nanoclaw.envfile import quote, with_values, write_private
 from nanoclaw.errors import ConfigError, NanoclawError
+from nanoclaw.settingvalues import MATRIX_USER_RE
 
 if TYPE_CHECKING:  # the steps import credcheck (aiohttp) when they run, not `--help`
     from nanoclaw.cli.credcheck import Verdict

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from nanoclaw.models import Usage
+from nanoclaw.models import ModelCall, Usage
 
 
 def _utc_now() -> datetime:
@@ -123,8 +123,9 @@ class RunBudget:
         self.used = add_usage(self.used, usage)
         await self._record(usage)
 
-    async def reserve(self, max_tokens: int) -> str | None:
-        """Count one request before it is forwarded; or why the group may not send it."""
+    async def reserve(self, max_tokens: int, model: str | None = None) -> str | None:
+        """Count one request before it is forwarded; or why the group may not send it.
+        `model` prices the reservation for a money budget (issue 18: not yet)."""
         guard = self._guard
         if guard is None:
             await self._count(Usage(requests=1))
@@ -146,8 +147,9 @@ class RunBudget:
                 raise
         return None
 
-    async def settle(self, usage: Usage) -> None:
-        """The reply's tokens; its request is counted already."""
+    async def settle(self, usage: Usage, call: ModelCall | None = None) -> None:
+        """The reply's tokens; its request is counted already. `call` names who answered
+        (its `model_calls` row: issue 18, not yet)."""
         await self._count(replace(usage, requests=0))
 
     async def refund(self) -> None:

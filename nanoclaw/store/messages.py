@@ -30,7 +30,8 @@ MSG_COLS = (
 )
 GROUP_COLS = (
     "folder, name, trigger, requires_trigger, network, allowed_senders, mounts, exports, model, "
-    "domains, packages, profile, progress"
+    "domains, packages, profile, progress, provider, fallback_models, daily_requests, "
+    "daily_tokens, daily_cost, vision"
 )
 INSERT_COLS = 10
 INSERT_HEAD = (
@@ -228,6 +229,12 @@ class Store(Ledger, TaskBook, PairBook, Tape):
             packages=tuple(json.loads(row[10])),
             profile=row[11],
             progress=bool(row[12]),
+            provider=row[13],
+            fallback_models=tuple(json.loads(row[14])),
+            daily_requests=row[15],
+            daily_tokens=row[16],
+            daily_cost=row[17],
+            vision=bool(row[18]),
             chats=tuple(chats),
         )
 
@@ -248,13 +255,17 @@ class Store(Ledger, TaskBook, PairBook, Tape):
             await self._db.execute(
                 "INSERT INTO groups (folder, name, trigger, requires_trigger, network, "
                 "allowed_senders, mounts, exports, model, domains, packages, profile, progress, "
-                "created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "provider, fallback_models, daily_requests, daily_tokens, daily_cost, vision, "
+                f"created_ms) VALUES ({', '.join('?' * 20)}) "
                 "ON CONFLICT (folder) DO UPDATE SET "
                 "name=excluded.name, trigger=excluded.trigger, "
                 "requires_trigger=excluded.requires_trigger, network=excluded.network, "
                 "allowed_senders=excluded.allowed_senders, mounts=excluded.mounts, "
                 "exports=excluded.exports, model=excluded.model, domains=excluded.domains, "
-                "packages=excluded.packages, profile=excluded.profile, progress=excluded.progress",
+                "packages=excluded.packages, profile=excluded.profile, progress=excluded.progress, "
+                "provider=excluded.provider, fallback_models=excluded.fallback_models, "
+                "daily_requests=excluded.daily_requests, daily_tokens=excluded.daily_tokens, "
+                "daily_cost=excluded.daily_cost, vision=excluded.vision",
                 (
                     group.folder,
                     group.name,
@@ -269,6 +280,12 @@ class Store(Ledger, TaskBook, PairBook, Tape):
                     json.dumps(list(group.packages)),
                     group.profile,
                     int(group.progress),
+                    group.provider,
+                    json.dumps(list(group.fallback_models)),
+                    group.daily_requests,
+                    group.daily_tokens,
+                    group.daily_cost,
+                    int(group.vision),
                     now_ms(),
                 ),
             )

@@ -273,4 +273,29 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE groups ADD COLUMN progress INTEGER NOT NULL DEFAULT 0;
     """,
+    # 10: providers, fallbacks and money budgets per group, one row per model call (issue 18);
+    # the per-group `vision` switch (issue 19)
+    """
+    ALTER TABLE groups ADD COLUMN provider TEXT;
+    ALTER TABLE groups ADD COLUMN fallback_models TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE groups ADD COLUMN daily_requests INTEGER;
+    ALTER TABLE groups ADD COLUMN daily_tokens INTEGER;
+    ALTER TABLE groups ADD COLUMN daily_cost REAL;
+    ALTER TABLE groups ADD COLUMN vision INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE model_calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts_ms INTEGER NOT NULL,
+        folder TEXT NOT NULL,
+        run_id INTEGER,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        fallback INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX model_calls_day ON model_calls (folder, ts_ms);
+    CREATE INDEX model_calls_run ON model_calls (run_id);
+    """,
 )
