@@ -3,7 +3,8 @@
 TLS is required unless XMPP_TLS=off (local testing only, said loudly). The bot joins
 XMPP_ROOMS and every room an allowed sender invites it to by a direct invitation (XEP-0249),
 rejoins after each reconnect, and reports "not connected" to the router so replies wait in
-the outbox meanwhile.
+the outbox meanwhile. Files go both ways through HTTP File Upload (XEP-0363) links shared as
+out-of-band data (XEP-0066): see channels/xmpp_media.py for what is fetched from where.
 """
 
 from __future__ import annotations
@@ -15,22 +16,34 @@ import logging
 import os
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from slixmpp import JID, ClientXMPP
 from slixmpp.stanza import Message
 
+from channels.xmpp_files import XmppFiles
+from channels.xmpp_media import MAX_LINKS, OOB_NS, max_bytes
 from channels.xmpp_message import Seen, addressed, bare, ignore_reason, sender_of
 from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
-from nanoclaw.errors import DeliveryError, FilesUnsupported
+from nanoclaw.errors import DeliveryError
 from nanoclaw.models import InboundMessage
 
 log = logging.getLogger(__name__)
 MAX_TOLD = 256
-PLUGINS = ("xep_0030", "xep_0045", "xep_0085", "xep_0199", "xep_0203", "xep_0249", "xep_0280")
+PLUGINS = (
+    "xep_0030",
+    "xep_0045",
+    "xep_0085",
+    "xep_0199",
+    "xep_0203",
+    "xep_0249",
+    "xep_0280",
+    "xep_0363",
+)
 
 
 class XmppChannel:
@@ -56,6 +69,8 @@ class XmppChannel:
         self._stopping = False
         self._reconnect_delay = 1.0
         self._background = Background("xmpp")
+        limit = max_bytes(settings.media_max_mb)
+        self._files = XmppFiles(self._jid.domain, self._tls == "off", limit)
 
     @property
     def joined(self) -> frozenset[str]:
@@ -123,6 +138,8 @@ class XmppChannel:
         self._joined.clear()
         for room in sorted(self._rooms):
             await self._join(room)
+        with contextlib.suppress(Exception):  # sending files says so when this failed
+            await self._files.discover(self._client)
         self._reconnect_delay = 1.0
         self._ready.set()
         log.info("xmpp: online as %s in %d rooms", self._jid.bare, len(self._joined))
@@ -173,6 +190,11 @@ class XmppChannel:
             body=str(msg["body"]),
             delayed=bool(msg.xml.find("{urn:xmpp:delay}delay") is not None),
             real_jid=real,
+            urls=tuple(
+                str(el.text).strip()
+                for el in msg.xml.findall(f"{{{OOB_NS}}}x/{{{OOB_NS}}}url")[:MAX_LINKS]
+                if el.text and el.text.strip()
+            ),
         )
 
     async def _message(self, msg: Message) -> None:
@@ -188,6 +210,8 @@ class XmppChannel:
         if not is_room and seen.from_bare in self._joined:  # a private message via a room
             chat_id = f"xmpp:{seen.from_bare}/{seen.from_resource}"
         sender_id, name = sender_of(seen, self._joined)
+        assert self._client is not None
+        text, attachments = await self._files.shared(self._client, seen, self._joined)
         await self._inbound.message(
             InboundMessage(
                 chat_id=chat_id,
@@ -195,11 +219,12 @@ class XmppChannel:
                 platform_id=str(msg["id"] or "") or uuid.uuid4().hex,
                 sender_id=sender_id,
                 sender_name=name,
-                text=seen.body,
+                text=text,
                 ts_ms=int(time.time() * 1000),
                 chat_name=seen.from_bare,
                 is_group_chat=is_room,
                 mentions_bot=is_room and addressed(seen.body, self._nick),
+                attachments=attachments,
             )
         )
 
@@ -238,7 +263,8 @@ class XmppChannel:
 
     # outbound
 
-    async def send(self, chat_id: str, text: str, key: str = "") -> None:
+    def _target(self, chat_id: str) -> tuple[ClientXMPP, str, Literal["groupchat", "chat"]]:
+        """(client, to, message type), or DeliveryError while it cannot be delivered."""
         client = self._client
         if client is None or not self._ready.is_set():
             raise DeliveryError("xmpp is not connected")
@@ -246,15 +272,31 @@ class XmppChannel:
         is_room = bare(to) in self._rooms and "/" not in to
         if is_room and bare(to) not in self._joined:
             raise DeliveryError(f"xmpp: not in room {to} (yet)")
-        msg = client.make_message(mto=JID(to), mbody=text, mtype="groupchat" if is_room else "chat")
+        return client, to, "groupchat" if is_room else "chat"
+
+    def _message_to(self, chat_id: str, body: str, key: str) -> Message:
+        client, to, kind = self._target(chat_id)
+        msg = client.make_message(mto=JID(to), mbody=body, mtype=kind)
         if key:
             msg["id"] = key  # the same id on a retry lets receivers drop the duplicate
-        msg.send()
+        return msg
+
+    async def send(self, chat_id: str, text: str, key: str = "") -> None:
+        self._message_to(chat_id, text, key).send()
 
     async def send_file(
         self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
     ) -> None:
-        raise FilesUnsupported("XMPP file upload (XEP-0363) is not supported")
+        """Upload through the server's HTTP File Upload service, share the link with
+        out-of-band data (clients then show images inline), then the caption as text."""
+        client, _, _ = self._target(chat_id)  # not connected, not in the room: retry later
+        url = await self._files.upload(client, path, name, key)
+        msg = self._message_to(chat_id, url, key)
+        oob = ET.SubElement(msg.xml, f"{{{OOB_NS}}}x")
+        ET.SubElement(oob, f"{{{OOB_NS}}}url").text = url
+        msg.send()
+        if caption.strip():
+            await self.send(chat_id, caption, f"{key}-caption" if key else "")
 
     async def set_typing(self, chat_id: str, typing: bool) -> None:
         client = self._client

@@ -20,6 +20,7 @@ class Seen:
     body: str
     delayed: bool
     real_jid: str = ""  # an occupant's real bare JID, when the room reveals it
+    urls: tuple[str, ...] = ()  # shared links (XEP-0066 out-of-band data)
 
 
 def ignore_reason(seen: Seen, own_bare: str, own_nick: str, rooms: set[str]) -> str | None:
@@ -28,7 +29,7 @@ def ignore_reason(seen: Seen, own_bare: str, own_nick: str, rooms: set[str]) -> 
         return "error stanza"
     if seen.kind == "headline":
         return "headline"
-    if not seen.body.strip():
+    if not seen.body.strip() and not seen.urls:
         return "no body (chat state, receipt or subject)"
     if seen.from_bare == own_bare:
         return "from our own account"
@@ -60,6 +61,15 @@ def sender_of(seen: Seen, rooms: set[str]) -> tuple[str, str]:
 def addressed(body: str, nick: str) -> bool:
     """ "Andy: ..." or "Andy, ..." (any case) addresses the bot in a room."""
     return bool(re.match(rf"^\s*{re.escape(nick)}\s*[:,]", body, re.IGNORECASE))
+
+
+def sender_domain(seen: Seen, rooms: set[str]) -> str:
+    """The sender's own server, when known: a room occupant's only if the room reveals it."""
+    if seen.real_jid:
+        return seen.real_jid.rsplit("@", 1)[-1]
+    if seen.kind == "groupchat" or seen.from_bare in rooms:
+        return ""
+    return seen.from_bare.rsplit("@", 1)[-1]
 
 
 def bare(jid: str) -> str:

@@ -3,6 +3,8 @@
 `Prosody(tmp_dir).start()` renders a config into tmp_dir, runs `prosody -F` on a free
 127.0.0.1 port (plus a direct-TLS port and a test CA when tls=True) and waits for the port.
 Accounts are made with prosodyctl. `Client.connect(...)` logs in and records every message.
+With upload_limit, HTTP File Upload (mod_http_file_share) serves upload.<domain> over plain
+HTTP on loopback, its links naming http://<domain>:<http_port>/.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import socket
 import string
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +49,11 @@ c2s_interfaces = { "127.0.0.1" }
 c2s_ports = { $port }
 s2s_ports = {}
 component_ports = {}
-http_ports = {}
+http_ports = { $http_ports }
+http_interfaces = { "127.0.0.1" }
 https_ports = {}
 modules_enabled = { "roster", "saslauth", "tls", "disco", "carbons", "ping", "register", "posix" }
-modules_disabled = { "s2s", "s2s_auth_certs", "http" }
+modules_disabled = { "s2s", "s2s_auth_certs"$no_http }
 authentication = "internal_hashed"
 storage = "internal"
 allow_registration = false
@@ -63,7 +67,13 @@ Component $muc "muc"
   restrict_room_creation = false
   muc_room_default_persistent = $persistent
   muc_room_default_public_jids = $public_jids
-""")
+$upload""")
+_UPLOAD = """
+Component $upload_host "http_file_share"
+  http_host = $domain
+  http_file_share_size_limit = $limit
+  http_file_share_daily_quota = $quota
+"""
 _PLAIN = "c2s_require_encryption = false\nallow_unencrypted_plain_auth = true"
 _TLS = """$ssl
 c2s_require_encryption = true
@@ -96,11 +106,15 @@ class Prosody:
         tls: bool = False,
         persistent_rooms: bool = True,
         public_jids: bool = True,
+        upload_limit: int | None = None,
     ) -> None:
         self.dir = Path(tmp_dir)
         self.domain, self.muc, self.tls = domain, muc, tls
         self.persistent_rooms = persistent_rooms
         self.public_jids = public_jids
+        self.upload_limit = upload_limit
+        self.upload_host = f"upload.{domain}"
+        self.http_port: int | None = None
         self.config = self.dir / "prosody.cfg.lua"
         self.data = self.dir / "data"
         self.log = self.dir / "prosody.log"
@@ -116,6 +130,7 @@ class Prosody:
     def _pick_ports(self) -> None:
         self.port = free_port()
         self.tls_port = free_port() if self.tls else None
+        self.http_port = free_port() if self.upload_limit is not None else None
 
     def jid(self, user: str) -> str:
         return f"{user}@{self.domain}"
@@ -189,6 +204,15 @@ class Prosody:
         v.update(port=str(self.port), tls_port=str(self.tls_port), ssl="")
         v["persistent"] = str(self.persistent_rooms).lower()
         v["public_jids"] = str(self.public_jids).lower()
+        v.update(http_ports="", no_http=', "http"', upload="")
+        if self.upload_limit is not None:
+            v.update(http_ports=str(self.http_port), no_http="")
+            v["upload"] = string.Template(_UPLOAD).substitute(
+                upload_host=_lua(self.upload_host),
+                domain=v["domain"],
+                limit=str(self.upload_limit),
+                quota=str(self.upload_limit * 100),
+            )
         if self.tls:
             key, cert = self._make_certs()
             v["ssl"] = f"ssl = {{ key = {_lua(key)}, certificate = {_lua(cert)} }}"
@@ -220,7 +244,7 @@ class Prosody:
                 start_new_session=True,
             )
         _RUNNING.add(self)
-        ports = {"c2s": self.port, "c2s_direct_tls": self.tls_port}
+        ports = {"c2s": self.port, "c2s_direct_tls": self.tls_port, "http": self.http_port}
         # Our own log line first: a TCP probe alone would also succeed if another process
         # held the port (Prosody then logs "Failed to open server port" and keeps running).
         wanted = [f"service '{n}' on [127.0.0.1]:{p}\n".encode() for n, p in ports.items() if p]
@@ -310,6 +334,7 @@ class Received:
     to_jid: str = ""
     carbon: str = ""
     error: str = ""
+    oob: str = ""  # the out-of-band link (XEP-0066), as a shared file carries it
 
 
 class ConnectError(ConnectionError):
@@ -399,6 +424,7 @@ class Client:
             to_jid=str(msg["to"]),
             carbon=carbon,
             error=msg["error"]["condition"] if msg["type"] == "error" else "",
+            oob=msg.xml.findtext("{jabber:x:oob}x/{jabber:x:oob}url") or "",
         )
         self.messages.append(item)
         self.queue.put_nowait(item)
@@ -408,11 +434,24 @@ class Client:
         """Ping our server: everything we sent before has been processed."""
         await self.xmpp.plugin["xep_0199"].ping(JID(self.server.domain), timeout=timeout)
 
-    def send_chat(self, to: str, body: str, *, chat_state: str | None = None) -> None:
+    def send_chat(
+        self, to: str, body: str, *, chat_state: str | None = None, oob: str | None = None
+    ) -> None:
+        """oob: share a link as clients share an uploaded file (body usually the link too)."""
         msg = self.xmpp.make_message(mto=JID(to), mbody=body, mtype="chat")
         if chat_state:
             msg["chat_state"] = chat_state
+        if oob is not None:
+            x = ET.SubElement(msg.xml, "{jabber:x:oob}x")
+            ET.SubElement(x, "{jabber:x:oob}url").text = oob
         msg.send()
+
+    async def upload(self, path: Path, timeout: float = 20.0) -> str:
+        """Upload through our server's HTTP File Upload service; the GET URL."""
+        if "xep_0363" not in self.xmpp.plugin:
+            self.xmpp.register_plugin("xep_0363")
+        url = await self.xmpp.plugin["xep_0363"].upload_file(path, timeout=timeout)
+        return str(url)
 
     async def join_room(
         self, room_jid: str, nick: str | None = None, *, history: int | None = None
