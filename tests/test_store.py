@@ -207,6 +207,27 @@ async def test_group_settings_round_trip(store: Store) -> None:
     assert await store.remove_group("work") is False
 
 
+async def test_provider_budget_and_vision_settings_round_trip(store: Store) -> None:
+    """Migration 10's columns: each one saved and read back, and changed on a second save."""
+    fields: dict[str, Any] = {
+        "provider": "openai-compatible",
+        "fallback_models": ("claude-haiku-4-5", "gpt-5-mini"),
+        "daily_requests": 40,
+        "daily_tokens": 0,
+        "daily_cost": 2.5,
+        "vision": False,
+    }
+    await add_group(store, "work", "tg:-1", **fields)
+    group = await store.group("work")
+    assert group is not None
+    assert {k: getattr(group, k) for k in fields} == fields
+    await add_group(store, "work", "tg:-1")  # back to the defaults
+    again = await store.group("work")
+    assert again is not None and again.provider is None and again.fallback_models == ()
+    assert (again.daily_requests, again.daily_tokens, again.daily_cost) == (None, None, None)
+    assert again.vision is True
+
+
 async def test_advance_cursor_never_moves_backwards(store: Store) -> None:
     await add_group(store, "work", "tg:-1")
     await store.advance_cursor("work", 10)
