@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import mimetypes
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,30 @@ from nio import (
     RoomGetEventResponse,
     RoomSendResponse,
     SyncResponse,
-    UploadResponse,
     WhoamiResponse,
 )
 
 from channels.markdown import to_html
-from channels.matrix_event import normalise, reply_target
+from channels.matrix_event import content_of, normalise, reply_target
+from channels.matrix_media import (
+    Uploads,
+    attachment_of,
+    caption_fits,
+    download,
+    file_content,
+    mimetype_of,
+)
+from channels.picture import probe
 from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
 from nanoclaw.errors import DeliveryError, PermanentDeliveryError
+from nanoclaw.models import Attachment
 from nanoclaw.store.db import now_ms
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_MS = 30_000
 TYPING_MS = 30_000
-UPLOAD_TIMEOUT_S = 300
 PERMANENT = ("M_FORBIDDEN", "M_NOT_FOUND", "M_TOO_LARGE")  # retrying cannot help
 MAX_PAIRING_ROOMS = 20  # strangers' rooms joined at once while a pairing code is live
 ENCRYPTED_NOTICE = (
@@ -65,7 +73,7 @@ class MatrixChannel:
         self._state: dict[str, Any] = {}
         self._inbound: Inbound | None = None
         self._client: AsyncClient | None = None
-        self._uploaded: dict[str, str] = {}  # idempotency key -> mxc:// URL
+        self._uploads = Uploads(refusal)
         self._background = Background("matrix")
         self.ready = asyncio.Event()
 
@@ -216,9 +224,20 @@ class MatrixChannel:
             room_name=name,
             is_group=(room.member_count if room else 3) > 2,
             replied_to_sender=replied,
+            attachments=self._attachments(content_of(event)),
         )
         if msg is not None:
             await self._inbound.message(msg)
+
+    def _attachments(self, content: dict[str, Any]) -> tuple[Attachment, ...]:
+        """The media the event carries, fetched (later, by the ingest) with the current token."""
+        found = attachment_of(content, self._download)
+        return (found,) if found is not None else ()
+
+    def _download(self, uri: str) -> AsyncIterator[bytes]:
+        client = self._client
+        assert client is not None  # events arrive only after the login
+        return download(client.homeserver, client.access_token, uri)
 
     async def _sender_of(self, room_id: str, event_id: str) -> str | None:
         assert self._client is not None
@@ -255,50 +274,23 @@ class MatrixChannel:
     async def send_file(
         self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
     ) -> None:
-        """Upload to the media repository, post an m.file (m.image), then the caption as text.
+        """Upload to the media repository and post one m.image/m.audio/m.video/m.file event
+        with the caption in it (a caption too long for one event follows as text).
 
         A retry with the same `key` reuses the upload and posts each event once.
         """
         client = self._ready()
         room_id = chat_id.removeprefix("mx:")
-        mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         try:
             size = (await asyncio.to_thread(path.stat)).st_size
         except OSError as exc:
             raise PermanentDeliveryError(f"matrix: no file to upload at {path}") from exc
-        url = self._uploaded.get(key) if key else None
-        if url is None:
-            url = await self._upload(client, path, name, mimetype, size)
-            if key:
-                self._uploaded[key] = url
-                while len(self._uploaded) > 100:
-                    del self._uploaded[next(iter(self._uploaded))]
-        content = {
-            "msgtype": "m.image" if mimetype.startswith("image/") else "m.file",
-            "body": name,
-            "filename": name,
-            "url": url,
-            "info": {"size": size, "mimetype": mimetype},
-            "m.mentions": {},
-        }
-        await self._send(room_id, content, key)
-        if caption.strip():
+        picture = await asyncio.to_thread(probe, path)
+        mimetype = mimetype_of(name, picture)
+        url = await self._uploads.url(client, path, name, mimetype, size, key)
+        await self._send(room_id, file_content(url, name, size, caption, picture), key)
+        if caption.strip() and not caption_fits(caption):
             await self.send(chat_id, caption, f"{key}-caption" if key else "")
-
-    async def _upload(
-        self, client: AsyncClient, path: Path, name: str, mimetype: str, size: int
-    ) -> str:
-        """The file's mxc:// URL; nio reads the file lazily, in a thread."""
-        try:
-            async with asyncio.timeout(UPLOAD_TIMEOUT_S):  # nio's upload has no timeout
-                resp, _ = await client.upload(
-                    lambda *_: path, content_type=mimetype, filename=name, filesize=size
-                )
-        except (ClientError, TimeoutError, OSError) as exc:
-            raise DeliveryError(f"matrix upload failed: {exc}") from exc
-        if isinstance(resp, UploadResponse):
-            return str(resp.content_uri)
-        raise refusal(resp)
 
     async def post_progress(self, chat_id: str, text: str) -> str:
         """The progress message (`progress=on`): a plain notice; its event id to replace it by."""

@@ -1,8 +1,8 @@
 """Matrix room events to nanoclaw's normalised form, as pure functions over event JSON.
 
 Reads the raw event (`event.source`), so it does not depend on matrix-nio's classes: the
-body (a media caption first, then a placeholder for the media), the reply fallback split
-off, and the mention signals.
+body (a media event's caption, with a placeholder for the media only when the channel could
+not make it an Attachment), the reply fallback split off, and the mention signals.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from nanoclaw.models import InboundMessage
+from nanoclaw.models import Attachment, InboundMessage
 
 # origin_server_ts is whatever a (federated, maybe hostile) server claims: keep 0 (unknown)
 # unless it is a time the store and the prompt can hold (up to the end of year 9999).
@@ -50,6 +50,15 @@ def body_of(content: dict[str, Any], sender_name: str) -> str | None:
         name = f": {body}" if body and msgtype != "m.location" else ""
         return PLACEHOLDERS[msgtype].format(name=name)
     return None  # m.notice (by convention, bots do not answer bots) and unknown types
+
+
+def caption_of(content: dict[str, Any]) -> str:
+    """A media event's caption: its body when a different `filename` stands beside it (Matrix
+    1.10); otherwise the body is the file's name and there is no caption."""
+    body, filename = content.get("body"), content.get("filename")
+    if isinstance(body, str) and isinstance(filename, str) and filename and body != filename:
+        return body
+    return ""
 
 
 def split_reply_fallback(body: str) -> tuple[str, str, str]:
@@ -101,8 +110,10 @@ def normalise(
     room_name: str,
     is_group: bool,
     replied_to_sender: str | None = None,
+    attachments: tuple[Attachment, ...] = (),
 ) -> InboundMessage | None:
-    """None for events that must not reach the store (ours, notices, non-messages)."""
+    """None for events that must not reach the store (ours, notices, non-messages).
+    With `attachments` (the media the channel made of the event), the text is the caption."""
     sender = event.get("sender")
     event_id = event.get("event_id")
     if event.get("type") != "m.room.message" or sender == me:
@@ -110,8 +121,8 @@ def normalise(
     if not isinstance(sender, str) or not isinstance(event_id, str):
         return None
     content = content_of(event)
-    body = body_of(content, sender_name)
-    if not body:
+    body = caption_of(content) if attachments else (body_of(content, sender_name) or "")
+    if not body and not attachments:
         return None
     quoted_sender, quoted, text = split_reply_fallback(body)
     if not reply_target(content):
@@ -130,6 +141,7 @@ def normalise(
         reply_to_bot=replied_to_sender == me,
         reply_to_sender=_text(quoted_sender or (replied_to_sender or "")),
         reply_to_text=_text(quoted),
+        attachments=attachments,
     )
 
 

@@ -36,6 +36,7 @@ from aiogram.types import FSInputFile, Message, Update
 from aiohttp import ClientError, web
 
 from channels.markdown import to_html, to_plain, visible_length
+from channels.picture import photo_at
 from channels.telegram_message import BotIdentity, command, normalise
 from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
@@ -245,17 +246,20 @@ class TelegramChannel:
     async def send_file(
         self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
     ) -> None:
-        """One sendDocument; Telegram has no idempotency key, so `key` is unused."""
+        """One sendPhoto for a picture within its limits (sendDocument if Telegram cannot
+        process it), else one sendDocument; Telegram has no idempotency key: `key` is unused."""
         bot, chat, thread = self._target(chat_id)
         if not await asyncio.to_thread(path.is_file):
             raise PermanentDeliveryError(f"telegram: no file to upload at {path}")
-        document = FSInputFile(path, filename=name)
+        upload = FSInputFile(path, filename=name)
         text, html = fit_caption(caption)
+        as_photo = await asyncio.to_thread(photo_at, path)
 
         async def call(body: str, mode: str | None) -> None:
-            await bot.send_document(
+            send = bot.send_photo if as_photo else bot.send_document
+            await send(
                 chat,
-                document,
+                upload,
                 caption=body or None,
                 parse_mode=mode if body else None,
                 message_thread_id=thread,
@@ -263,7 +267,14 @@ class TelegramChannel:
             )
 
         with delivery_errors():
-            await _markup_or_plain(chat_id, text, html, call)
+            try:
+                await _markup_or_plain(chat_id, text, html, call)
+            except TelegramBadRequest as exc:
+                if not (as_photo and photo_refused(exc)):
+                    raise
+                log.warning("telegram: %s is no photo to Telegram (%s); sending a file", name, exc)
+                as_photo = False
+                await _markup_or_plain(chat_id, text, html, call)
 
     async def post_progress(self, chat_id: str, text: str) -> str:
         """The progress message (`progress=on`), plain text; its message id to edit it by."""
@@ -320,6 +331,12 @@ class TelegramChannel:
         tmp = self._state_path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, self._state_path)
+
+
+def photo_refused(exc: TelegramBadRequest) -> bool:
+    """Telegram could not make a photo of it (PHOTO_INVALID_DIMENSIONS, IMAGE_PROCESS_FAILED,
+    ...): the same bytes still go as a document."""
+    return any(code in str(exc) for code in ("PHOTO_", "IMAGE_PROCESS_FAILED"))
 
 
 def fit_caption(caption: str) -> tuple[str, bool]:
