@@ -15,7 +15,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
     TelegramBadRequest,
-    TelegramEntityTooLarge,
-    TelegramForbiddenError,
     TelegramNetworkError,
-    TelegramNotFound,
     TelegramRetryAfter,
     TelegramServerError,
     TelegramUnauthorizedError,
@@ -35,26 +32,24 @@ from aiogram.exceptions import (
 from aiogram.types import FSInputFile, Message, Update
 from aiohttp import ClientError, web
 
-from channels.markdown import to_html, to_plain, visible_length
 from channels.picture import photo_at
-from channels.telegram_message import BotIdentity, command, normalise
+from channels.telegram_message import BotIdentity, MediaRef, command, normalise
+from channels.telegram_send import delivery_errors, fit_caption, markup_or_plain, photo_refused
 from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
 from nanoclaw.errors import DeliveryError, PermanentDeliveryError
+from nanoclaw.media.saver import MediaRefused, human
+from nanoclaw.models import Fetch
 
 log = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 25
 TYPING_EVERY_S = 4.5
 ALLOWED_UPDATES = ["message"]
-MAX_CAPTION = 1024  # UTF-16 units of visible text
 UPLOAD_TIMEOUT_S = 300
-REFUSED = (  # retrying cannot help: the chat or the bot is gone, or the file too big
-    TelegramForbiddenError,
-    TelegramNotFound,
-    TelegramUnauthorizedError,
-    TelegramEntityTooLarge,
-)
+DOWNLOAD_TIMEOUT_S = 300
+GETFILE_MAX = 20 * 1024 * 1024  # the Bot API serves files to bots up to 20 MB
+TOO_BIG = "Telegram's Bot API gives bots files up to 20 MB only"
 
 
 class TelegramChannel:
@@ -164,7 +159,7 @@ class TelegramChannel:
             await self._inbound.folder_of(chat_id) is not None
         )
         cmd = command(msg, self._me.username)
-        normalised = normalise(msg, self._me) if cmd is None else None
+        normalised = normalise(msg, self._me, self._fetcher) if cmd is None else None
         if normalised is None:  # a stored message records its chat; anything else must too
             name = msg.chat.title or msg.chat.full_name or str(msg.chat.id)
             await self._inbound.chat_seen(chat_id, name, msg.chat.type != "private")
@@ -177,6 +172,28 @@ class TelegramChannel:
         elif normalised is not None:
             log.debug("telegram: chat %s is not registered; only pairing is heard", chat_id)
             await self._inbound.unserved(normalised)
+
+    def _fetcher(self, ref: MediaRef) -> Fetch:
+        """The download of one file: getFile, then the file URL of the Bot API server."""
+
+        async def fetch() -> AsyncIterator[bytes]:
+            assert self._bot is not None
+            bot = self._bot
+            if ref.size is not None and ref.size > GETFILE_MAX:
+                raise MediaRefused(f"{ref.name} is {human(ref.size)}; {TOO_BIG}")
+            try:
+                file = await bot.get_file(ref.file_id)
+            except TelegramBadRequest as exc:
+                if "too big" in str(exc).lower():
+                    raise MediaRefused(f"{ref.name}: {TOO_BIG}") from exc
+                raise MediaRefused(f"the download failed (Telegram: {exc.message})") from exc
+            if not file.file_path:
+                raise MediaRefused("Telegram named no file to download")
+            url = bot.session.api.file_url(bot.token, file.file_path)
+            async for chunk in bot.session.stream_content(url, timeout=DOWNLOAD_TIMEOUT_S):
+                yield chunk
+
+        return fetch
 
     async def _answer_command(self, cmd: str, msg: Message) -> None:
         assert self._inbound is not None and self._bot is not None
@@ -241,7 +258,7 @@ class TelegramChannel:
             await bot.send_message(chat, body, parse_mode=mode, message_thread_id=thread)
 
         with delivery_errors():
-            await _markup_or_plain(chat_id, text, html, call)
+            await markup_or_plain(chat_id, text, html, call)
 
     async def send_file(
         self, chat_id: str, path: Path, name: str, caption: str = "", key: str = ""
@@ -268,13 +285,13 @@ class TelegramChannel:
 
         with delivery_errors():
             try:
-                await _markup_or_plain(chat_id, text, html, call)
+                await markup_or_plain(chat_id, text, html, call)
             except TelegramBadRequest as exc:
                 if not (as_photo and photo_refused(exc)):
                     raise
                 log.warning("telegram: %s is no photo to Telegram (%s); sending a file", name, exc)
                 as_photo = False
-                await _markup_or_plain(chat_id, text, html, call)
+                await markup_or_plain(chat_id, text, html, call)
 
     async def post_progress(self, chat_id: str, text: str) -> str:
         """The progress message (`progress=on`), plain text; its message id to edit it by."""
@@ -331,53 +348,6 @@ class TelegramChannel:
         tmp = self._state_path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, self._state_path)
-
-
-def photo_refused(exc: TelegramBadRequest) -> bool:
-    """Telegram could not make a photo of it (PHOTO_INVALID_DIMENSIONS, IMAGE_PROCESS_FAILED,
-    ...): the same bytes still go as a document."""
-    return any(code in str(exc) for code in ("PHOTO_", "IMAGE_PROCESS_FAILED"))
-
-
-def fit_caption(caption: str) -> tuple[str, bool]:
-    """The caption to send and whether as markup: plain and cut short past Telegram's limit."""
-    if visible_length(to_html(caption)) <= MAX_CAPTION:
-        return caption, True
-    units = to_plain(caption).encode("utf-16-le")[: 2 * (MAX_CAPTION - 1)]
-    return units.decode("utf-16-le", errors="ignore") + "…", False
-
-
-async def _markup_or_plain(
-    chat_id: str, text: str, html: bool, call: Callable[[str, str | None], Awaitable[None]]
-) -> None:
-    """`call(text, mode)` with HTML, once more in plain text if Telegram cannot parse it."""
-    if html:
-        try:
-            await call(to_html(text), "HTML")
-            return
-        except TelegramBadRequest as exc:
-            if "parse entities" not in str(exc):
-                raise
-            log.warning("telegram: markup refused for %s (%s); sending plain", chat_id, exc)
-        text = to_plain(text)
-    await call(text, None)
-
-
-@contextlib.contextmanager
-def delivery_errors() -> Iterator[None]:
-    """Telegram's and the network's errors as DeliveryError, or Permanent when retrying is vain."""
-    try:
-        yield
-    except TelegramRetryAfter as exc:
-        raise DeliveryError(f"flood control: {exc}", retry_after=exc.retry_after) from exc
-    except REFUSED as exc:
-        raise PermanentDeliveryError(f"telegram refused: {exc}") from exc
-    except TelegramBadRequest as exc:
-        if "chat not found" in str(exc).lower():
-            raise PermanentDeliveryError(f"telegram: {exc}") from exc
-        raise DeliveryError(f"telegram: {exc}") from exc
-    except (TelegramNetworkError, TelegramServerError, ClientError, TimeoutError) as exc:
-        raise DeliveryError(f"telegram unreachable: {exc}") from exc
 
 
 def create(settings: Settings) -> TelegramChannel:

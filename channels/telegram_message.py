@@ -1,13 +1,14 @@
 """Telegram messages to nanoclaw's normalised form, as pure functions over aiogram types.
 
-Text or caption with a readable placeholder for media after it, the quoted message as reply
-context, and the two platform trigger signals: a mention of the bot and a reply to it.
-A forwarded message is marked with its origin and carries neither signal.
+Text or caption with the message's file as an Attachment (or a readable placeholder), the
+quoted message as reply context, and the two platform trigger signals: a mention of the bot
+and a reply to it. A forwarded message is marked with its origin and carries neither signal.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiogram.types import (
@@ -19,7 +20,7 @@ from aiogram.types import (
     User,
 )
 
-from nanoclaw.models import InboundMessage
+from nanoclaw.models import Attachment, Fetch, InboundMessage, MediaKind
 
 COMMANDS = ("start", "chatid", "ping")
 
@@ -28,6 +29,53 @@ COMMANDS = ("start", "chatid", "ping")
 class BotIdentity:
     id: int
     username: str
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """A file of a message as the Bot API names it: fetched later through getFile."""
+
+    kind: MediaKind
+    file_id: str
+    name: str
+    mime: str
+    size: int | None
+
+
+def media_of(msg: Message) -> MediaRef | None:
+    """The message's one file (a photo in its largest size), or None."""
+    mid = msg.message_id
+    if msg.photo:
+        best = max(msg.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+        return MediaRef("image", best.file_id, f"photo-{mid}.jpg", "image/jpeg", best.file_size)
+    if msg.voice:
+        v = msg.voice
+        return MediaRef("voice", v.file_id, f"voice-{mid}.ogg", v.mime_type or "", v.file_size)
+    if msg.audio:
+        a = msg.audio
+        return MediaRef(
+            "audio", a.file_id, a.file_name or f"audio-{mid}", a.mime_type or "", a.file_size
+        )
+    if msg.video_note:
+        n = msg.video_note
+        return MediaRef("video", n.file_id, f"video-note-{mid}.mp4", "video/mp4", n.file_size)
+    if msg.animation:  # Telegram sets `document` too on an animation: asked first
+        g = msg.animation
+        name = g.file_name or f"animation-{mid}.mp4"
+        return MediaRef("video", g.file_id, name, g.mime_type or "", g.file_size)
+    if msg.video:
+        v2 = msg.video
+        name = v2.file_name or f"video-{mid}.mp4"
+        return MediaRef("video", v2.file_id, name, v2.mime_type or "", v2.file_size)
+    if msg.document:
+        d, mime = msg.document, msg.document.mime_type or ""
+        kind: MediaKind = "image" if mime.startswith("image/") else "file"
+        return MediaRef(kind, d.file_id, d.file_name or f"file-{mid}", mime, d.file_size)
+    return None
+
+
+def attachment(ref: MediaRef, fetcher: Callable[[MediaRef], Fetch]) -> Attachment:
+    return Attachment(ref.kind, ref.name, fetcher(ref), ref.mime, ref.size)
 
 
 def placeholder(msg: Message) -> str:
@@ -114,13 +162,20 @@ def command(msg: Message, username: str) -> str | None:
     return name.lower() if name.lower() in COMMANDS else None
 
 
-def normalise(msg: Message, me: BotIdentity) -> InboundMessage | None:
-    """None for what must not reach the store (messages from bots, service messages)."""
+def normalise(
+    msg: Message, me: BotIdentity, fetcher: Callable[[MediaRef], Fetch] | None = None
+) -> InboundMessage | None:
+    """None for what must not reach the store (messages from bots, service messages).
+
+    With a `fetcher`, a file comes as an Attachment (saved by the ingest, which says what
+    became of it) and the text is the caption alone; without, a placeholder names it."""
     sender = msg.from_user
     if sender is None or sender.is_bot:
         return None
-    text = body(msg)
-    if not text:
+    ref = media_of(msg) if fetcher is not None else None
+    attachments = (attachment(ref, fetcher),) if ref is not None and fetcher is not None else ()
+    text = (msg.caption or "") if attachments else body(msg)
+    if not text and not attachments:
         return None
     quoted = msg.reply_to_message
     # In a forum, every message "replies" to the topic's first message: not a real quote.
@@ -146,4 +201,5 @@ def normalise(msg: Message, me: BotIdentity) -> InboundMessage | None:
         reply_to_bot=origin is None and reply_to_bot,
         reply_to_sender=display_name(quoted.from_user) if quoted else "",
         reply_to_text=body(quoted) if quoted else "",
+        attachments=attachments,
     )

@@ -24,6 +24,7 @@ from nanoclaw.home import ensure_main
 from nanoclaw.ipc.handler import IpcHandler
 from nanoclaw.ipc.watcher import IpcWatcher
 from nanoclaw.live import LiveRuns
+from nanoclaw.media.saver import media_saver
 from nanoclaw.metrics import Metrics
 from nanoclaw.models import MAIN, Group
 from nanoclaw.nixenv import EnvError, Environments
@@ -150,6 +151,7 @@ class Core:
             control=self.control.answer,
             usernames=username_of(channels),
             approve=self.control.approve,
+            media=media_saver(settings),
         )
 
     @classmethod

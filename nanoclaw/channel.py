@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 from nanoclaw import pairing
 from nanoclaw.commands import Approval, Command, parse_approval, parse_command
 from nanoclaw.config import Settings
+from nanoclaw.media.saver import MediaSaver, unsaved, with_media
 from nanoclaw.models import InboundMessage, channel_of, chat_id_problem
 from nanoclaw.store.db import now_ms
 from nanoclaw.store.messages import Store
@@ -139,6 +140,7 @@ class Ingest:
         control: Answer | None = None,
         usernames: Callable[[str], str] = lambda channel: "",
         approve: Approve | None = None,
+        media: MediaSaver | None = None,
     ) -> None:
         self._store = store
         self._wake = wake
@@ -148,15 +150,30 @@ class Ingest:
         self._control = control
         self._usernames = usernames
         self._approve = approve
+        self._media = media
 
     async def message(self, msg: InboundMessage) -> int | None:
         if await self._pair(msg, served=True) or await self._command(msg):
             return None
+        if msg.attachments:
+            msg = await self._save_media(msg)
         msg_id = await self._store.add_message(msg)
         if msg_id is not None:
             self._wake()
             await self._hint(msg)
         return msg_id
+
+    async def _save_media(self, msg: InboundMessage) -> InboundMessage:
+        """Attachments into the group's inbox, said in the text; only for a registered chat
+        (a chat served through an allowlist alone has no folder: nothing is fetched)."""
+        folder = await self._store.folder_of_chat(msg.chat_id)
+        if folder is None:
+            saved = unsaved(msg.attachments, "this chat is not registered to a group")
+        elif self._media is None:
+            saved = unsaved(msg.attachments, "media saving is off here")
+        else:
+            saved = await self._media.save(folder, msg.attachments)
+        return with_media(msg, saved)
 
     async def unserved(self, msg: InboundMessage) -> None:
         await self.chat_seen(msg.chat_id, msg.chat_name, msg.is_group_chat)

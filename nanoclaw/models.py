@@ -101,6 +101,7 @@ class InboundMessage:
     reply_to_sender: str = ""
     reply_to_text: str = ""
     attachments: tuple[Attachment, ...] = ()
+    media: tuple[str, ...] = ()  # images saved for the model (workspace-relative): host-set
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Message:
     reply_to_bot: bool = False
     reply_to_sender: str = ""
     reply_to_text: str = ""
+    media: tuple[str, ...] = ()  # images the model is shown with it (workspace-relative)
 
 
 def stored(msg_id: int, msg: InboundMessage) -> Message:
@@ -132,6 +134,7 @@ def stored(msg_id: int, msg: InboundMessage) -> Message:
         reply_to_bot=msg.reply_to_bot,
         reply_to_sender=msg.reply_to_sender,
         reply_to_text=msg.reply_to_text,
+        media=msg.media,
     )
 
 

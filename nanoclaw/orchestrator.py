@@ -175,7 +175,7 @@ class Orchestrator:
         trusted = self._trusted(group, msgs)
         if not all(trusted.values()):  # marked before the agent reads them: see writer_tainted
             await self._store.taint_run(live.run_id)
-        prompt = build_prompt(msgs, self._rules.zone, trusted)
+        prompt = build_prompt(msgs, self._rules.zone, trusted, vision=group.vision)
         name = ipc_name()
         try:
             live.run.follow_up(name, prompt)
@@ -227,6 +227,7 @@ class Orchestrator:
             self._trusted(group, msgs),
             omitted_before=total - len(msgs),
             already_sent=await self._store.texts_sent_by_unfinished_runs(folder, cursor),
+            vision=group.vision,
         )
         tainted = not all(self._trusted(group, msgs).values())  # untrusted senders in the prompt
         run_id = await self._store.start_run(

@@ -12,6 +12,7 @@ from datetime import datetime
 from html import escape
 from zoneinfo import ZoneInfo
 
+from nanoclaw.agent.vision import images_line
 from nanoclaw.models import Message
 
 PROMPT_BUDGET_CHARS = 60_000
@@ -63,8 +64,13 @@ def build_prompt(
     omitted_before: int = 0,
     budget: int = PROMPT_BUDGET_CHARS,
     already_sent: Sequence[str] = (),
+    vision: bool = True,
 ) -> str:
-    """The user turn for a batch; `omitted_before` counts messages the store did not return."""
+    """The user turn for a batch; `omitted_before` counts messages the store did not return.
+
+    With `vision`, the images saved with the kept messages (host-written, never from their
+    text) follow in the trailer the runner turns into image blocks; without, only the
+    messages' lines name the saved files."""
     rendered = [render_message(m, zone, is_trusted.get(m.sender_id, False)) for m in msgs]
     kept: list[str] = []
     used = 0
@@ -90,7 +96,8 @@ def build_prompt(
             "An earlier attempt to handle these messages was cut short after it had already "
             f"sent these replies; do not send them again:\n{sent}"
         )
-    return "\n\n".join(parts)
+    shown = [p for m in msgs[len(msgs) - len(kept) :] for p in m.media] if vision else []
+    return "\n\n".join(parts) + images_line(shown)
 
 
 UNTRUSTED_TASK = (

@@ -2,7 +2,7 @@
 Owns the aiohttp server thread, pending updates with long polling (the updates are built
 by `telegram_updates.UpdateBuilder`),
 recording of sendMessage / editMessageText / sendDocument (multipart uploads; HTML checks
-from bot_api) / sendChatAction, fault injection."""
+from bot_api) / sendChatAction, fault injection; getFile and downloads in `telegram_files`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from bot_api import (
 )
 from bot_api import check_html as check_html  # re-exported for the tests
 from served import Served
+from telegram_files import FileServer
 from telegram_updates import UpdateBuilder
 
 T = TypeVar("T")
@@ -41,7 +42,7 @@ _WEBHOOK_INFO = {"url": "", "has_custom_certificate": False, "pending_update_cou
 _TRIVIAL: dict[str, Any] = {"setwebhook": True, "getwebhookinfo": _WEBHOOK_INFO}
 
 
-class FakeTelegram(UpdateBuilder):
+class FakeTelegram(UpdateBuilder, FileServer):
     """`with FakeTelegram() as fake:` then `TelegramAPIServer.from_base(fake.base_url)`."""
 
     def __init__(self, token: str = "123456:TEST-token", *, username: str = "andy_bot") -> None:
@@ -60,6 +61,8 @@ class FakeTelegram(UpdateBuilder):
         self._calls: list[tuple[str, dict[str, Any]]] = []
         self._faults: dict[str, deque[ApiError]] = {}
         self._chats: dict[Any, Msg] = {}
+        self._files: dict[str, tuple[str, bytes, int]] = {}  # file_id -> (path, bytes, size)
+        self._downloads: list[str] = []  # file paths fetched, in order
         self._next_update = self._next_message = 1
         self._wake: asyncio.Event | None = None
         self._closing = False
@@ -187,6 +190,7 @@ class FakeTelegram(UpdateBuilder):
         self._wake = asyncio.Event()  # made on the server's loop, where it is awaited
         app = web.Application(client_max_size=MAX_UPLOAD + 1024 * 1024)  # file + other fields
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.*}", self._download)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 

@@ -62,6 +62,10 @@ class UpdateBuilder:
         ids = {"file_id": "F" + secrets.token_hex(8), "file_unique_id": secrets.token_hex(4)}
         return {**ids, "file_size": 2048, **extra}
 
+    def media_message(self, chat_id: int, content: Msg, **o: Unpack[MsgOpts]) -> Msg:
+        """A message with `content` such as {"voice": fake.put_file(data, duration=2)}."""
+        return self._message(chat_id, content, o)
+
     def text_message(self, chat_id: int, text: str, **o: Unpack[MsgOpts]) -> Msg:
         return self._message(chat_id, {"text": text}, o)
 

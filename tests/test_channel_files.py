@@ -19,7 +19,8 @@ from synapse import Human, Seen, Synapse
 
 from channels.markdown import visible_length
 from channels.matrix import MatrixChannel
-from channels.telegram import MAX_CAPTION, TelegramChannel, fit_caption
+from channels.telegram import TelegramChannel
+from channels.telegram_send import MAX_CAPTION, fit_caption
 from channels.terminal import TerminalChannel, file_size
 from channels.xmpp import XmppChannel
 from nanoclaw.channel import Ingest

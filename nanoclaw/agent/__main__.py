@@ -21,6 +21,7 @@ from .model import ModelClient, ModelError
 from .protocol import EGRESS_SOCK, INITIAL_INPUT, INPUT, LLM_SOCK, OUTBOUND, RunConfig, request
 from .relay import start_relay
 from .tools import TOOL_SPECS, Toolbox
+from .vision import image_blocks, joined, split_images, without_images
 
 MAX_STEPS = 40
 WHAT_CAP = 200  # characters of a tool's command or path in its progress event
@@ -106,7 +107,13 @@ class Agent:
         tools = [dict(t) for t in TOOL_SPECS]
         tools[-1]["cache_control"] = {"type": "ephemeral"}
         messages = self.history.load()
-        messages.append({"role": "user", "content": f"[now: {now}]\n{prompt}"})
+        first = len(messages)
+        text, images = split_images(prompt)
+        said = f"[now: {now}]\n{text}"
+        shown = image_blocks(self.workspace, images)
+        messages.append(
+            {"role": "user", "content": [*shown, {"type": "text", "text": said}] if shown else said}
+        )
         final = ""
         for _ in range(MAX_STEPS):
             self.hold()
@@ -130,7 +137,7 @@ class Agent:
             messages.append({"role": "user", "content": [*results, *self._arrived()]})
         else:
             final = final or "I stopped after too many steps; ask me to continue."
-        self.history.save(messages)
+        self.history.save(without_images(messages, first, said))
         return strip_internal(final)
 
     def hold(self) -> None:
@@ -160,8 +167,9 @@ class Agent:
         if not items:
             return []
         self.last_input = items[-1][0]
-        text = "\n\n".join(p for _, p in items)
-        return [{"type": "text", "text": f"[new messages while you were working]\n{text}"}]
+        text, images = split_images(joined([p for _, p in items]))
+        heading = {"type": "text", "text": f"[new messages while you were working]\n{text}"}
+        return [heading, *image_blocks(self.workspace, images)]
 
     def serve(self, prompt: str, idle_timeout: float) -> None:
         while True:
@@ -174,7 +182,7 @@ class Agent:
             items, close = self.inbox.wait(idle_timeout)
             if not items:
                 return
-            prompt = "\n\n".join(p for _, p in items)
+            prompt = joined([p for _, p in items])
             self.last_input = items[-1][0]
             if close:
                 idle_timeout = 0.0

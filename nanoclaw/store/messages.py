@@ -26,21 +26,21 @@ from nanoclaw.store.taskbook import TaskBook
 
 MSG_COLS = (
     "id, chat_id, platform_id, sender_id, sender_name, text, ts_ms, mentions_bot, "
-    "reply_to_bot, reply_to_sender, reply_to_text"
+    "reply_to_bot, reply_to_sender, reply_to_text, media"
 )
 GROUP_COLS = (
     "folder, name, trigger, requires_trigger, network, allowed_senders, mounts, exports, model, "
     "domains, packages, profile, progress, provider, fallback_models, daily_requests, "
     "daily_tokens, daily_cost, vision"
 )
-INSERT_COLS = 10
+INSERT_COLS = 11
 INSERT_HEAD = (
     "INSERT INTO messages (chat_id, platform_id, sender_id, sender_name, text, ts_ms, "
-    "mentions_bot, reply_to_bot, reply_to_sender, reply_to_text) VALUES "
+    "mentions_bot, reply_to_bot, reply_to_sender, reply_to_text, media) VALUES "
 )
 INSERT_MESSAGE = f"{INSERT_HEAD}{value_rows(1, INSERT_COLS)} ON CONFLICT DO NOTHING RETURNING id"
 # Concurrent add_message calls share one multi-row statement (its own transaction), up to
-# this many rows: 2,560 bound values, far below SQLite's limit of 32,766.
+# this many rows: 2,816 bound values, far below SQLite's limit of 32,766.
 GROUP_LIMIT = 256
 
 
@@ -56,6 +56,7 @@ def _values(msg: InboundMessage) -> tuple[object, ...]:
         int(msg.reply_to_bot),
         msg.reply_to_sender,
         msg.reply_to_text,
+        json.dumps(list(msg.media)),
     )
 
 
@@ -72,7 +73,16 @@ def _message(row: Sequence[Any]) -> Message:
         reply_to_bot=bool(row[8]),
         reply_to_sender=row[9],
         reply_to_text=row[10],
+        media=_media(row[11]),
     )
+
+
+def _media(value: object) -> tuple[str, ...]:
+    try:
+        paths = json.loads(value) if isinstance(value, str) else []
+    except ValueError:
+        return ()
+    return tuple(p for p in paths if isinstance(p, str)) if isinstance(paths, list) else ()
 
 
 class Store(Ledger, TaskBook, PairBook, Tape):

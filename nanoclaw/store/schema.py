@@ -298,4 +298,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX model_calls_day ON model_calls (folder, ts_ms);
     CREATE INDEX model_calls_run ON model_calls (run_id);
     """,
+    # 11: the images saved with a message, shown to the model (issue 19): written by the host
+    # only, so the runner attaches images from this and never from text a user typed
+    """
+    ALTER TABLE messages ADD COLUMN media TEXT NOT NULL DEFAULT '[]';
+    """,
 )
