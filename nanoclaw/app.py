@@ -29,6 +29,7 @@ from nanoclaw.metrics import Metrics
 from nanoclaw.models import MAIN, Group
 from nanoclaw.nixenv import EnvError, Environments
 from nanoclaw.orchestrator import Orchestrator, Rules
+from nanoclaw.pricing import load_prices
 from nanoclaw.progress import ToolStep
 from nanoclaw.proxy.budget import Budget
 from nanoclaw.proxy.upstream import upstream_client
@@ -52,7 +53,11 @@ def agent_settings(settings: Settings) -> AgentSettings:
         tz=settings.tz,
         idle_timeout_s=settings.agent_idle_timeout_s,
         timeout_s=settings.agent_timeout_s,
-        budget=Budget(settings.group_daily_requests, settings.group_daily_tokens),
+        budget=Budget(
+            settings.group_daily_requests, settings.group_daily_tokens, settings.group_daily_cost
+        ),
+        prices=load_prices(settings.nanoclaw_prices),
+        provider=settings.llm_provider,
     )
 
 

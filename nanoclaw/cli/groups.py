@@ -141,6 +141,29 @@ def budget_value(key: str, value: str) -> int | float | None:
     return number
 
 
+def budget_text(g: Group, settings: Settings) -> str:
+    """Pure: the group's daily limits, each with where it comes from (its own or a setting)."""
+    limits = (
+        ("requests", g.daily_requests, settings.group_daily_requests),
+        ("tokens", g.daily_tokens, settings.group_daily_tokens),
+        ("cost", g.daily_cost, settings.group_daily_cost),
+    )
+    parts: list[str] = []
+    own: list[str] = []
+    shared: list[str] = []
+    for what, mine, setting in limits:
+        n = setting if mine is None else mine
+        if not n:  # 0, or no GROUP_DAILY_COST
+            parts.append(f"no {what} limit")
+        else:
+            parts.append((f"${n:.2f}" if what == "cost" else f"{n} {what}") + " a day")
+        (shared if mine is None else own).append(what)
+    if not own:
+        return f"{', '.join(parts)} (GROUP_DAILY_REQUESTS, _TOKENS, _COST: every group)"
+    settings_part = f"; GROUP_DAILY_*: {', '.join(shared)}" if shared else ""
+    return f"{', '.join(parts)} (its own: {', '.join(own)}{settings_part})"
+
+
 def show_lines(g: Group, settings: Settings, tasks: list[Task], workspace: Path) -> list[str]:
     """Pure over its inputs: every setting of one group, with the defaults it falls back on."""
 
@@ -152,11 +175,7 @@ def show_lines(g: Group, settings: Settings, tasks: list[Task], workspace: Path)
     else:
         trigger = "not needed: every message from an allowed sender starts a run"
     network = g.network + (f" (domains: {listed(g.domains)})" if g.network == "allowlist" else "")
-    limits = settings.group_daily_requests, settings.group_daily_tokens
-    budget = ", ".join(
-        f"{n} {what} a day" if n else f"no {what} limit"
-        for n, what in zip(limits, ("requests", "tokens"), strict=True)
-    )
+    budget = budget_text(g, settings)
     paused = sum(t.status == "paused" for t in tasks)
     claude_md = workspace / "CLAUDE.md"
     lines = [
@@ -175,7 +194,7 @@ def show_lines(g: Group, settings: Settings, tasks: list[Task], workspace: Path)
         f"packages:        {listed(g.packages)}",
         f"environment:     {environment_line(g)}",
         f"progress:        {PROGRESS_ON if g.progress else PROGRESS_OFF}",
-        f"budget:          {budget} (GROUP_DAILY_REQUESTS, GROUP_DAILY_TOKENS: every group)",
+        f"budget:          {budget}",
         f"tasks:           {len(tasks) - paused} active, {paused} paused",
         f"workspace:       {workspace}" + ("" if claude_md.is_file() else " (no CLAUDE.md)"),
     ]

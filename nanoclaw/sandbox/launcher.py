@@ -20,10 +20,11 @@ import nanoclaw.agent
 from nanoclaw.agent.protocol import Context, RunConfig
 from nanoclaw.agent.relay import RELAY_PORT, proxy_env
 from nanoclaw.layout import Layout
-from nanoclaw.models import Group, Usage
+from nanoclaw.models import Group, ModelCall, Usage
 from nanoclaw.nixenv import Environments, wanted_packages
+from nanoclaw.pricing import PriceTable
 from nanoclaw.proxy.admission import Policy
-from nanoclaw.proxy.budget import Budget, BudgetBook, BudgetGuard
+from nanoclaw.proxy.budget import Budget, BudgetBook, BudgetGuard, group_budget
 from nanoclaw.proxy.intake import BodyPool
 from nanoclaw.proxy.server import ModelProxy
 from nanoclaw.sandbox.egress import EgressProxy
@@ -47,6 +48,8 @@ class AgentSettings:
     idle_timeout_s: float
     timeout_s: float
     budget: Budget = field(default_factory=Budget)  # per group and day; default unlimited
+    prices: PriceTable = field(default_factory=PriceTable)  # the daemon's: load_prices
+    provider: str = "anthropic"  # LLM_PROVIDER: a group's model_calls rows name it
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,17 @@ class Launcher:
             return await self._store.group_usage(group.folder, since_ms, exclude_run=run_id)
 
         a = self._agent
-        guard = BudgetGuard(group.folder, a.budget, ZoneInfo(a.tz), spent, book=self._book)
+        guard = BudgetGuard(
+            group.folder,
+            group_budget(group, a.budget),
+            ZoneInfo(a.tz),
+            spent,
+            book=self._book,
+            run_id=run_id,
+            call=ModelCall(group.provider or a.provider, group.model or a.model),
+            calls=self._store,
+            prices=a.prices,
+        )
         policy = Policy(frozenset({group.model or a.model}), group.network, group.domains)
         label = f"group={group.folder} run={run_id}"
         return ModelProxy(

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from nanoclaw.models import OutboxItem, Reply, RunRecord, Usage
-from nanoclaw.store.db import Database, now_ms
+from nanoclaw.store.calls import CallBook
+from nanoclaw.store.db import now_ms
 
 RUN_COLS = (
     "id, folder, status, started_ms, ended_ms, error, requests, input_tokens, output_tokens, "
@@ -22,8 +23,8 @@ def _run(r: Sequence[Any]) -> RunRecord:
     return RunRecord(r[0], r[1], r[2], r[3], r[4], r[5], Usage(*r[6:11]))
 
 
-class Ledger(Database):
-    """Runs, IPC names and outbox rows."""
+class Ledger(CallBook):
+    """Runs, IPC names and outbox rows (and, from `CallBook`, model calls)."""
 
     async def start_run(
         self,
