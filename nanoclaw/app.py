@@ -32,6 +32,8 @@ from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.pricing import load_prices
 from nanoclaw.progress import ToolStep
 from nanoclaw.proxy.budget import Budget
+from nanoclaw.proxy.openai_upstream import openai_client
+from nanoclaw.proxy.providers import Upstreams
 from nanoclaw.proxy.upstream import upstream_client
 from nanoclaw.retention import Retention
 from nanoclaw.router import Router
@@ -58,12 +60,21 @@ def agent_settings(settings: Settings) -> AgentSettings:
         ),
         prices=load_prices(settings.nanoclaw_prices),
         provider=settings.llm_provider,
+        fallback_models=tuple(settings.nanoclaw_fallback_models),
     )
 
 
-def model_client(settings: Settings) -> AsyncAnthropic:
-    """The daemon's one model client, which every run's proxy sends through; close it."""
-    return upstream_client(settings.anthropic_api_key or SecretStr(""), settings.anthropic_base_url)
+def model_client(settings: Settings) -> Upstreams:
+    """The daemon's model clients, one per provider it can reach, which every run's proxy
+    sends through; close them. OpenAI's with OPENAI_API_KEY (at LLM_BASE_URL when set), an
+    OpenAI-compatible endpoint's with LLM_BASE_URL (its key optional)."""
+    key = settings.openai_api_key
+    base = settings.llm_base_url
+    return Upstreams(
+        upstream_client(settings.anthropic_api_key or SecretStr(""), settings.anthropic_base_url),
+        openai_client(key, base) if key is not None else None,
+        openai_client(key, base) if base is not None else None,
+    )
 
 
 class Core:
@@ -74,7 +85,7 @@ class Core:
         settings: Settings,
         store: Store,
         channels: Mapping[str, Channel],
-        client: AsyncAnthropic,
+        client: AsyncAnthropic | Upstreams,
     ) -> None:
         self.settings = settings
         self.store = store

@@ -334,7 +334,22 @@ def startup_settings(env_arg: Path | None, stream: TextIO) -> Settings:
 
 
 def require_credential(settings: Settings) -> None:
-    """The daemon cannot reach a model without a key: say so before starting."""
+    """The daemon cannot reach a model without its provider's key (an OpenAI-compatible
+    endpoint: its URL, the key optional): say so before starting."""
+    if settings.llm_provider == "openai":
+        if settings.openai_api_key is None or not settings.openai_api_key.get_secret_value():
+            raise ConfigError(
+                "setting OPENAI_API_KEY: missing; LLM_PROVIDER=openai needs your OpenAI key "
+                "in .env (OPENAI_API_KEY=sk-...)"
+            )
+        return
+    if settings.llm_provider == "openai-compatible":
+        if not settings.llm_base_url:
+            raise ConfigError(
+                "setting LLM_BASE_URL: missing; LLM_PROVIDER=openai-compatible needs the "
+                "endpoint's URL in .env (LLM_BASE_URL=http://host:port/v1)"
+            )
+        return
     if settings.anthropic_api_key is None or not settings.anthropic_api_key.get_secret_value():
         raise ConfigError(
             "setting ANTHROPIC_API_KEY: missing; put your Anthropic key in .env "

@@ -19,8 +19,8 @@ from pydantic import SecretStr
 from nanoclaw.agent.protocol import LLM_SOCK
 from nanoclaw.channel import enabled_channels, load_channels
 from nanoclaw.cli import credcheck
-from nanoclaw.config import Settings
-from nanoclaw.errors import SandboxError, StoreError
+from nanoclaw.config import Settings, require_credential
+from nanoclaw.errors import ConfigError, SandboxError, StoreError
 from nanoclaw.nixenv import EnvError, Environments, nix
 from nanoclaw.sandbox.cgroup import RunCgroup
 from nanoclaw.sandbox.launcher import AGENT_CODE
@@ -170,7 +170,14 @@ def _secret(value: SecretStr | None) -> str:
 
 
 async def check_credential(settings: Settings) -> Check:
-    """The key works at the endpoint the proxy forwards to: one free count_tokens call."""
+    """The key works at the endpoint the proxy forwards to: one free count_tokens call.
+    Another provider's settings are only checked to be there (no free call to try)."""
+    if settings.llm_provider != "anthropic":
+        try:
+            require_credential(settings)
+        except ConfigError as exc:
+            return Check(False, str(exc), "see the Providers section of the README")
+        return Check(True, f"LLM_PROVIDER={settings.llm_provider}: its settings are set")
     key = _secret(settings.anthropic_api_key)
     if not key:
         return Check(

@@ -2,29 +2,37 @@
 
 It forwards only the Messages endpoints and only what the run may ask (`admission`), read
 within the limits of `intake`, drops whatever credential the sandbox sends, sends it with the
-daemon's one SDK client (`upstream`, which holds the real key), streams the answer back as it
-comes, and counts each request against the group's daily budget (`budget`, tokens by
-`usage`) before it goes. The key never enters the sandbox.
+daemon's SDK client for the run's provider (`upstream`, `openai_upstream`: they hold the real
+keys; Chat Completions answers are translated back to Messages), falls back along the group's
+model chain on overload (`fallback`), streams the answer back as it comes, and counts each
+request against the group's daily budget (`budget`, tokens by `usage`) before it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 from aiohttp import web
-from anthropic import APIConnectionError, APIStatusError, AsyncAnthropic, AsyncAPIResponse
+from anthropic import AsyncAnthropic
 from httpx2 import HTTPError
 
-from nanoclaw.models import Usage
+from nanoclaw.models import ModelCall, Usage
 from nanoclaw.proxy.admission import Admitted, Policy, Refusal, admit
 from nanoclaw.proxy.budget import BudgetGuard, RunBudget
+from nanoclaw.proxy.fallback import fallback_answered, fallback_log, fallback_note, falls_back
 from nanoclaw.proxy.intake import BodyError, BodyPool, CappedServer, Limits, read_body
+from nanoclaw.proxy.openai_upstream import Translated, open_chat, status_error
+from nanoclaw.proxy.providers import Route, Target, Upstreams
 from nanoclaw.proxy.upstream import failure, never_sent, open_call
 from nanoclaw.proxy.usage import UsageMeter
 
@@ -37,6 +45,12 @@ NO_RETRY = {"x-should-retry": "false"}
 KEEPALIVE_S = 75.0
 TOTAL_S = 900.0  # one request, the SDK's retries and the whole answer streamed back
 MAX_LOGGED = 20  # distinct refusals logged per run: a sandbox cannot flood the log
+StatusError = (anthropic.APIStatusError, openai.APIStatusError)
+ConnectionFailed = (anthropic.APIConnectionError, openai.APIConnectionError, TimeoutError)
+BrokenOff = (HTTPError, OSError, TimeoutError, openai.APIError)  # OSError: the agent hung up
+Answer = anthropic.AsyncAPIResponse[Any] | Translated
+Opened = AbstractAsyncContextManager[Answer]
+OnFallback = Callable[[str], Awaitable[None]]
 
 
 def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
@@ -66,7 +80,7 @@ class ModelProxy:
 
     def __init__(
         self,
-        client: AsyncAnthropic,
+        client: AsyncAnthropic | Upstreams,
         record: Callable[[Usage], Awaitable[None]],
         label: str = "",
         guard: BudgetGuard | None = None,
@@ -74,8 +88,14 @@ class ModelProxy:
         policy: Policy,
         limits: Limits | None = None,
         pool: BodyPool | None = None,
+        route: Route | None = None,
+        on_fallback: OnFallback | None = None,
     ) -> None:
-        self._client = client
+        self._clients = Upstreams.of(client)
+        self._route = route or Route()
+        self._on_fallback = on_fallback
+        self._fell_back = False  # the run noted a fallback already (the chat is told once)
+        self.last_answered: ModelCall | None = None  # who answered the run's last request
         self._label = label
         self._policy = policy
         self._limits = limits or Limits()
@@ -173,60 +193,123 @@ class ModelProxy:
             self._pool.give(size)
 
     async def _send(self, request: web.BaseRequest, admitted: Admitted) -> web.StreamResponse:
-        """Forward an admitted request; a Messages call is reserved first and settled after."""
-        if request.path == COUNT_TOKENS:  # free: no budget
-            return await self._forward(request, admitted, None)
-        over = await self._budget.reserve(admitted.max_tokens)
+        """Forward an admitted request along the group's model chain; a Messages call is
+        reserved once (for the group's model) and settled with whoever answered it."""
+        chain = self._route.chain(self._model_of(admitted))
+        if request.path == COUNT_TOKENS:  # free: no budget, no fallback
+            if chain[0].provider != "anthropic":
+                message = f"nanoclaw: count_tokens is not available with {chain[0].provider}"
+                return self._refuse(404, "not_found_error", message)
+            return await self._forward(request, admitted, chain[:1], None)
+        over = await self._budget.reserve(admitted.max_tokens, chain[0].model)
         if over is not None:
             return self._refuse(429, "rate_limit_error", over)
         try:
-            return await self._forward(request, admitted, self._budget)
+            return await self._forward(request, admitted, chain, self._budget)
         finally:
             self._budget.release(admitted.max_tokens)
 
+    def _model_of(self, admitted: Admitted) -> str:
+        """The model asked: admission let only the policy's through, so with one model in
+        the policy (the usual case) the body need not be parsed again for it."""
+        if len(self._policy.models) == 1:
+            return next(iter(self._policy.models))
+        return str(json.loads(admitted.body)["model"])
+
+    def _open(self, target: Target, admitted: Admitted, counting: bool) -> Opened | None:
+        if target.provider == "anthropic":
+            return open_call(self._clients.anthropic, admitted, counting, target.model)
+        client = self._clients.chat(target.provider)
+        if client is None:
+            return None
+        return open_chat(client, target.provider, target.model, admitted.body)
+
+    def _falling_back(self, chain: tuple[Target, ...], tried: int, status: int) -> None:
+        log.info("proxy %s: %s", self._label, fallback_log(chain[tried], status, chain[tried + 1]))
+
+    async def _answered_by(self, target: Target) -> None:
+        """A fallback answered: the first time in the run, a warning and a line in the chat."""
+        if self._fell_back:
+            return
+        self._fell_back = True
+        log.warning("proxy %s: %s", self._label, fallback_answered(target))
+        if self._on_fallback is not None:
+            await self._on_fallback(fallback_note(target))
+
     async def _forward(
-        self, request: web.BaseRequest, admitted: Admitted, budget: RunBudget | None
+        self,
+        request: web.BaseRequest,
+        admitted: Admitted,
+        chain: tuple[Target, ...],
+        budget: RunBudget | None,
     ) -> web.StreamResponse:
-        """Send through the SDK (which retries 429/5xx as the answer asks) and relay the
-        answer. Errors are the upstream's own, told not to be retried again: the host did."""
+        """Send through the SDK (which retries 429/5xx as the answer asks), the next model of
+        the chain when it still fails, and relay the answer. Errors are the upstream's own,
+        told not to be retried again: the host did."""
         counting = request.path == COUNT_TOKENS
         deadline = asyncio.get_running_loop().time() + TOTAL_S
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                async with asyncio.timeout_at(deadline):  # the SDK's waits between tries too
-                    upstream = await stack.enter_async_context(
-                        open_call(self._client, admitted, counting)
-                    )
+        for tried, target in enumerate(chain):
+            call = self._open(target, admitted, counting)
+            if call is None:
+                self.unreachable = f"no client for provider {target.provider}"
+                return _error(502, "api_error", f"nanoclaw: {self.unreachable}", NO_RETRY)
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    async with asyncio.timeout_at(deadline):  # the SDK's waits between tries too
+                        upstream: Answer = await stack.enter_async_context(call)
+                    self.unreachable = ""
+                    who = ModelCall(target.provider, target.model, tried > 0)
+                    self.last_answered = who
+                    if tried:
+                        await self._answered_by(target)
+                    return await self._relay(request, upstream, budget, deadline, who)
+            except StatusError as exc:
                 self.unreachable = ""
-                return await self._relay(request, upstream, budget, deadline)
-        except APIStatusError as exc:
-            self.unreachable = ""
-            if exc.status_code in (401, 403):  # the key itself: our refusals never get here
-                self.key_refused = exc.status_code
-            headers = {**forwarded(exc.response.headers), **NO_RETRY}
-            return web.Response(body=exc.response.content, status=exc.status_code, headers=headers)
-        except (APIConnectionError, TimeoutError) as exc:
-            # The run's outcome line says it, once: not one warning per try.
-            self.unreachable = failure(exc)
-            log.debug("proxy %s upstream error: %s", self._label, self.unreachable)
-            # Judged by the last try: one that failed to connect after an earlier try was
-            # answered 5xx is refunded too (the answered one cost nothing but a request).
-            if budget is not None and never_sent(exc):
-                await budget.refund()
-            kind = (exc.__cause__ or exc).__class__.__name__
-            # The SDK has tried already: a retry by the runner would multiply the tries.
-            return _error(502, "api_error", f"model endpoint unreachable: {kind}", NO_RETRY)
+                if tried + 1 < len(chain) and falls_back(exc.status_code):
+                    self._falling_back(chain, tried, exc.status_code)
+                    continue
+                return self._status_answer(exc)
+            except ConnectionFailed as exc:
+                return await self._connection_failed(exc, budget)
+        raise AssertionError("a chain has a model")  # pragma: no cover
+
+    def _status_answer(
+        self, exc: anthropic.APIStatusError | openai.APIStatusError
+    ) -> web.StreamResponse:
+        if exc.status_code in (401, 403):  # the key itself: our refusals never get here
+            self.key_refused = exc.status_code
+        if isinstance(exc, openai.APIStatusError):
+            body, headers = status_error(exc)
+        else:
+            body, headers = exc.response.content, forwarded(exc.response.headers)
+        return web.Response(body=body, status=exc.status_code, headers={**headers, **NO_RETRY})
+
+    async def _connection_failed(
+        self, exc: BaseException, budget: RunBudget | None
+    ) -> web.StreamResponse:
+        # The run's outcome line says it, once: not one warning per try.
+        self.unreachable = failure(exc)
+        log.debug("proxy %s upstream error: %s", self._label, self.unreachable)
+        # Judged by the last try: one that failed to connect after an earlier try was
+        # answered 5xx is refunded too (the answered one cost nothing but a request).
+        if budget is not None and never_sent(exc):
+            await budget.refund()
+        kind = (exc.__cause__ or exc).__class__.__name__
+        # The SDK has tried already: a retry by the runner would multiply the tries.
+        return _error(502, "api_error", f"model endpoint unreachable: {kind}", NO_RETRY)
 
     async def _relay(
         self,
         request: web.BaseRequest,
-        upstream: AsyncAPIResponse[Any],
+        upstream: Answer,
         budget: RunBudget | None,
         deadline: float,
+        who: ModelCall,
     ) -> web.StreamResponse:
-        """The answer back to the agent chunk by chunk, its usage counted on the way. Cut
-        short (upstream broke off, or the deadline), the agent's connection is closed
-        without the end of the body, so its client sees a broken reply and retries."""
+        """The answer back to the agent chunk by chunk, its usage counted on the way (a
+        translated answer is counted from the Messages events made of it). Cut short
+        (upstream broke off, or the deadline), the agent's connection is closed without the
+        end of the body, so its client sees a broken reply and retries."""
         headers = forwarded(upstream.headers)
         meter = UsageMeter(headers.get("content-type", ""))
         response = web.StreamResponse(status=upstream.status_code, headers=headers)
@@ -237,10 +320,10 @@ class ModelProxy:
                 async for chunk in upstream.iter_bytes():
                     meter.feed(chunk)
                     await response.write(chunk)
-        except (HTTPError, OSError, TimeoutError) as exc:  # OSError: the agent hung up
+        except BrokenOff as exc:
             broken = str(exc)[:300] or exc.__class__.__name__
         if budget is not None:  # what was streamed before a break counts too
-            await budget.settle(meter.usage())
+            await budget.settle(meter.usage(), who)
         if not broken:
             with contextlib.suppress(OSError):  # the agent hung up at the very end
                 await response.write_eof()

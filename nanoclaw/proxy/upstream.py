@@ -73,11 +73,16 @@ def upstream_client(
     )
 
 
-def open_call(client: AsyncAnthropic, admitted: Admitted, counting: bool) -> Call:
+def open_call(
+    client: AsyncAnthropic, admitted: Admitted, counting: bool, model: str | None = None
+) -> Call:
     """The admitted request as the SDK's streamed raw response: status and headers when
     entered, the body read as it is iterated. The request is plain JSON (nothing in it is a
-    file the SDK would read) and goes as checked: what is not a keyword goes in extra_body."""
+    file the SDK would read) and goes as checked: what is not a keyword goes in extra_body.
+    `model`: a fallback's, instead of the one asked."""
     request: dict[str, Any] = json.loads(admitted.body)
+    if model is not None:
+        request["model"] = model
     headers = {"anthropic-beta": admitted.betas} if admitted.betas else None
     stream = client.messages.with_streaming_response
     if counting:  # max_tokens, when sent, goes as it came, in extra_body

@@ -26,6 +26,7 @@ from nanoclaw.pricing import PriceTable
 from nanoclaw.proxy.admission import Policy
 from nanoclaw.proxy.budget import Budget, BudgetBook, BudgetGuard, group_budget
 from nanoclaw.proxy.intake import BodyPool
+from nanoclaw.proxy.providers import ProviderName, Upstreams, group_route
 from nanoclaw.proxy.server import ModelProxy
 from nanoclaw.sandbox.egress import EgressProxy
 from nanoclaw.sandbox.plan import NixMount, SandboxPlan, nix_mount, write_etc
@@ -49,7 +50,8 @@ class AgentSettings:
     timeout_s: float
     budget: Budget = field(default_factory=Budget)  # per group and day; default unlimited
     prices: PriceTable = field(default_factory=PriceTable)  # the daemon's: load_prices
-    provider: str = "anthropic"  # LLM_PROVIDER: a group's model_calls rows name it
+    provider: ProviderName = "anthropic"  # LLM_PROVIDER: a group's own overrides it
+    fallback_models: tuple[str, ...] = ()  # NANOCLAW_FALLBACK_MODELS: likewise
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class Launcher:
         store: Store,
         layout: Layout,
         agent: AgentSettings,
-        client: AsyncAnthropic,
+        client: AsyncAnthropic | Upstreams,
         runtime: Runtime | None = None,
         egress: EgressFactory = group_egress,
         envs: Environments | None = None,
@@ -118,9 +120,10 @@ class Launcher:
             nix=nix,
         )
 
-    def model_proxy(self, group: Group, run_id: int) -> ModelProxy:
+    def model_proxy(self, group: Group, run_id: int, chat_id: str = "") -> ModelProxy:
         """The run's proxy: usage goes to the run's row, the budget is the group's of today,
-        the model the group's own, server tools only as far as its network policy goes."""
+        the model the group's own (then its fallbacks, the chat told once when one answers),
+        server tools only as far as its network policy goes."""
 
         async def record(usage: Usage) -> None:
             await self._store.add_usage(run_id, usage)
@@ -143,6 +146,12 @@ class Launcher:
         )
         policy = Policy(frozenset({group.model or a.model}), group.network, group.domains)
         label = f"group={group.folder} run={run_id}"
+        route = group_route(group.provider, group.fallback_models, a.provider, a.fallback_models)
+
+        async def fell_back(note: str) -> None:
+            if chat_id:
+                await self._store.enqueue_reply(group.folder, chat_id, note)
+
         return ModelProxy(
             self._client,
             record,
@@ -150,6 +159,8 @@ class Launcher:
             guard,
             policy=policy,
             pool=self._bodies,
+            route=route,
+            on_fallback=fell_back,
         )
 
     async def environment(self, group: Group, chat_id: str = "") -> NixMount | None:
@@ -192,7 +203,7 @@ class Launcher:
         options: RunOptions = MESSAGE_RUN,
     ) -> AgentRun:
         plan = await self.prepare(group, options.chat_id)
-        proxy = self.model_proxy(group, run_id)
+        proxy = self.model_proxy(group, run_id, options.chat_id)
         a = self._agent
         allowlist = group.network == "allowlist"
         idle_s = a.idle_timeout_s if options.idle_timeout_s is None else options.idle_timeout_s
