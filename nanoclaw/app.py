@@ -120,10 +120,11 @@ class Core:
         envs = Environments(layout, settings.nanoclaw_nixpkgs)
         # Unlisted hosts of allowlist runs are asked about in main's chat (`/allow`, `/deny`).
         self.approvals = Approvals(self._ask_main, store)
+        agent = agent_settings(settings)  # the price table is read once, here
         self.launcher = Launcher(
             store,
             layout,
-            agent_settings(settings),
+            agent,
             client,
             egress=self.approvals.egress,
             envs=envs,
@@ -149,10 +150,11 @@ class Core:
         self.control = Control(
             store,
             self.orchestrator,
-            budget=agent_settings(settings).budget,
+            budget=agent.budget,
             zone=settings.zone,
             channels=channels,
             approvals=self.approvals,
+            prices=agent.prices,
         )
         self.scheduler = Scheduler(
             store, layout.ipc, settings.zone, self.orchestrator.task_due, changes=task_changes

@@ -24,9 +24,10 @@ from nanoclaw.commands import (
 )
 from nanoclaw.models import channel_of
 from nanoclaw.orchestrator import Orchestrator
+from nanoclaw.pricing import PriceTable, priced
 from nanoclaw.progress import ToolStep, running_line
 from nanoclaw.progress_message import EditsMessages, ProgressPosts
-from nanoclaw.proxy.budget import Budget, budget_tokens, day_start
+from nanoclaw.proxy.budget import Budget, budget_tokens, day_start, group_budget
 from nanoclaw.sandbox.egress import parse_domains
 from nanoclaw.store.messages import Store
 
@@ -40,9 +41,12 @@ class ShowsProgress(Protocol):
     def progress(self, chat_id: str, line: str) -> None: ...
 
 
-def budget_left(budget: Budget, requests: int, tokens: int) -> str:
-    """ "1,200 tokens, 14 requests" of what is left today; "" when the group has no limit."""
+def budget_left(budget: Budget, requests: int, tokens: int, usd: float = 0.0) -> str:
+    """ "$1.20, 1,200 tokens, 14 requests" of what is left today; "" when the group has no
+    limit."""
     parts = []
+    if budget.cost:
+        parts.append(f"${max(0.0, budget.cost - usd):,.2f}")
     if budget.tokens:
         parts.append(f"{max(0, budget.tokens - tokens):,} tokens")
     if budget.requests:
@@ -64,10 +68,12 @@ class Control:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         approvals: Approvals | None = None,
         posts: ProgressPosts | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self._store = store
         self._orch = orchestrator
         self._budget = budget
+        self._prices = prices or PriceTable()
         self._zone = zone
         self._channels = channels or {}
         self._clock = clock
@@ -141,10 +147,14 @@ class Control:
     async def status(self, folder: str) -> Status:
         live = self._orch.live.get(folder)
         now = self._clock()
-        used = await self._store.group_usage(
-            folder, int(day_start(now, self._zone).timestamp() * 1000)
-        )
-        left = budget_left(self._budget, used.requests, budget_tokens(used))
+        since_ms = int(day_start(now, self._zone).timestamp() * 1000)
+        used = await self._store.group_usage(folder, since_ms)
+        group = await self._store.group(folder)
+        budget = self._budget if group is None else group_budget(group, self._budget)
+        usd = 0.0
+        if budget.cost:
+            usd, _ = priced(self._prices, await self._store.calls_since(folder, since_ms))
+        left = budget_left(budget, used.requests, budget_tokens(used), usd)
         tasks = [t for t in await self._store.tasks(folder) if t.status == "active"]
         due = [t for t in tasks if t.next_run_ms is not None]
         next_task = ""

@@ -23,7 +23,7 @@ from nanoclaw.prompt import build_prompt, task_prompt
 from nanoclaw.queue import GroupQueue
 from nanoclaw.sandbox.gate import Gate
 from nanoclaw.sandbox.launcher import RunOptions
-from nanoclaw.sandbox.run import HELD, KEY_REFUSED
+from nanoclaw.sandbox.run import HELD
 from nanoclaw.schedule.tasks import TaskRun
 from nanoclaw.store.messages import Store
 from nanoclaw.supervisor import Stopped, Supervisor
@@ -243,7 +243,7 @@ class Orchestrator:
             return True
         if outcome.status in HELD:  # no retry: the batch waits for the next message
             self._held[folder] = live.given_upto
-            why = KEY_REFUSED if outcome.status == "auth" else outcome.error
+            why = outcome.error  # the refused key names its setting, the build its failure
             if self._budget_notes.get(folder) != why:  # told once, not per message
                 self._budget_notes[folder] = why
                 text = f"(I cannot answer now: {why}.)"

@@ -3,6 +3,8 @@ while a tool runs, /pause then /resume; who may command; the terminal's progress
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from conftest import Running, line, wait_for
 from fake_anthropic import FakeAnthropic
 from test_scheduled import drop, finished_runs, soon
@@ -10,7 +12,7 @@ from test_scheduled import drop, finished_runs, soon
 from channels.repl import CONTROL_BESIDE_DAEMON, TerminalChat
 from nanoclaw.channel import Ingest, Welcome
 from nanoclaw.commands import Command
-from nanoclaw.models import Group
+from nanoclaw.models import Group, ModelCall, Usage
 from nanoclaw.store.messages import Store
 
 
@@ -152,3 +154,19 @@ async def test_telegram_form_counts_only_for_this_bot(store: Store) -> None:
     assert await ingest.message(line("/stop", "tg:-100", "tg:2")) is not None  # not allowed
     assert await ingest.message(line("/stop", "tg:-200", "tg:1")) is not None  # no group's
     assert len(asked) == 1
+
+
+async def test_status_counts_the_groups_own_budget_in_money(running: Running) -> None:
+    """/status gives what is left of the group's own limits: money from its priced calls."""
+    main = await running.store.group("main")
+    assert main is not None
+    await running.store.save_group(replace(main, daily_cost=1.0, daily_tokens=0))
+    # 100,000 output tokens of the default model (Sonnet 4.6: $15 per million) = $1.50
+    call = ModelCall("anthropic", running.settings.nanoclaw_model)
+    await running.store.add_model_call("main", None, call, Usage(output_tokens=100_000))
+    answer = await running.core.control.answer("main", "status", 0)
+    left = next(ln for ln in answer.splitlines() if ln.startswith("budget left today: "))
+    assert left == "budget left today: $0.00, 500 requests", left
+    await running.store.save_group(replace(main, daily_cost=None))
+    answer = await running.core.control.answer("main", "status", 0)
+    assert "$" not in answer and "tokens" in answer  # back to the settings: no money limit

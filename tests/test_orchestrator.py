@@ -28,7 +28,7 @@ from nanoclaw.orchestrator import Orchestrator, Rules
 from nanoclaw.progress import Activity, Watch
 from nanoclaw.sandbox.gate import Gate
 from nanoclaw.sandbox.launcher import RunOptions
-from nanoclaw.sandbox.run import KEY_REFUSED, Outcome
+from nanoclaw.sandbox.run import Outcome, key_refused
 from nanoclaw.schedule.scheduler import Scheduler, TaskChanges
 from nanoclaw.schedule.tasks import AGENT, Schedule, Task
 from nanoclaw.store.db import now_ms
@@ -290,8 +290,9 @@ async def test_over_budget_counts_the_batch_handled_and_tells_the_chat_once(env:
 
 
 async def test_a_refused_key_holds_the_batch_without_retry_and_tells_once(env: Env) -> None:
-    notice = f"(I cannot answer now: {KEY_REFUSED}.)"
-    refused = Outcome("auth", "the model refused ANTHROPIC_API_KEY")
+    refused = Outcome("auth", f"{key_refused('openai')} (the model endpoint answered 401)")
+    notice = f"(I cannot answer now: {refused.error}.)"
+    assert "OPENAI_API_KEY" in notice
     one = await env.say("alpha", "one")
     await env.orch.tick()
     (await env.run_of("alpha")).end(refused)

@@ -104,6 +104,7 @@ class ModelProxy:
         self._in_flight = 0
         self._logged: set[str] = set()
         self.key_refused: int | None = None  # upstream answered 401/403: the key is wrong
+        self.key_provider = "anthropic"  # whose key that was
         self.unreachable = ""  # why the endpoint could not be reached, if the last try failed
         self._runner: web.BaseRunner | None = None
 
@@ -234,7 +235,10 @@ class ModelProxy:
         self._fell_back = True
         log.warning("proxy %s: %s", self._label, fallback_answered(target))
         if self._on_fallback is not None:
-            await self._on_fallback(fallback_note(target))
+            try:  # the note is a courtesy: the answer itself must not fail with it
+                await self._on_fallback(fallback_note(target))
+            except Exception:
+                log.exception("proxy %s: the chat could not be told of the fallback", self._label)
 
     async def _forward(
         self,
@@ -268,16 +272,17 @@ class ModelProxy:
                 if tried + 1 < len(chain) and falls_back(exc.status_code):
                     self._falling_back(chain, tried, exc.status_code)
                     continue
-                return self._status_answer(exc)
+                return self._status_answer(exc, target)
             except ConnectionFailed as exc:
                 return await self._connection_failed(exc, budget)
         raise AssertionError("a chain has a model")  # pragma: no cover
 
     def _status_answer(
-        self, exc: anthropic.APIStatusError | openai.APIStatusError
+        self, exc: anthropic.APIStatusError | openai.APIStatusError, target: Target
     ) -> web.StreamResponse:
         if exc.status_code in (401, 403):  # the key itself: our refusals never get here
             self.key_refused = exc.status_code
+            self.key_provider = target.provider
         if isinstance(exc, openai.APIStatusError):
             body, headers = status_error(exc)
         else:

@@ -29,7 +29,14 @@ log = logging.getLogger(__name__)
 STDERR_CAP = 1024 * 1024
 LINE_CAP = 1024 * 1024
 EVENTS_CAP = 100_000
-KEY_REFUSED = "the model refused the key: check ANTHROPIC_API_KEY"
+KEY_REFUSED = "the model refused the key: check {setting}"
+KEY_SETTINGS = {"openai": "OPENAI_API_KEY", "openai-compatible": "OPENAI_API_KEY"}
+
+
+def key_refused(provider: str) -> str:
+    """The chat's and the log's words for a refused key, naming the provider's setting."""
+    return KEY_REFUSED.format(setting=KEY_SETTINGS.get(provider, "ANTHROPIC_API_KEY"))
+
 
 # stopped: by the owner (/stop); auth: the model endpoint refused the key (401/403 upstream).
 # "env": the group's Nix environment could not be built (the run never started)
@@ -214,7 +221,8 @@ class AgentRun:
         if proxy.refusal is not None:
             return "over_budget", proxy.refusal
         if proxy.key_refused is not None:
-            return "auth", f"{KEY_REFUSED} (the model endpoint answered {proxy.key_refused})"
+            why = key_refused(proxy.key_provider)
+            return "auth", f"{why} (the model endpoint answered {proxy.key_refused})"
         if proxy.unreachable:
             return "failed", f"cannot reach the model endpoint: {proxy.unreachable}"
         return "failed", error

@@ -52,8 +52,8 @@ class CallBook(Database):
         summed per model: what the money budget prices (over the model_calls_day index)."""
         rows = await self._all(
             f"SELECT model, count(*), {SUMS} FROM model_calls c WHERE folder = ? AND ts_ms >= ? "
-            "AND run_id IS NOT ? GROUP BY model",
-            (folder, since_ms, exclude_run),
+            "AND (? IS NULL OR run_id IS NOT ?) GROUP BY model",
+            (folder, since_ms, exclude_run, exclude_run),
         )
         return [(str(r[0]), _usage(r[1], r[2:6])) for r in rows]
 
