@@ -20,7 +20,7 @@ from nio import AsyncClient, UploadResponse
 
 from channels.markdown import to_html
 from channels.picture import Picture
-from nanoclaw.errors import DeliveryError
+from nanoclaw.errors import DeliveryError, MediaRefused
 from nanoclaw.models import Attachment, MediaKind
 
 KINDS: dict[str, MediaKind] = {
@@ -45,7 +45,7 @@ ENCRYPTED = "it is end-to-end encrypted, and this bot has no encryption keys"
 Download = Callable[[str], AsyncIterator[bytes]]  # an mxc:// URI to its bytes
 
 
-class MediaUnavailable(Exception):
+class MediaUnavailable(MediaRefused):
     """Why an attachment's bytes cannot be had, in words the prompt can show."""
 
 

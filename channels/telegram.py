@@ -38,8 +38,8 @@ from channels.telegram_send import delivery_errors, fit_caption, markup_or_plain
 from nanoclaw.background import Background
 from nanoclaw.channel import Inbound
 from nanoclaw.config import Settings
-from nanoclaw.errors import DeliveryError, PermanentDeliveryError
-from nanoclaw.media.saver import MediaRefused, human
+from nanoclaw.errors import DeliveryError, MediaRefused, PermanentDeliveryError
+from nanoclaw.media.saver import human
 from nanoclaw.models import Fetch
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from channels.xmpp_media import (
     same_origin,
     slot_headers,
 )
-from nanoclaw.errors import DeliveryError, PermanentDeliveryError
+from nanoclaw.errors import DeliveryError, MediaRefused, PermanentDeliveryError
 
 CONNECT_TIMEOUT_S = 15.0
 READ_TIMEOUT_S = 30.0  # between two reads of a download or an upload
@@ -40,7 +40,7 @@ PERMANENT_SLOT_ERRORS = frozenset(
 )
 
 
-class FetchFailed(ConnectionError):
+class FetchFailed(MediaRefused):
     """A shared link was not downloaded; the message says why, for the prompt."""
 
 

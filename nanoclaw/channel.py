@@ -156,6 +156,8 @@ class Ingest:
         if await self._pair(msg, served=True) or await self._command(msg):
             return None
         if msg.attachments:
+            if await self._store.has_message(msg.chat_id, msg.platform_id):
+                return None  # delivered again (after a crash): its files are saved already
             msg = await self._save_media(msg)
         msg_id = await self._store.add_message(msg)
         if msg_id is not None:

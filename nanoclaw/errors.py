@@ -45,3 +45,8 @@ class PermanentDeliveryError(DeliveryError):
 
 class FilesUnsupported(PermanentDeliveryError):
     """The channel cannot upload files; the router says so in the chat instead."""
+
+
+class MediaRefused(Exception):
+    """A channel's fetch of an attachment did not get its bytes (refused, too large for the
+    platform's API, failed); str() is the reason the prompt shows, in a few words."""

@@ -17,13 +17,16 @@ from typing import Any
 import nio
 import pytest
 import pytest_asyncio
-from conftest import settings_for
+from conftest import make_home, settings_for
 from PIL import Image
 from synapse import Human, Seen, Synapse
 
 from channels.matrix import MatrixChannel
-from channels.matrix_media import MAX_CAPTION, MediaUnavailable
-from nanoclaw.models import Attachment, InboundMessage
+from channels.matrix_media import ENCRYPTED, MAX_CAPTION, MediaUnavailable
+from nanoclaw.channel import Ingest
+from nanoclaw.media.saver import media_saver
+from nanoclaw.models import Attachment, Group, InboundMessage
+from nanoclaw.store.messages import Store
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # one Synapse, one bot, one alice
 PW = "pw-for-tests"
@@ -242,6 +245,37 @@ async def test_media_that_cannot_be_fetched_says_why(
     [att] = msg.attachments
     with pytest.raises(MediaUnavailable, match=why.replace(".", r"\.")):
         await fetched(att)
+
+
+async def test_an_image_and_an_encrypted_file_through_the_daemons_ingest(
+    matrix: MatrixChannel, alice: Human, room: str, inbound: Recorder, tmp_path: Path
+) -> None:
+    """The Attachments the channel handed over, through the daemon's own Ingest and saver
+    into a real store: the uploaded bytes in the group's inbox and the path in the text; an
+    encrypted file stored with the reason, no file."""
+    data = png((32, 32))
+    url = await upload(alice, data, "image/png", "plan.png")
+    info = {"mimetype": "image/png", "size": len(data)}
+    content = {"msgtype": "m.image", "body": "the plan", "filename": "plan.png"}
+    image = await send_media(alice, room, inbound, {**content, "url": url, "info": info})
+    secret = {"msgtype": "m.file", "body": "keys.txt", "file": {"url": url, "key": {}}}
+    encrypted = await send_media(alice, room, inbound, secret)
+    home = make_home(tmp_path / "home")
+    chat = image.chat_id
+    store = await Store.open(home / "store" / "nanoclaw.db")
+    try:
+        await store.save_group(Group("team", "team", chats=(chat,), requires_trigger=False))
+        ingest = Ingest(store, media=media_saver(settings_for(home, "http://127.0.0.1:9")))
+        for msg in (image, encrypted):
+            assert await ingest.message(msg) is not None
+        texts = [m.text for m in await store.messages_for_folder("team", 0)]
+    finally:
+        await store.close()
+    [day_dir] = list((home / "groups" / "team" / "inbox").iterdir())  # today, in TZ
+    assert texts[0].startswith(f"the plan\n[photo saved: /workspace/inbox/{day_dir.name}/plan.png")
+    assert (day_dir / "plan.png").read_bytes() == data
+    assert texts[1] == f"[file not saved: {ENCRYPTED}]", texts[1]
+    assert sorted(p.name for p in day_dir.iterdir()) == ["plan.png"]
 
 
 async def test_media_with_no_file_keeps_the_placeholder(

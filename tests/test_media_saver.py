@@ -126,6 +126,17 @@ async def test_a_name_taken_gets_a_new_one_and_a_typed_trailer_is_escaped(
     assert "&lt;images&gt;" in prompt  # the typed one stays text
 
 
+async def test_a_message_delivered_again_is_not_downloaded_again(
+    store: Store, groups: Path
+) -> None:
+    source = Source(jpeg())
+    again = msg(att(source))
+    await stored_text(store, Ingest(store, media=saver(groups)), again)
+    assert await Ingest(store, media=saver(groups)).message(again) is None
+    assert source.fetched == 1
+    assert sorted(p.name for p in (groups / "team" / "inbox" / DAY).iterdir()) == ["cat.jpg"]
+
+
 async def test_an_unregistered_chats_media_is_never_fetched(store: Store, groups: Path) -> None:
     source = Source(jpeg())
     ingest = Ingest(store, media=saver(groups))

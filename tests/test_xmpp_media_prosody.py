@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -16,8 +17,12 @@ from prosody import Client, Prosody
 from test_xmpp_media import Listener
 
 from channels.xmpp import XmppChannel
+from nanoclaw.channel import Inbound, Ingest
+from nanoclaw.config import Settings
 from nanoclaw.errors import FilesUnsupported, PermanentDeliveryError
-from nanoclaw.models import Attachment, InboundMessage
+from nanoclaw.media.saver import media_saver
+from nanoclaw.models import Attachment, Group, InboundMessage, Message
+from nanoclaw.store.messages import Store
 
 PW = "pw-for-tests"
 LIMIT = 1024 * 1024  # the server's upload limit
@@ -71,8 +76,8 @@ def prosody(tmp_path: Path) -> Iterator[Prosody]:
     server.stop()
 
 
-async def start_channel(home: Path, server: Prosody) -> tuple[XmppChannel, Recording]:
-    settings = settings_for(
+def channel_settings(home: Path, server: Prosody) -> Settings:
+    return settings_for(
         home,
         "http://127.0.0.1:9",
         XMPP_JID=server.jid("andy"),
@@ -82,7 +87,13 @@ async def start_channel(home: Path, server: Prosody) -> tuple[XmppChannel, Recor
         ALLOWED_SENDERS=f"xmpp:{server.jid('alice')}",
         MEDIA_MAX_MB=str(CAP_MB),
     )
-    channel, inbound = XmppChannel(settings, home / "xmpp-state"), Recording()
+
+
+async def start_channel(
+    home: Path, server: Prosody, inbound: Inbound | None = None
+) -> tuple[XmppChannel, Inbound]:
+    channel = XmppChannel(channel_settings(home, server), home / "xmpp-state")
+    inbound = inbound or Recording()
     await channel.start(inbound)
     try:
         await asyncio.wait_for(channel.wait_online(), 30)
@@ -94,7 +105,8 @@ async def start_channel(home: Path, server: Prosody) -> tuple[XmppChannel, Recor
 
 @pytest_asyncio.fixture
 async def bot(home: Path, prosody: Prosody) -> AsyncIterator[tuple[XmppChannel, Recording]]:
-    channel, inbound = await start_channel(home, prosody)
+    inbound = Recording()
+    channel, _ = await start_channel(home, prosody, inbound)
     yield channel, inbound
     await channel.stop()
 
@@ -214,3 +226,40 @@ async def test_links_to_foreign_hosts_are_refused_without_a_connection(
         await nearby.assert_untouched()
     finally:
         nearby.close()
+
+
+async def test_a_shared_file_lands_in_the_groups_inbox_through_the_ingest(
+    home: Path, prosody: Prosody, alice: Client, store: Store, tmp_path: Path
+) -> None:
+    """End to end: a peer's HTTP File Upload share, the daemon's own Ingest and saver, the
+    real store: the file in groups/<g>/inbox/<day>/ byte for byte and the path in the text;
+    a share over MEDIA_MAX_MB stored with the reason and no file."""
+    peer = f"xmpp:{prosody.jid('alice')}"
+    await store.save_group(Group("team", "team", chats=(peer,), requires_trigger=False))
+    settings = channel_settings(home, prosody)
+    channel, _ = await start_channel(home, prosody, Ingest(store, media=media_saver(settings)))
+    try:
+        photo = os.urandom(40_000)
+        (tmp_path / "beach.jpg").write_bytes(photo)
+        url = await alice.upload(tmp_path / "beach.jpg")
+        alice.send_chat(prosody.jid("andy"), f"from the trip\n{url}", oob=url)
+        (tmp_path / "huge.pdf").write_bytes(os.urandom(CAP * 2))
+        big = await alice.upload(tmp_path / "huge.pdf")
+        alice.send_chat(prosody.jid("andy"), big, oob=big)
+
+        async def stored() -> list[Message]:
+            return list(await store.messages_for_folder("team", 0))
+
+        texts = [m.text for m in await wait_for(lambda: _two(stored), 30)]
+    finally:
+        await channel.stop()
+    day = datetime.now(settings.zone).strftime("%Y-%m-%d")
+    assert texts[0].startswith(f"from the trip\n[photo saved: /workspace/inbox/{day}/beach.jpg")
+    assert (home / "groups" / "team" / "inbox" / day / "beach.jpg").read_bytes() == photo
+    assert texts[1].startswith("[file not saved: huge.pdf is over"), texts[1]
+    assert not (home / "groups" / "team" / "inbox" / day / "huge.pdf").exists()
+
+
+async def _two(stored: Callable[[], Awaitable[list[Message]]]) -> list[Message] | None:
+    got = await stored()
+    return got if len(got) >= 2 else None

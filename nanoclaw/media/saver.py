@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from nanoclaw.config import Settings
+from nanoclaw.errors import MediaRefused
 from nanoclaw.media import images, inbox
 from nanoclaw.media.names import sanitise
 from nanoclaw.media.transcribe import TranscribeError, Transcriber
@@ -30,11 +31,6 @@ WORD: dict[MediaKind, str] = {
     "video": "video",
     "file": "file",
 }
-
-
-class MediaRefused(Exception):
-    """Raised by a channel's fetch when the platform will not serve the file (too large for
-    its API...); str() is the reason the prompt shows."""
 
 
 @dataclass(frozen=True)

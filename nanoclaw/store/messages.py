@@ -255,6 +255,13 @@ class Store(Ledger, TaskBook, PairBook, Tape):
         chats = await self._all("SELECT chat_id FROM group_chats WHERE folder = ?", (folder,))
         return self._group(row, [c[0] for c in chats])
 
+    async def has_message(self, chat_id: str, platform_id: str) -> bool:
+        """Whether this platform message is stored already (a channel delivering it again)."""
+        row = await self._one(
+            "SELECT 1 FROM messages WHERE chat_id = ? AND platform_id = ?", (chat_id, platform_id)
+        )
+        return row is not None
+
     async def folder_of_chat(self, chat_id: str) -> str | None:
         row = await self._one("SELECT folder FROM group_chats WHERE chat_id = ?", (chat_id,))
         return str(row[0]) if row else None
