@@ -140,6 +140,9 @@ def test_show_prints_every_setting(tmp_path: Path) -> None:
         "domains=example.org,api.github.com",
         f"exports=reports={tmp_path / 'reports'}",
         "name=Work\x1b[2Jteam",
+        "provider=openai-compatible",
+        "fallback_models=glm-4.6,openai:gpt-5-mini",
+        "vision=off",
     )
     out = ok(tmp_path, "groups", "show", "work", ALLOWED_SENDERS="tg:9", GROUP_DAILY_TOKENS="0")
     shown = dict(line.split(":", 1) for line in out.splitlines())
@@ -147,7 +150,9 @@ def test_show_prints_every_setting(tmp_path: Path) -> None:
     assert shown["group"] == "work" and shown["name"] == "Workteam"  # no escape reaches a tty
     assert shown["chats"] == "tg:-100" and shown["trigger"] == "@bot"
     assert shown["allowed senders"] == "tg:1, tg:2; also ALLOWED_SENDERS: tg:9"
-    assert shown["model"] == "claude-x"
+    assert shown["model"] == "claude-x" and shown["provider"] == "openai-compatible"
+    assert shown["fallbacks"] == "glm-4.6, openai:gpt-5-mini"
+    assert shown["vision"].startswith("off: the model gets the saved pictures' paths")
     assert shown["network"] == "allowlist (domains: example.org, api.github.com)"
     assert shown["domains"] == "example.org, api.github.com"
     assert shown["exports"] == f"reports={tmp_path / 'reports'}"
@@ -158,6 +163,9 @@ def test_show_prints_every_setting(tmp_path: Path) -> None:
 
     main = ok(tmp_path, "groups", "show", "main", TRIGGER_WORD="@Bob")
     assert "trigger:         not needed" in main and "(default, NANOCLAW_MODEL)" in main
+    assert "provider:        anthropic (default, LLM_PROVIDER)" in main
+    assert "fallbacks:       none (NANOCLAW_FALLBACK_MODELS)" in main
+    assert "vision:          on: pictures reach the model as images" in main
     ok(tmp_path, "groups", "set", "main", "requires_trigger=true")
     assert "trigger:         @Bob (default, TRIGGER_WORD)" in ok(
         tmp_path, "groups", "show", "main", TRIGGER_WORD="@Bob"

@@ -52,6 +52,8 @@ SWITCH = {"on": True, "true": True, "yes": True, "1": True}
 SWITCH |= {"off": False, "false": False, "no": False, "0": False}
 PROGRESS_ON = "on: one message edited as the agent works (Telegram, Matrix; typing elsewhere)"
 PROGRESS_OFF = "off: typing only (groups set FOLDER progress=on for a progress message)"
+VISION_ON = "on: pictures reach the model as images (groups set FOLDER vision=off: paths only)"
+VISION_OFF = "off: the model gets the saved pictures' paths, not the images"
 HEADER = f"{'group':<16} {'trigger':<20} {'network':<10} chats"
 
 
@@ -128,6 +130,14 @@ def apply_setting(group: Group, key: str, value: str) -> Group:
     raise ValueError(f"unknown key {key!r}; one of {', '.join(GROUP_KEYS)}")
 
 
+def fallbacks(g: Group, settings: Settings) -> str:
+    if g.fallback_models:
+        return ", ".join(g.fallback_models)
+    if settings.nanoclaw_fallback_models:
+        return f"{', '.join(settings.nanoclaw_fallback_models)} (default, NANOCLAW_FALLBACK_MODELS)"
+    return "none (NANOCLAW_FALLBACK_MODELS)"
+
+
 def budget_value(key: str, value: str) -> int | float | None:
     """Pure: a per-group budget from `groups set`; empty means the GROUP_DAILY_* setting."""
     if not value:
@@ -186,6 +196,8 @@ def show_lines(g: Group, settings: Settings, tasks: list[Task], workspace: Path)
         f"allowed senders: {listed(g.allowed_senders, 'none of its own')}; "
         f"also ALLOWED_SENDERS: {listed(settings.allowed_senders)}",
         f"model:           {g.model or f'{settings.nanoclaw_model} (default, NANOCLAW_MODEL)'}",
+        f"provider:        {g.provider or f'{settings.llm_provider} (default, LLM_PROVIDER)'}",
+        f"fallbacks:       {fallbacks(g, settings)}",
         f"network:         {network}",
         f"domains:         {listed(g.domains)}",
         f"exports:         {listed(g.exports)}",
@@ -194,6 +206,7 @@ def show_lines(g: Group, settings: Settings, tasks: list[Task], workspace: Path)
         f"packages:        {listed(g.packages)}",
         f"environment:     {environment_line(g)}",
         f"progress:        {PROGRESS_ON if g.progress else PROGRESS_OFF}",
+        f"vision:          {VISION_ON if g.vision else VISION_OFF}",
         f"budget:          {budget}",
         f"tasks:           {len(tasks) - paused} active, {paused} paused",
         f"workspace:       {workspace}" + ("" if claude_md.is_file() else " (no CLAUDE.md)"),
