@@ -21,6 +21,10 @@ from bench.core import LATENCY_TARGET_MS, pipeline
 from bench.idle import IDLE_TARGET_PCT, idle_cpu
 from bench.ingest import INGEST_TARGET, ingest
 from bench.load import TARGETS, load
+from bench.proxy_translate import FULL as TRANSLATE_FULL
+from bench.proxy_translate import NAME as TRANSLATE_NAME
+from bench.proxy_translate import QUICK as TRANSLATE_QUICK
+from bench.proxy_translate import proxy_translate
 from bench.report import Figure, failed, load_average, machine, markdown, table, write_json
 from bench.spawn import COLD_TARGET, SPAWN_TARGET, sandbox_spawn
 
@@ -38,10 +42,11 @@ class Plan:
     ingest_max: int
     idle_s: float
     load: int  # messages per level of the load figure
+    translate: int  # requests through the proxy (and straight to the fake) per provider
 
 
-FULL = Plan(30, 10, 3, 20, 50, 5.0, 20_000, 10.0, 100)
-QUICK = Plan(10, 3, 1, 8, 15, 2.0, 5_000, 5.0, 30)
+FULL = Plan(30, 10, 3, 20, 50, 5.0, 20_000, 10.0, 100, TRANSLATE_FULL)
+QUICK = Plan(10, 3, 1, 8, 15, 2.0, 5_000, 5.0, 30, TRANSLATE_QUICK)
 
 
 def _measure(key: str, name: str, target: str, fn: Callable[[], list[Figure]]) -> list[Figure]:
@@ -102,6 +107,12 @@ def run(plan: Plan, fake: FakeAnthropic) -> list[Figure]:
         "daemon idle CPU",
         f"<= {IDLE_TARGET_PCT:g} %",
         lambda: [idle_cpu(plan.idle_s, fake.base_url)],
+    )
+    figures += _measure(
+        "proxy_translate",
+        TRANSLATE_NAME,
+        "reference",
+        lambda: proxy_translate(plan.translate),
     )
     figures += _measure(
         "load",
