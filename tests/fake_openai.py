@@ -85,6 +85,7 @@ class FakeOpenAI:
         self._usages: list[dict[str, Any]] = []
         self._script: deque[ChatReply] = deque()
         self._served = Served("fake-openai")
+        self.models = ["gpt-fake", "gpt-5-mini", "llama3:8b"]  # what GET /models lists
 
     @property
     def requests(self) -> list[Recorded]:
@@ -116,6 +117,7 @@ class FakeOpenAI:
     def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 
@@ -130,6 +132,15 @@ class FakeOpenAI:
     async def _not_found(self, request: web.Request) -> web.Response:
         await self._record(request)
         return _error(404, f"fake OpenAI: no route {request.method} {request.path}", {})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if self.api_key is not None and request.headers.get("authorization", "") != (
+            f"Bearer {self.api_key}"
+        ):
+            return _error(401, "Incorrect API key provided", {})
+        listed = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": listed})
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)

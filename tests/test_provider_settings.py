@@ -58,13 +58,28 @@ def test_other_providers_need_no_anthropic_key(env: pytest.MonkeyPatch) -> None:
     require_credential(load_settings(env_file=None))
 
 
-async def test_doctor_checks_the_providers_settings(env: pytest.MonkeyPatch) -> None:
+async def test_doctor_checks_the_providers_key_live(
+    env: pytest.MonkeyPatch, openai_fake: FakeOpenAI
+) -> None:
+    """GET /models at the endpoint: the key refused, the model not listed, and both right."""
     env.setenv("LLM_PROVIDER", "openai")
+    env.setenv("LLM_BASE_URL", openai_fake.base_url)
+    env.setenv("NANOCLAW_MODEL", "gpt-5-mini")
     missing = await check_credential(load_settings(env_file=None))
-    env.setenv("OPENAI_API_KEY", "sk-x")
-    present = await check_credential(load_settings(env_file=None))
     assert not missing.ok and "OPENAI_API_KEY" in missing.what
-    assert present.ok and "ANTHROPIC" not in present.what
+    openai_fake.api_key = "sk-right"
+    env.setenv("OPENAI_API_KEY", "sk-wrong")
+    wrong = await check_credential(load_settings(env_file=None))
+    assert not wrong.ok and "refused the key" in wrong.what and "OPENAI_API_KEY" in wrong.fix
+    assert "sk-wrong" not in wrong.what + wrong.fix
+    env.setenv("OPENAI_API_KEY", "sk-right")
+    env.setenv("NANOCLAW_MODEL", "gpt-nope")
+    unlisted = await check_credential(load_settings(env_file=None))
+    assert not unlisted.ok and "does not list the model gpt-nope" in unlisted.what
+    env.setenv("NANOCLAW_MODEL", "gpt-5-mini")
+    present = await check_credential(load_settings(env_file=None))
+    assert present.ok and "accepts the key (model gpt-5-mini)" in present.what, present
+    assert [r.headers.get("authorization") for r in openai_fake.requests][-1] == "Bearer sk-right"
 
 
 def test_nanoclaw_chat_with_an_openai_compatible_endpoint(

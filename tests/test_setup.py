@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import cli_env
 from fake_anthropic import FakeAnthropic
+from fake_openai import FakeOpenAI
 from fake_telegram import FakeTelegram
 from prosody import Prosody
 from synapse import Synapse
@@ -133,3 +134,27 @@ def test_setup_without_answers_writes_nothing(tmp_path: Path, fake: FakeAnthropi
     assert proc.stderr.strip() == "nanoclaw: setup stopped: no more answers; nothing was written"
     assert not (tmp_path / ".env").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left either
+
+
+def test_setup_under_an_openai_compatible_provider_asks_for_its_url_and_key(
+    tmp_path: Path,
+) -> None:
+    """LLM_PROVIDER set beforehand: setup asks the endpoint's base URL and key (no Anthropic
+    key), checks them with GET /models, asks again after a refusal, and writes them."""
+    with FakeOpenAI() as fake:
+        fake.api_key = "sk-compat-right"
+        answers = [fake.base_url, "sk-compat-wrong", fake.base_url, "sk-compat-right", "", "", ""]
+        proc = setup(
+            tmp_path, answers, LLM_PROVIDER="openai-compatible", NANOCLAW_MODEL="llama3:8b"
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "refused the key" in proc.stdout and "Anthropic" not in proc.stdout
+    assert "accepts the key (model llama3:8b)" in proc.stdout
+    assert "sk-compat-wrong" not in proc.stdout
+    assert "LLM_PROVIDER=openai-compatible" in (tmp_path / ".env").read_text()
+    settings = load_settings(tmp_path / ".env")
+    assert settings.llm_base_url == fake.base_url
+    assert settings.openai_api_key is not None
+    assert settings.openai_api_key.get_secret_value() == "sk-compat-right"
+    assert settings.llm_provider == "openai-compatible"  # written too: .env alone suffices
+    assert not (settings.anthropic_api_key and settings.anthropic_api_key.get_secret_value())

@@ -125,6 +125,41 @@ async def model_key(base_url: str, key: str, model: str, timeout: float = TIMEOU
     return model_verdict(public(url), model, *answer)
 
 
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+async def openai_key(
+    base_url: str | None, key: str, model: str, timeout: float = TIMEOUT_S
+) -> Verdict:
+    """GET /models (free) at an OpenAI-style endpoint: the key, and whether it lists the
+    model. A keyless endpoint (a local server) is asked without Authorization."""
+    url = (base_url or OPENAI_URL).rstrip("/")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    answer = await _call(
+        "GET", f"{url}/models", (key,), timeout, "the model endpoint", headers=headers
+    )
+    if isinstance(answer, Verdict):
+        return Verdict(answer.status, answer.what, "check LLM_BASE_URL and the network")
+    return openai_verdict(public(url), model, *answer)
+
+
+def openai_verdict(url: str, model: str, status: int, body: Any) -> Verdict:
+    """Pure: what an OpenAI-style endpoint's answer to GET /models says of key and model."""
+    detail = said(api_error(body) or f"HTTP {status}")
+    if status in (401, 403):
+        fix = "check OPENAI_API_KEY (the key of that endpoint)"
+        return Verdict("refused", f"the model endpoint {url} refused the key ({detail})", fix)
+    if status != 200:
+        what = f"the model endpoint {url} answered {status} to GET /models ({detail})"
+        return Verdict("failed", what, "check LLM_BASE_URL (the base URL, ending in /v1)")
+    data = body.get("data") if isinstance(body, dict) else None
+    ids = {m.get("id") for m in data if isinstance(m, dict)} if isinstance(data, list) else set()
+    if ids and model not in ids:
+        what = f"the model endpoint {url} accepts the key but does not list the model {model}"
+        return Verdict("failed", said(what), "set NANOCLAW_MODEL to a model it lists")
+    return Verdict("ok", said(f"the model endpoint {url} accepts the key (model {model})"))
+
+
 async def telegram_token(api_url: str, token: str, timeout: float = TIMEOUT_S) -> Verdict:
     """getMe: the bot the token belongs to."""
     url = f"{api_url.rstrip('/')}/bot{token}/getMe"

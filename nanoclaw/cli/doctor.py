@@ -170,14 +170,15 @@ def _secret(value: SecretStr | None) -> str:
 
 
 async def check_credential(settings: Settings) -> Check:
-    """The key works at the endpoint the proxy forwards to: one free count_tokens call.
-    Another provider's settings are only checked to be there (no free call to try)."""
+    """The key works at the endpoint the proxy forwards to: one free call (count_tokens;
+    GET /models for the OpenAI-style providers)."""
     if settings.llm_provider != "anthropic":
         try:
             require_credential(settings)
         except ConfigError as exc:
             return Check(False, str(exc), "see the Providers section of the README")
-        return Check(True, f"LLM_PROVIDER={settings.llm_provider}: its settings are set")
+        key, model = _secret(settings.openai_api_key), settings.nanoclaw_model
+        return _check(await credcheck.openai_key(settings.llm_base_url, key, model))
     key = _secret(settings.anthropic_api_key)
     if not key:
         return Check(

@@ -107,9 +107,44 @@ def _kept(console: Console, label: str, current: str, secret: bool) -> str:
     return console.ask(f"{label}{shown if current else ''}: ", secret) or current
 
 
+def openai_step(console: Console, cur: Mapping[str, str], provider: str) -> Values:
+    """LLM_PROVIDER=openai or openai-compatible (set before setup): the endpoint's key (and
+    base URL), checked with GET /models."""
+    from nanoclaw.cli import credcheck
+
+    model = cur.get("NANOCLAW_MODEL") or DEFAULT_MODEL
+    compatible = provider == "openai-compatible"
+    console.say(
+        f"\nThe model: LLM_PROVIDER={provider}, model {model} (NANOCLAW_MODEL). The key stays "
+        "on this host; the sandbox never sees it."
+    )
+    base, key = cur.get("LLM_BASE_URL", ""), cur.get("OPENAI_API_KEY", "")
+
+    def ask() -> Values:
+        nonlocal base, key
+        url = _kept(console, "Base URL (ending in /v1)", base, secret=False) if compatible else base
+        while compatible and not url.startswith(("http://", "https://")):
+            url = console.ask("Base URL (http:// or https://, ending in /v1): ")
+        answer = _kept(console, "API key" + (" (Enter: none)" if compatible else ""), key, True)
+        while not answer and not compatible:
+            answer = console.ask("API key: ", secret=True)
+        base, key = url, ""  # a refused key is not offered again
+        values = {"LLM_PROVIDER": provider, "OPENAI_API_KEY": answer}
+        return {**values, "LLM_BASE_URL": url} if url else values
+
+    return settled(
+        console,
+        ask,
+        lambda v: credcheck.openai_key(v.get("LLM_BASE_URL"), v["OPENAI_API_KEY"], model),
+    )
+
+
 def model_step(console: Console, cur: Mapping[str, str]) -> Values:
     from nanoclaw.cli import credcheck
 
+    provider = cur.get("LLM_PROVIDER", "anthropic").strip().lower()
+    if provider in ("openai", "openai-compatible"):
+        return openai_step(console, cur, provider)
     base = cur.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
     model = cur.get("NANOCLAW_MODEL") or DEFAULT_MODEL
     console.say(
@@ -259,6 +294,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sub.add_parser(
         "setup",
         help="guided setup: model key and channels, checked live, written to .env",
-        description="Asks for the Anthropic key and each channel's credentials, checks each "
-        "with a live call, and writes them to .env (or --env-file) with mode 0600.",
+        description="Asks for the model key (the Anthropic key; with LLM_PROVIDER=openai or "
+        "openai-compatible set, that endpoint's URL and key) and each channel's credentials, "
+        "checks each with a live call, and writes them to .env (or --env-file) with mode 0600.",
     )
