@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from nanoclaw.models import MediaKind
+from nanoclaw.models import MEDIA_WORD, MediaKind
 
 OOB_NS = "jabber:x:oob"
 UPLOAD_NS = "urn:xmpp:http:upload:0"
@@ -25,13 +25,7 @@ IMAGE_EXT = frozenset({"jpg", "jpeg", "png", "gif", "webp", "heic", "heif", "bmp
 VOICE_EXT = frozenset({"ogg", "oga", "opus", "m4a"})
 AUDIO_EXT = frozenset({"mp3", "aac", "flac", "wav", "weba", "amr"})
 VIDEO_EXT = frozenset({"mp4", "webm", "mov", "mkv", "m4v", "3gp"})
-WORDS: dict[MediaKind, str] = {
-    "image": "photo",
-    "voice": "voice note",
-    "audio": "audio",
-    "video": "video",
-    "file": "file",
-}
+WORDS = MEDIA_WORD
 
 
 @dataclass(frozen=True)

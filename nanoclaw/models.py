@@ -67,6 +67,13 @@ def channel_of(chat_id: str) -> str:
 
 
 MediaKind = Literal["image", "voice", "audio", "video", "file"]
+MEDIA_WORD: dict[MediaKind, str] = {  # how a prompt line names each kind
+    "image": "photo",
+    "voice": "voice note",
+    "audio": "audio",
+    "video": "video",
+    "file": "file",
+}
 # Yields the bytes of one attachment as the platform serves them; the caller stops reading
 # (and closes the iterator) once its size cap is passed.
 Fetch = Callable[[], AsyncIterator[bytes]]

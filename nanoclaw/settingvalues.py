@@ -12,6 +12,7 @@ from typing import Any
 SENDER_RE = re.compile(r"^(tg|xmpp|mx|term):\S+$")
 TELEGRAM_CHAT_RE = re.compile(r"^(tg:)?-?\d{1,20}$")
 MATRIX_USER_RE = re.compile(r"^@[^:\s]+:\S+$")
+OPENAI_URL = "https://api.openai.com/v1"  # the openai provider's endpoint without LLM_BASE_URL
 
 
 def split_csv(value: Any) -> Any:

@@ -19,6 +19,7 @@ from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTime
 from yarl import URL
 
 from nanoclaw.display import printable_line
+from nanoclaw.settingvalues import OPENAI_URL
 
 TIMEOUT_S = 10.0
 API_VERSION = "2023-06-01"
@@ -123,9 +124,6 @@ async def model_key(base_url: str, key: str, model: str, timeout: float = TIMEOU
     if isinstance(answer, Verdict):
         return Verdict(answer.status, answer.what, "check ANTHROPIC_BASE_URL and the network")
     return model_verdict(public(url), model, *answer)
-
-
-OPENAI_URL = "https://api.openai.com/v1"
 
 
 async def openai_key(

@@ -18,19 +18,13 @@ from nanoclaw.errors import MediaRefused
 from nanoclaw.media import images, inbox
 from nanoclaw.media.names import sanitise
 from nanoclaw.media.transcribe import TranscribeError, Transcriber
-from nanoclaw.models import Attachment, InboundMessage, MediaKind
+from nanoclaw.models import MEDIA_WORD, Attachment, InboundMessage
 
 log = logging.getLogger(__name__)
 GROUP_CAP_FILES = 20  # a group's inbox holds at most 20 files at the cap: MEDIA_MAX_MB x 20
 DOWNLOAD_TIMEOUT_S = 300.0
 WORKSPACE = "/workspace"
-WORD: dict[MediaKind, str] = {
-    "image": "photo",
-    "voice": "voice note",
-    "audio": "audio",
-    "video": "video",
-    "file": "file",
-}
+WORD = MEDIA_WORD
 
 
 @dataclass(frozen=True)

@@ -18,22 +18,11 @@ from pydantic import SecretStr
 
 from nanoclaw.proxy.openai_request import OpenAIProvider, chat_request
 from nanoclaw.proxy.openai_stream import StreamTranslator, encode, error_json, message_json
-from nanoclaw.proxy.upstream import MAX_RETRIES, SDK_HEADERS, TIMEOUT
+from nanoclaw.proxy.upstream import HTTP_HEADERS, MAX_RETRIES, SDK_HEADERS, TIMEOUT
+from nanoclaw.settingvalues import OPENAI_URL
 
-OPENAI_URL = "https://api.openai.com/v1"
 KEYLESS = "nanoclaw-keyless"  # the SDK wants a key; the header it makes is dropped on the way
-SENT_HEADERS = frozenset(
-    {
-        "host",
-        "accept",
-        "accept-encoding",
-        "connection",
-        "content-type",
-        "content-length",
-        "user-agent",
-        "authorization",
-    }
-)
+SENT_HEADERS = HTTP_HEADERS
 SSE = "text/event-stream; charset=utf-8"
 JSON = "application/json"
 

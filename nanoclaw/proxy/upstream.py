@@ -24,7 +24,7 @@ ARGS = ("model", "max_tokens", "messages")  # the SDK's keyword arguments; the r
 COUNT_ARGS = ("model", "messages")
 # What goes upstream: the SDK's own headers, the key and the version. ANTHROPIC_CUSTOM_HEADERS
 # (read by the SDK from the daemon's environment) or anything else is dropped on the way out.
-SENT_HEADERS = frozenset(
+HTTP_HEADERS = frozenset(  # what any SDK's request needs; each provider adds its own
     {
         "host",
         "accept",
@@ -34,6 +34,10 @@ SENT_HEADERS = frozenset(
         "content-length",
         "user-agent",
         "authorization",
+    }
+)
+SENT_HEADERS = HTTP_HEADERS | frozenset(
+    {
         "x-api-key",
         "anthropic-version",
         "anthropic-beta",
