@@ -19,7 +19,6 @@ from .conversation import history_for, strip_internal, system_prompt, with_break
 from .ipcfiles import Inbox, event, write_json
 from .model import ModelClient, ModelError
 from .protocol import EGRESS_SOCK, INITIAL_INPUT, INPUT, LLM_SOCK, OUTBOUND, RunConfig, request
-from .relay import start_relay
 from .tools import TOOL_SPECS, Toolbox
 from .vision import image_blocks, joined, split_images, without_images
 
@@ -196,6 +195,8 @@ def main() -> int:
         event("error", error=str(exc)[:500])
         return 2
     if cfg.egress_port:  # allowlist policy: tools reach /ipc/egress.sock through it
+        from .relay import start_relay  # asyncio: ~20 ms of start-up only a relay needs
+
         failure = start_relay(Path("/ipc") / EGRESS_SOCK, cfg.egress_port)
         if failure:
             print(f"egress relay not started: {failure}", file=sys.stderr)

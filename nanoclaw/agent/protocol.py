@@ -8,8 +8,8 @@ Standard library only: the sandbox imports it as `agent.protocol`, the host as
 from __future__ import annotations
 
 import json
+import os
 import re
-import secrets
 import time
 from dataclasses import asdict, dataclass, fields
 from types import NoneType, UnionType
@@ -36,7 +36,7 @@ NAME_RE = re.compile(r"^[0-9]{13}-(?P<id>[A-Za-z0-9_-]{1,64})\.json\Z")
 def ipc_name(now_s: float | None = None) -> str:
     """A fresh file name for /ipc/outbound or /ipc/input."""
     ms = int((time.time() if now_s is None else now_s) * 1000)
-    return f"{ms}-{secrets.token_hex(6)}.json"
+    return f"{ms}-{os.urandom(6).hex()}.json"  # secrets.token_hex, without hmac's import
 
 
 def task_id_of(name: str) -> str:
