@@ -7,6 +7,7 @@ through /ipc/llm.sock. A PAUSE marker in /ipc/input holds it before its next ste
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -211,4 +212,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written (IPC files are renamed into place, the history saved): skip the
+    # interpreter's teardown, ~15 ms on the way to the next group's run. An exception in
+    # main() still ends the usual way, with its traceback.
+    os._exit(code)

@@ -143,6 +143,7 @@ class RunCgroup:
         """Kill what is left and remove the cgroups; blocking, so callers use a thread."""
         deadline = time.monotonic() + wait_s
         for path in self.dirs:
+            pause = 0.002  # the next run waits for this slot: look again soon, then less often
             while True:
                 self.kill()
                 try:
@@ -153,7 +154,8 @@ class RunCgroup:
                 except OSError:  # busy until the kernel has reaped the last process
                     if time.monotonic() > deadline:
                         break
-                    time.sleep(0.02)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.02)
 
 
 def _own_hierarchies() -> list[Hierarchy]:
