@@ -19,7 +19,9 @@ from channels.xmpp_media import (
     guess_mime,
     media_kind,
     name_from_url,
+    own_refusal,
     refused_note,
+    share_prefix,
     upload_refusal,
     url_refusal,
 )
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 DISCO_TIMEOUT_S = 10.0
 MAX_DOMAINS = 256  # senders' servers whose upload services are remembered
 MAX_UPLOADED = 100  # send_file keys whose upload is reused on a retry
+PROBE, PROBE_MIME = "nanoclaw-probe.txt", "text/plain"  # a slot asked for, never filled
 
 
 def _host(url: str) -> str:
@@ -48,13 +51,26 @@ class XmppFiles:
         self.services: list[UploadService] | None = None  # None: not discovered yet
         self._domains: dict[str, frozenset[str]] = {}  # a sender's server -> its upload hosts
         self._uploaded: dict[str, str] = {}  # send_file key -> the GET URL of its upload
+        self._places: set[str] = set()  # where the own upload services keep files (share_prefix)
 
     async def discover(self, client: ClientXMPP) -> list[UploadService]:
         """Ask the own server for its upload services (at each session start)."""
         found = await xmpp_upload.discover(client, self._own_domain, DISCO_TIMEOUT_S)
         self.services = found
         log.info("xmpp: upload services: %s", ", ".join(s.jid for s in found) or "none")
+        for service in found:  # a slot asked and never used shows where files are served
+            try:
+                _, url, _ = await xmpp_upload.request_slot(client, service, PROBE, 1, PROBE_MIME)
+            except Exception as exc:  # links to the own server are then checked by host only
+                log.info("xmpp: %s gave no slot to learn its address: %s", service.jid, exc)
+                continue
+            self._learn(url)
         return found
+
+    def _learn(self, url: str) -> None:
+        place = share_prefix(url)
+        if place is not None:
+            self._places.add(place)
 
     def own_hosts(self) -> frozenset[str]:
         """The account's own server: its domain and its upload services' hosts."""
@@ -89,6 +105,8 @@ class XmppFiles:
         notes, attachments = [], []
         for url in seen.urls:
             refusal = url_refusal(url, own, theirs, self._allow_http)
+            if refusal is None and _host(url) in own:
+                refusal = own_refusal(url, frozenset(self._places))
             if refusal is not None:
                 log.info("xmpp: shared link from %s not fetched: %s", seen.from_bare, refusal)
                 notes.append(refused_note(url, refusal))
@@ -127,6 +145,7 @@ class XmppFiles:
         mime = guess_mime(name) or "application/octet-stream"
         put, url, headers = await xmpp_upload.request_slot(client, services[0], name, size, mime)
         await xmpp_upload.put_file(put, headers, path, size, mime)
+        self._learn(url)
         if key:
             self._uploaded[key] = url
             while len(self._uploaded) > MAX_UPLOADED:

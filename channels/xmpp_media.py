@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+from yarl import URL
+
 from nanoclaw.models import MEDIA_WORD, MediaKind
 
 OOB_NS = "jabber:x:oob"
@@ -106,6 +108,32 @@ def url_refusal(
         return f"{host} is not the upload service of your XMPP server or of the sender's"
     if is_ip_literal(host) and not is_global(host):
         return f"{host} is a private address"
+    return None
+
+
+def share_prefix(url: str) -> str | None:
+    """Pure: where an upload service's files live, from one of its GET URLs: scheme, host,
+    port and the first path segment ("https://upload.example.org:5281/file_share/"), as the
+    download would request it (dot segments resolved); None when it cannot be said."""
+    try:
+        parsed = URL(url)
+        port = parsed.port
+    except ValueError:
+        return None
+    segments = [s for s in parsed.path.split("/") if s]
+    if not parsed.host or port is None or len(segments) < 2 or ".." in segments:
+        return None
+    return f"{parsed.scheme.lower()}://{parsed.host.lower().rstrip('.')}:{port}/{segments[0]}/"
+
+
+def own_refusal(url: str, prefixes: frozenset[str]) -> str | None:
+    """Why a link to the account's own server must not be fetched: it is not under one of
+    its upload service's known places (another port or path of that host: a sender must not
+    make the bot fetch whatever else the server, often this very host, serves)."""
+    if not prefixes:
+        return None  # the places could not be learnt: the host check stands alone
+    if share_prefix(url) not in prefixes:
+        return "it is on your XMPP server but not where its upload service keeps files"
     return None
 
 

@@ -16,7 +16,9 @@ from channels.xmpp_media import (
     caption_of,
     media_kind,
     name_from_url,
+    own_refusal,
     refused_note,
+    share_prefix,
     slot_headers,
     upload_refusal,
     url_refusal,
@@ -26,6 +28,42 @@ from channels.xmpp_upload import FetchFailed, download
 
 OWN = frozenset({"example.org", "upload.example.org"})
 BODY = bytes(range(256)) * 400  # 102400 bytes
+
+
+@pytest.mark.parametrize(
+    ("url", "prefix"),
+    [
+        (
+            "https://upload.example.org:5281/file_share/abc/cat.jpg",
+            "https://upload.example.org:5281/file_share/",
+        ),
+        ("https://Example.ORG/upload/h1/x.pdf", "https://example.org:443/upload/"),
+        ("http://localhost:8080/file_share/a/b", "http://localhost:8080/file_share/"),
+        # dot segments resolved as the download would: the place is where it really goes
+        ("https://example.org/file_share/../admin/x", "https://example.org:443/admin/"),
+        ("https://example.org/file_share/a/../../x/y", "https://example.org:443/x/"),
+        ("https://example.org/x", None),  # no file under a place
+        ("https://example.org:99999/file_share/a/b", None),
+        ("not a url", None),
+    ],
+)
+def test_share_prefix(url: str, prefix: str | None) -> None:
+    assert share_prefix(url) == prefix
+
+
+def test_own_server_links_only_where_its_upload_service_keeps_files() -> None:
+    places = frozenset({"https://upload.example.org:5281/file_share/"})
+    assert own_refusal("https://upload.example.org:5281/file_share/u/cat.jpg", places) is None
+    for url in (
+        "https://upload.example.org:5280/file_share/u/cat.jpg",  # another port
+        "https://upload.example.org:5281/admin/u/cat.jpg",  # another path
+        "https://upload.example.org:5281/file_share/../admin/x.jpg",  # a way out of it
+        "http://upload.example.org:5281/file_share/u/cat.jpg",  # another scheme
+    ):
+        assert own_refusal(url, places) == (
+            "it is on your XMPP server but not where its upload service keeps files"
+        ), url
+    assert own_refusal("https://example.org:1/anything/x/y", frozenset()) is None  # unknown
 
 
 class Listener:

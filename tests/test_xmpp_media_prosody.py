@@ -228,6 +228,28 @@ async def test_links_to_foreign_hosts_are_refused_without_a_connection(
         nearby.close()
 
 
+async def test_links_to_the_own_server_outside_its_file_share_are_refused(
+    bot: tuple[XmppChannel, Recording], alice: Client, prosody: Prosody
+) -> None:
+    """The bot's own server is often this very host: a sender's link to another port or
+    path of it is not fetched (the share's place was learnt from a slot at login)."""
+    _, inbound = bot
+    other = Listener("127.0.0.1")
+    try:
+        links = [
+            f"http://localhost:{other.port}/file_share/x/metrics.jpg",
+            f"http://localhost:{prosody.http_port}/admin/x/y.jpg",
+        ]
+        for n, url in enumerate(links):
+            alice.send_chat(prosody.jid("andy"), url, oob=url)
+            msg = await next_message(inbound, n)
+            assert msg.attachments == (), url
+            assert "not where its upload service keeps files" in msg.text, msg.text
+        await other.assert_untouched()
+    finally:
+        other.close()
+
+
 async def test_a_shared_file_lands_in_the_groups_inbox_through_the_ingest(
     home: Path, prosody: Prosody, alice: Client, store: Store, tmp_path: Path
 ) -> None:
