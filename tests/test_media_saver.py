@@ -260,9 +260,15 @@ async def test_voice_transcribed_when_configured_and_said_when_not(
         )
         [upload] = endpoint.uploads
         assert upload.data == voice and upload.authorization == "Bearer sk-transcribe"
+        endpoint.text = "word " * 3000  # long: cut for the prompt
+        long, _ = await stored_text(store, heard, msg(att(Source(voice), "voice", "l.ogg")))
+        endpoint.text = "x" * (1024 * 1024)  # an answer over 1 MiB is not read whole
+        huge, _ = await stored_text(store, heard, msg(att(Source(voice), "voice", "h.ogg")))
         endpoint.status = 500
         failed, _ = await stored_text(
             store, heard, msg(att(Source(voice), "voice", "v.ogg"), text="")
         )
     assert text.endswith('song.ogg, 3 KB; transcript: "hi "there""]')
+    assert long.endswith(' [...]"]') and len(long) < 4200
+    assert huge.endswith("not transcribed (the endpoint's answer is over 1048576 bytes)]")
     assert failed.endswith("not transcribed (the endpoint answered HTTP 500)]")

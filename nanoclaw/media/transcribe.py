@@ -4,11 +4,14 @@ token and never logged; every failure becomes a TranscribeError with a short rea
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 
 MODEL = "whisper-1"  # OpenAI's name; compatible servers accept it or ignore it
 TIMEOUT_S = 120
 MAX_TRANSCRIPT = 4000  # characters kept in the prompt
+MAX_ANSWER = 1024 * 1024  # bytes of the endpoint's JSON read at most
 
 
 class TranscribeError(Exception):
@@ -34,7 +37,12 @@ class Transcriber:
             ):
                 if resp.status != 200:
                     raise TranscribeError(f"the endpoint answered HTTP {resp.status}")
-                body = await resp.json(content_type=None)
+                raw = bytearray()
+                while chunk := await resp.content.read(65536):  # read() gives what is there
+                    raw += chunk
+                    if len(raw) > MAX_ANSWER:
+                        raise TranscribeError(f"the endpoint's answer is over {MAX_ANSWER} bytes")
+                body = json.loads(raw)
         except TimeoutError as exc:
             raise TranscribeError("timeout") from exc
         except (aiohttp.ClientError, ValueError) as exc:
