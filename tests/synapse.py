@@ -392,6 +392,20 @@ class Human:
         )
         return str(_ok(resp, nio.RoomCreateResponse).room_id)
 
+    async def room_with(self, member: str, name: str, timeout: float = 30) -> str:
+        """A room this human made and `member` (the bot, which joins invites) has joined."""
+        room = await self.create_room(name=name, invite=[member])
+        await self.wait_event(
+            lambda e: (
+                e.room_id == room
+                and e.type == "m.room.member"
+                and e.source.get("state_key") == member
+                and e.source["content"].get("membership") == "join"
+            ),
+            timeout=timeout,
+        )
+        return room
+
     async def invite(self, room_id: str, user_id: str) -> None:
         _ok(await self.client.room_invite(room_id, user_id), nio.RoomInviteResponse)
 

@@ -208,17 +208,7 @@ async def alice(synapse: Synapse) -> AsyncIterator[Human]:
 
 
 async def room_with_bot(alice: Human) -> str:
-    room = await alice.create_room(name="files", invite=[BOT])
-    await alice.wait_event(
-        lambda e: (
-            e.room_id == room
-            and e.type == "m.room.member"
-            and e.source.get("state_key") == BOT
-            and e.source["content"].get("membership") == "join"
-        ),
-        timeout=30,
-    )
-    return room
+    return await alice.room_with(BOT, "files")
 
 
 def media_files(synapse: Synapse) -> int:

@@ -114,17 +114,7 @@ async def alice(synapse: Synapse) -> AsyncIterator[Human]:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def room(matrix: MatrixChannel, alice: Human) -> str:
     """A room alice made and the bot joined."""
-    room_id = await alice.create_room(name="media", invite=[BOT])
-    await alice.wait_event(
-        lambda e: (
-            e.room_id == room_id
-            and e.type == "m.room.member"
-            and e.source.get("state_key") == BOT
-            and e.source["content"].get("membership") == "join"
-        ),
-        timeout=30,
-    )
-    return room_id
+    return await alice.room_with(BOT, "media")
 
 
 def png(size: tuple[int, int] = (64, 48)) -> bytes:
