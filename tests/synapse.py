@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -265,6 +265,20 @@ def _ok(resp: object, cls: type[T]) -> T:
     if not isinstance(resp, cls):
         raise RuntimeError(f"expected {cls.__name__}, got {resp!r}")
     return resp
+
+
+@contextlib.contextmanager
+def running(directory: Path, users: tuple[str, ...] = (), password: str = "") -> Iterator[Synapse]:
+    """A started Synapse in `directory` with `users` registered, stopped on leaving (also
+    when a registration fails)."""
+    server = Synapse(directory)
+    server.start()
+    try:
+        for name in users:
+            server.register(name, password)
+        yield server
+    finally:
+        server.stop()
 
 
 class Human:

@@ -15,7 +15,7 @@ import pytest_asyncio
 from conftest import settings_for, wait_for
 from fake_telegram import FakeTelegram
 from prosody import Prosody
-from synapse import Human, Seen, Synapse
+from synapse import Human, Seen, Synapse, running
 
 from channels.markdown import visible_length
 from channels.matrix import MatrixChannel
@@ -168,14 +168,8 @@ def test_fit_caption() -> None:
 
 @pytest.fixture(scope="module")
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
-    server = Synapse(tmp_path_factory.mktemp("synapse"))
-    server.start()
-    for name in ("andy", "alice"):
-        server.register(name, PW)
-    try:
+    with running(tmp_path_factory.mktemp("synapse"), ("andy", "alice"), PW) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

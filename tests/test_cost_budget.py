@@ -125,6 +125,19 @@ async def post(sock: Path, body: dict[str, Any] = ASK) -> tuple[int, str]:
         return resp.status, answer.get("error", {}).get("message", "")
 
 
+async def run_asks(
+    shared: Launcher, store: Store, group: Group, sock: Path, times: int = 1
+) -> list[tuple[int, str]]:
+    """A new run of `group` behind its own proxy at `sock`, asking `times` times in turn."""
+    run_id = await store.start_run(group.folder, "message", None, None)
+    proxy = shared.model_proxy(group, run_id)
+    await proxy.start(sock)
+    try:
+        return [await post(sock) for _ in range(times)]
+    finally:
+        await proxy.stop()
+
+
 async def calls_of(store: Store, folder: str) -> list[tuple[Any, ...]]:
     return [
         tuple(r)
@@ -163,13 +176,7 @@ async def test_concurrent_requests_do_not_pass_the_cost_budget_together(
     assert len(rows) == 5 and all(r[0] in runs for r in rows)
     assert {r[1:] for r in rows} == {("anthropic", "m", 0, 10, 0, 0, 0)}  # the group's own
     # spent in full now: a later run of the group is refused before forwarding
-    later = await store.start_run("work", "message", None, None)
-    proxy = shared.model_proxy(Group("work", "work"), later)
-    await proxy.start(tmp_path / "later.sock")
-    try:
-        status, message = await post(tmp_path / "later.sock")
-    finally:
-        await proxy.stop()
+    [(status, message)] = await run_asks(shared, store, Group("work", "work"), tmp_path / "l.sock")
     assert status == 429 and "($3.12 of $3.12)" in message
     assert len(fake.requests) == 5
 
@@ -183,27 +190,14 @@ async def test_a_groups_own_budget_and_other_groups_spending(
     shared = launcher(tmp_path, store, client, Budget(0, 0, 1.0))
     # no money limit of its own (0), one request a day: the second is refused for requests
     group = Group("work", "work", daily_cost=0.0, daily_requests=1)
-    run_id = await store.start_run("work", "message", None, None)
-    proxy = shared.model_proxy(group, run_id)
-    await proxy.start(tmp_path / "llm.sock")
-    try:
-        first = await post(tmp_path / "llm.sock")
-        second = await post(tmp_path / "llm.sock")
-    finally:
-        await proxy.stop()
+    first, second = await run_asks(shared, store, group, tmp_path / "llm.sock", 2)
     assert first[0] == 200
     assert second == (
         429,
         "nanoclaw: group work is over its daily request budget (1 of 1); resets at 00:00 UTC",
     )
     # `home` spent $62,500 today: its own next request is refused, work's spending aside
-    run_id = await store.start_run("home", "message", None, None)
-    proxy = shared.model_proxy(Group("home", "home"), run_id)
-    await proxy.start(tmp_path / "home.sock")
-    try:
-        status, message = await post(tmp_path / "home.sock")
-    finally:
-        await proxy.stop()
+    [(status, message)] = await run_asks(shared, store, Group("home", "home"), tmp_path / "h.sock")
     assert status == 429 and "daily cost budget ($62500.00 of $1.00)" in message
     assert len(fake.requests) == 1
 
@@ -219,14 +213,9 @@ async def test_an_unpriced_model_counts_nothing_and_is_warned_once(
     earlier = await store.start_run("work", "message", None, None)
     await store.add_model_call("work", earlier, ModelCall("x", "mystery"), Usage(1, 10**9, 10**9))
     shared = launcher(tmp_path, store, client, Budget(0, 0, 1.0))
-    run_id = await store.start_run("work", "message", None, None)
-    proxy = shared.model_proxy(Group("work", "work"), run_id)
-    await proxy.start(tmp_path / "llm.sock")
-    try:
-        with caplog.at_level(logging.WARNING, logger="nanoclaw.proxy.budget"):
-            statuses = [(await post(tmp_path / "llm.sock"))[0] for _ in range(2)]
-    finally:
-        await proxy.stop()
+    with caplog.at_level(logging.WARNING, logger="nanoclaw.proxy.budget"):
+        answers = await run_asks(shared, store, Group("work", "work"), tmp_path / "llm.sock", 2)
+    statuses = [status for status, _ in answers]
     assert statuses == [200, 200]  # $1.25 of $1.00 after them: the mystery model cost $0
     warned = [r.getMessage() for r in caplog.records if "no price" in r.getMessage()]
     assert warned == [

@@ -13,7 +13,7 @@ from conftest import settings_for
 from fake_anthropic import FakeAnthropic
 from fake_telegram import FakeTelegram
 from prosody import Prosody
-from synapse import Synapse
+from synapse import Synapse, running
 
 from nanoclaw.cli import credcheck
 from nanoclaw.cli.credcheck import Verdict
@@ -130,12 +130,8 @@ async def test_doctor_logs_in_to_each_enabled_channel(
 
 @pytest.fixture(scope="module")
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
-    server = Synapse(tmp_path_factory.mktemp("synapse"))
-    server.start()
-    try:
+    with running(tmp_path_factory.mktemp("synapse")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_matrix_login(synapse: Synapse) -> None:

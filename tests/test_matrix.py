@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from conftest import Running, make_home, settings_for, start_core, stop_core, wait_for
 from fake_anthropic import FakeAnthropic
-from synapse import Human, Synapse
+from synapse import Human, Synapse, running
 
 from channels.matrix import MatrixChannel
 from nanoclaw.config import Settings
@@ -28,14 +28,8 @@ BOT = "@andy:localhost"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
-    synapse = Synapse(tmp_path_factory.mktemp("synapse"))
-    synapse.start()
-    for name in ("andy", "alice", "mallory"):
-        synapse.register(name, PW)
-    try:
+    with running(tmp_path_factory.mktemp("synapse"), ("andy", "alice", "mallory"), PW) as synapse:
         yield synapse
-    finally:
-        synapse.stop()
 
 
 @pytest.fixture(scope="module")

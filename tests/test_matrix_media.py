@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from conftest import make_home, settings_for
 from PIL import Image
-from synapse import Human, Seen, Synapse
+from synapse import Human, Seen, Synapse, running
 
 from channels.matrix import MatrixChannel
 from channels.matrix_media import ENCRYPTED, MAX_CAPTION, MediaUnavailable
@@ -69,14 +69,8 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
-    server = Synapse(tmp_path_factory.mktemp("synapse"))
-    server.start()
-    for name in ("andy", "alice"):
-        server.register(name, PW)
-    try:
+    with running(tmp_path_factory.mktemp("synapse"), ("andy", "alice"), PW) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from fake_anthropic import FakeAnthropic
 from fake_openai import FakeOpenAI
 from fake_telegram import FakeTelegram
 from prosody import Prosody
-from synapse import Synapse
+from synapse import Synapse, running
 
 from nanoclaw.config import load_settings
 
@@ -50,13 +50,8 @@ def prosody(tmp_path: Path) -> Iterator[Prosody]:
 
 @pytest.fixture
 def synapse(tmp_path: Path) -> Iterator[Synapse]:
-    server = Synapse(tmp_path / "synapse")
-    server.start()
-    try:
-        server.register("andy", PW)
+    with running(tmp_path / "synapse", ("andy",), PW) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_setup_checks_each_credential_and_writes_a_private_env(

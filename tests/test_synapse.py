@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from synapse import Human, Synapse
+from synapse import Human, Synapse, running
 
 PASSWORD = "s3cret-pw"
 _N = itertools.count()
@@ -29,12 +29,8 @@ def no_stray_synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
 
 @pytest.fixture(scope="module")
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
-    server = Synapse(tmp_path_factory.mktemp("synapse"))
-    server.start()
-    try:
+    with running(tmp_path_factory.mktemp("synapse")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @dataclass
